@@ -1,0 +1,43 @@
+"""The ``robustmaxup`` command line: one module per subcommand, each with ``build_parser()`` and
+``main(argv) -> int``. Subcommand modules are imported lazily, so ``--help`` is instant and
+nothing runs at import time."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+SUBCOMMANDS: dict[str, str] = {
+    "train": "train a classifier (Gaussian, MaxUp and the baselines)",
+    "certify": "certify L2 radii of a smoothed classifier (Cohen et al. CERTIFY)",
+    "predict": "predict with a smoothed classifier (Cohen et al. PREDICT)",
+    "analyze": "certified-accuracy tables and plots from certify TSV files",
+    "attack": "empirical robust accuracy with PGD or AutoAttack",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: robustmaxup <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "Run 'robustmaxup <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from robustmaxup import __version__
+
+        print(f"robustmaxup {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"robustmaxup: error: unknown command {command!r}; choose from {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"robustmaxup.cli.{command}")
+    return module.main(rest)

@@ -1,0 +1,79 @@
+"""What every subcommand shares: one-line errors (exit 2), logging set-up, common flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, NoReturn, Sequence
+
+import torch
+
+from robustmaxup.errors import UserError
+
+log = logging.getLogger("robustmaxup")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def make_parser(command: str, description: str) -> ArgumentParser:
+    return ArgumentParser(
+        prog=f"robustmaxup {command}", description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def setup_logging(quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def run(command: str, body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+        argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run ``body(args)``; a UserError becomes one line and exit 2."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "quiet", False))
+    try:
+        body(args)
+    except UserError as e:
+        print(f"robustmaxup {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustmaxup {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def add_data_args(p: argparse.ArgumentParser, *, split: str = "test") -> None:
+    p.add_argument("--dataset", required=True, help="dataset name (digits, cifar10, cifar100, imagenet)")
+    p.add_argument("--data-root", default=None,
+                   help="local dataset location (folder or .tar.gz); not needed for digits")
+    p.add_argument("--cache-dir", default=None, help="where decoded archives are cached")
+    p.add_argument("--split", default=split, choices=["train", "test"], help="which split")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logging")
+
+
+def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                *, lo_open: bool = False, hi_open: bool = False) -> None:
+    """UserError unless ``value`` lies in the given interval (flags are named ``--name``)."""
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
+          (hi is not None and (value > hi or (hi_open and value == hi))) or value != value
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise UserError(f"--{name} must lie in {left}{'-inf' if lo is None else lo}, "
+                        f"{'inf' if hi is None else hi}{right}, got {value}")
+
+
+def torch_threads_note() -> str:
+    return f"{torch.get_num_threads()} CPU threads"

@@ -1,0 +1,121 @@
+"""The training-method interface the engine knows.
+
+A method is a dataclass whose fields are its hyper-parameters (their names match the
+``robustmaxup train`` flags with ``-`` for ``_``). One training step is::
+
+    prepared = method.prepare(model, x, y, generator=g)   # noise, attacks, mixing: no weight grads
+    out = method.loss(model, prepared)                     # differentiable; out.loss is a scalar
+    out.loss.backward(); optimizer.step()
+
+Splitting ``prepare`` from ``loss`` lets weight-perturbation wrappers (AWP, AMP) re-evaluate the
+loss at perturbed weights on the same adversarial/noisy batch without redoing the attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustmaxup.errors import UserError
+
+
+@dataclass
+class LossOutput:
+    """``loss``: scalar to minimise. ``logits``/``targets``: rows for the train-accuracy metric
+    (hard labels ``[B]``), or None. ``metrics``: extra scalar tensors to average over the epoch."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """Base class: subclasses are dataclasses registered in ``METHODS``.
+
+    Class attributes:
+      ``name``   the registry name;
+      ``family`` ``"smoothing"`` (validated by noisy accuracy at ``sigma``), ``"adversarial"``
+                 (validated by PGD robust accuracy) or ``"standard"`` (clean accuracy).
+    """
+
+    name: ClassVar[str] = "base"
+    family: ClassVar[str] = "standard"
+
+    num_classes: int = field(default=0, repr=False, metadata={"internal": True})
+
+    # --- hooks -----------------------------------------------------------------------------
+    def setup(self, *, num_classes: int) -> None:
+        """Called once by the engine before training."""
+        self.num_classes = num_classes
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called at the start of each epoch (0-based), e.g. for an epsilon warm-up."""
+
+    # --- the step --------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
+        """Build what ``loss`` trains on (default: the clean batch). No parameter gradients."""
+        return x, y
+
+    def loss(self, model: nn.Module, prepared: Any) -> LossOutput:
+        x, y = prepared
+        logits = model(x)
+        return LossOutput(F.cross_entropy(logits, y), logits.detach(), y)
+
+    # --- validation (robust-overfitting selection) ------------------------------------------
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-example correctness ``[B]`` (bool) of the method's validation metric; the engine
+        calls it with the model in eval mode under ``torch.no_grad`` unless the method needs
+        gradients (adversarial methods enable them themselves)."""
+        return model(x).argmax(1) == y
+
+    # --- description -------------------------------------------------------------------------
+    def hparams(self) -> dict[str, Any]:
+        """The hyper-parameters (dataclass fields not marked internal)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not f.metadata.get("internal")
+        }
+
+    @classmethod
+    def hparam_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+class WeightPerturbation:
+    """Interface of step wrappers (AWP, AMP): ``perturbed(model, loss_fn)`` is a context manager
+    inside which the model's weights are perturbed (in the worst direction of ``loss_fn()``); the
+    engine takes the gradient there, and on exit the weights are restored exactly before the
+    optimiser steps."""
+
+    name: ClassVar[str] = "none"
+
+    def perturbed(self, model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> ContextManager:
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        return {}
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise a UserError naming the flag when ``value`` is not > 0 (or >= 0)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy for hard labels ``[B]`` or soft label distributions ``[B, K]``."""
+    if target.dim() == 1:
+        return F.cross_entropy(logits, target)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()

@@ -1,0 +1,58 @@
+"""Context managers that change a model's mode and restore it exactly, even on error."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def model_state(
+    model: nn.Module, *, train: bool | None = None, requires_grad: bool | None = None
+) -> Iterator[nn.Module]:
+    """Temporarily set ``model.train(train)`` and every parameter's ``requires_grad``.
+
+    On exit (normal or by exception) each submodule's ``training`` flag and each parameter's
+    ``requires_grad`` are restored to what they were, so attacks and evaluators leave no trace.
+    ``None`` leaves that aspect alone.
+
+    Example::
+
+        with model_state(model, train=False, requires_grad=False):
+            x_adv = ...  # gradients flow to the input only
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if train is not None:
+            model.train(train)
+        if requires_grad is not None:
+            for p, _ in grads:
+                p.requires_grad_(requires_grad)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Forward passes inside this block use batch statistics (in train mode) but do not update
+    BatchNorm running statistics: momentum is set to 0 and ``num_batches_tracked`` restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in bns]
+    try:
+        for m in bns:
+            m.momentum = 0.0
+        yield model
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
