@@ -1,1 +1,30 @@
-"""(under construction)"""
+"""Stateless adversarial attacks: ``attack(model, x, y, *, eps, ...) -> x_adv``.
+
+One algorithm per file; all projected-gradient attacks share the core in ``_core.py`` (one PGD
+implementation in the package). ``ATTACKS`` maps names to attack functions for the CLI.
+
+Example::
+
+    from robustmaxup.attacks import pgd, smooth_pgd, ATTACKS
+    x_adv = pgd(model, x, y, eps=8/255, norm="Linf", steps=10)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from robustmaxup.attacks._core import LOSSES, NORMS, margin_loss
+from robustmaxup.attacks.pgd import pgd
+from robustmaxup.attacks.smooth_pgd import smooth_pgd
+from robustmaxup.attacks.smoothed import SoftSmoothed, soft_smoothed_log_probs
+from robustmaxup.registry import Registry
+
+#: name -> attack function ``(model, x, y, *, eps, ...) -> x_adv``
+ATTACKS: Registry[Callable] = Registry("attack")
+ATTACKS.register("pgd")(pgd)
+ATTACKS.register("smooth_pgd")(smooth_pgd)
+
+__all__ = [
+    "ATTACKS", "LOSSES", "NORMS", "SoftSmoothed", "margin_loss", "pgd", "smooth_pgd",
+    "soft_smoothed_log_probs",
+]
