@@ -1,0 +1,294 @@
+"""Batches for training and evaluation.
+
+- :class:`DeviceLoader` (digits, CIFAR): the whole uint8 split is copied to the device once;
+  each epoch's order comes from a generator seeded with ``(seed, epoch)``, is sharded across
+  ranks, and training batches are random-cropped (zero padding) and flipped on the device,
+  vectorised, before conversion to float32 in [0, 1].
+- :class:`FolderLoader` (ImageNet): a thin wrapper over ``torch.utils.data.DataLoader`` with the
+  same ordering and sharding rule, yielding device tensors.
+
+Both have ``set_epoch(epoch)`` and ``len(loader)`` = number of batches, and yield
+``(x float32 [B, C, H, W] on device in [0, 1], y int64 [B] on device)``.
+
+Example::
+
+    from robustmaxup.data import load_split, make_loader
+    train = load_split("digits", "train")
+    loader = make_loader(train, batch_size=64, device="cpu", train=True, seed=0)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            ...
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from robustmaxup.data.datasets import FolderSplit, ImageSplit, Split
+from robustmaxup.errors import UserError
+from robustmaxup.registry import Registry
+from robustmaxup.utils import derive_seed, make_generator
+
+__all__ = [
+    "CropFlip", "AUGMENT_POLICIES", "crop_flip", "epoch_indices", "DeviceLoader",
+    "FolderLoader", "make_loader",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# On-device augmentation
+# --------------------------------------------------------------------------------------------
+
+
+def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
+              flipped: torch.Tensor) -> torch.Tensor:
+    """Crop each image from its zero-padded version at offset ``(dy, dx)``, then mirror it
+    left-right where ``flipped``; one gather, no per-image loop.
+
+    Args:
+        x: ``[B, C, H, W]``, any dtype (uint8 in the loaders).
+        pad: zero padding on every side.
+        dy, dx: int64 ``[B]`` in ``0..2*pad``; ``(pad, pad)`` leaves the image in place.
+        flipped: bool ``[B]``.
+
+    Returns:
+        ``[B, C, H, W]``, same dtype and device: ``out[b] = flip?(padded[b, :, dy:dy+H, dx:dx+W])``.
+
+    Example::
+
+        out = crop_flip(x, 4, torch.full((B,), 4), torch.full((B,), 4), torch.zeros(B, dtype=bool))
+        assert torch.equal(out, x)
+    """
+    b, c, h, w = x.shape
+    padded = x.new_zeros(b, c, h + 2 * pad, w + 2 * pad)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = dy.view(b, 1) + ar_h  # [B, H]
+    cols = dx.view(b, 1) + torch.where(flipped.view(b, 1), w - 1 - ar_w, ar_w)  # [B, W]
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """Random crop with ``pad`` pixels of zero padding, plus a random horizontal flip if ``flip``.
+
+    ``policy(x, generator)`` draws per-sample offsets (and flips) from ``generator``, which must
+    live on ``x``'s device, and returns the augmented batch (same shape and dtype).
+    """
+
+    pad: int
+    flip: bool
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b = x.shape[0]
+        shifts = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator, device=x.device)
+        if self.flip:
+            flipped = torch.randint(0, 2, (b,), generator=generator, device=x.device).bool()
+        else:
+            flipped = torch.zeros(b, dtype=torch.bool, device=x.device)
+        return crop_flip(x, self.pad, shifts[0], shifts[1], flipped)
+
+
+# Training-time augmentation per dataset; a dataset with no entry is not augmented.
+AUGMENT_POLICIES: Registry[CropFlip] = Registry("augmentation policy")
+AUGMENT_POLICIES.register("digits")(CropFlip(pad=1, flip=False))  # digits are not mirror-symmetric
+AUGMENT_POLICIES.register("cifar10")(CropFlip(pad=4, flip=True))
+AUGMENT_POLICIES.register("cifar100")(CropFlip(pad=4, flip=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Ordering and sharding (shared by both loaders)
+# --------------------------------------------------------------------------------------------
+
+
+def epoch_indices(n: int, *, train: bool, seed: int, epoch: int, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
+    """This rank's example indices for one epoch (int64 ``[m]``, CPU).
+
+    ``train=True``: a permutation of ``range(n)`` from a CPU generator seeded with
+    ``derive_seed(seed, epoch)`` (the same on every rank and device), padded by wrapping around
+    to a multiple of ``world_size`` and dealt out as ``perm[rank::world_size]``, so every rank
+    gets ``ceil(n / world_size)`` indices, as ``DistributedSampler`` does.
+    ``train=False``: the natural order, ``range(n)[rank::world_size]`` without padding, so the
+    ranks together see every example exactly once.
+    """
+    if not train:
+        return torch.arange(rank, n, world_size)
+    g = torch.Generator().manual_seed(derive_seed(seed, epoch))
+    perm = torch.randperm(n, generator=g)
+    total = math.ceil(n / world_size) * world_size
+    if total > n:
+        perm = torch.cat([perm, perm[: total - n]])
+    return perm[rank::world_size]
+
+
+def _check_args(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} must be in 0..{world_size - 1} (world size {world_size})")
+
+
+def _shard_size(n: int, train: bool, rank: int, world_size: int) -> int:
+    """``len(epoch_indices(n, train=train, rank=rank, world_size=world_size, ...))``."""
+    return math.ceil(n / world_size) if train else len(range(rank, n, world_size))
+
+
+def _num_batches(m: int, batch_size: int, drop_last: bool) -> int:
+    return m // batch_size if drop_last else math.ceil(m / batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------
+
+
+class DeviceLoader:
+    """Batches of a device-resident :class:`ImageSplit`.
+
+    Args:
+        split: the data; its uint8 images are copied to ``device`` once, here.
+        batch_size: examples per batch (per rank).
+        device: where batches live.
+        train: shuffle per epoch and apply the dataset's :data:`AUGMENT_POLICIES` entry.
+        seed: with the epoch, fixes the order and the augmentation draws.
+        rank, world_size: data-parallel sharding (see :func:`epoch_indices`).
+        drop_last: drop a final short batch (default: ``train``).
+        augment: override the dataset's policy (None: use the registry; only with ``train``).
+        epoch: the starting epoch (see :meth:`set_epoch`).
+
+    Augmentation draws come from a generator on ``device`` seeded with
+    ``derive_seed(seed, epoch, rank)``, so an epoch replays exactly after a resume.
+    """
+
+    def __init__(self, split: ImageSplit, batch_size: int, device: torch.device | str, *,
+                 train: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool | None = None, augment: CropFlip | None = None,
+                 epoch: int = 0) -> None:
+        _check_args(batch_size, rank, world_size)
+        self.split = split
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        if augment is None and train and split.name in AUGMENT_POLICIES:
+            augment = AUGMENT_POLICIES.get(split.name)
+        self.augment = augment if train else None
+        self.epoch = epoch
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration replays."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's example order for the current epoch (int64, CPU), before batching."""
+        return epoch_indices(len(self.split), train=self.train, seed=self.seed,
+                             epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        return _num_batches(_shard_size(len(self.split), self.train, self.rank, self.world_size),
+                            self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.indices().to(self.device)
+        gen = None
+        if self.augment is not None:
+            gen = make_generator(derive_seed(self.seed, self.epoch, self.rank), self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            yield x.float().div_(255), self.labels[idx]
+
+
+class FolderLoader:
+    """Batches of a :class:`FolderSplit` through ``torch.utils.data.DataLoader`` workers.
+
+    Same ordering and sharding as :class:`DeviceLoader` (:func:`epoch_indices`, i.e. what
+    ``DistributedSampler`` gives when training); pinned memory on CUDA; worker RNG (random
+    crops and flips) seeded from ``(seed, epoch, rank)``. Yields float32 ``[B, 3, 224, 224]``
+    and int64 ``[B]`` on ``device``.
+    """
+
+    def __init__(self, split: FolderSplit, batch_size: int, device: torch.device | str, *,
+                 train: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool | None = None, num_workers: int = 4, epoch: int = 0) -> None:
+        _check_args(batch_size, rank, world_size)
+        if num_workers < 0:
+            raise UserError(f"num_workers must be >= 0, got {num_workers}")
+        self.split = split
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.num_workers = num_workers
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        return epoch_indices(len(self.split), train=self.train, seed=self.seed,
+                             epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        return _num_batches(_shard_size(len(self.split), self.train, self.rank, self.world_size),
+                            self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.split, batch_size=self.batch_size, sampler=self.indices().tolist(),
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            drop_last=self.drop_last,
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank)),
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def make_loader(split: Split, batch_size: int, device: torch.device | str, *, train: bool,
+                seed: int, rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
+                num_workers: int = 4, epoch: int = 0) -> DeviceLoader | FolderLoader:
+    """A loader for ``split``: :class:`DeviceLoader` for in-memory splits, :class:`FolderLoader`
+    for folder-backed ones (``num_workers`` applies to the latter only).
+
+    Args:
+        split: from :func:`~robustmaxup.data.load_split` (or a subset of one).
+        batch_size: examples per batch on this rank.
+        device: where ``x`` and ``y`` are delivered.
+        train: shuffle each epoch (seeded by ``(seed, epoch)``) and augment.
+        seed: run seed.
+        rank, world_size: data-parallel shard of this process.
+        drop_last: drop a final short batch; default ``train``.
+        num_workers: DataLoader worker processes (ImageNet).
+        epoch: first epoch; call ``loader.set_epoch(e)`` before each epoch.
+
+    Example::
+
+        loader = make_loader(load_split("digits", "test"), 128, "cpu", train=False, seed=0)
+        x, y = next(iter(loader))     # float32 [128, 1, 8, 8], int64 [128]
+    """
+    common = dict(train=train, seed=seed, rank=rank, world_size=world_size,
+                  drop_last=drop_last, epoch=epoch)
+    if isinstance(split, FolderSplit):
+        return FolderLoader(split, batch_size, device, num_workers=num_workers, **common)
+    return DeviceLoader(split, batch_size, device, **common)
