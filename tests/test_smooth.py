@@ -1,0 +1,262 @@
+"""Smooth: exact answers for deterministic classifiers, statistical coverage for linear ones,
+packing invariance of certify_batch, ties, PREDICT's test."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
+from robustmaxup.certify.smooth import top_class, top_two
+
+
+class Constant(nn.Module):
+    """Always predicts ``cls``."""
+
+    def __init__(self, cls: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], self.num_classes, dtype=x.dtype, device=x.device)
+        out[:, self.cls] = 1.0
+        return out
+
+
+class ByRow(nn.Module):
+    """Class 1 for rows whose index mod ``period`` is below ``ones``, else class 0 (exact splits)."""
+
+    def __init__(self, period: int, ones: int) -> None:
+        super().__init__()
+        self.period, self.ones = period, ones
+
+    def forward(self, x):
+        cls = (torch.arange(x.shape[0], device=x.device) % self.period < self.ones).long()
+        return nn.functional.one_hot(cls, 2).to(x.dtype)
+
+
+class Linear2(nn.Module):
+    """Binary linear classifier f(x) = [w.x + b > 0], as two logits [0, w.x + b]."""
+
+    def __init__(self, w: torch.Tensor, b: float) -> None:
+        super().__init__()
+        self.register_buffer("w", w)
+        self.b = float(b)
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+class LinearK(nn.Module):
+    """A multi-class linear classifier (float64), whose votes vary under noise."""
+
+    def __init__(self, d: int, k: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = nn.Linear(d, k).double()
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.lin(x.flatten(1))
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- exact answers
+@pytest.mark.parametrize("n,alpha,sigma", [(1000, 0.001, 0.25), (100, 0.01, 0.5), (20, 0.05, 1.0)])
+def test_constant_classifier_exact_radius(n, alpha, sigma):
+    smooth = Smooth(Constant(3), 10, sigma)
+    cert = smooth.certify(torch.rand(1, 8, 8), n0=50, n=n, alpha=alpha, batch_size=64, generator=gen(0))
+    assert isinstance(cert, Certificate)
+    assert cert.prediction == 3
+    assert cert.counts == tuple(n if c == 3 else 0 for c in range(10))
+    assert cert.p_lower == pytest.approx(alpha ** (1 / n), abs=1e-12)
+    assert abs(cert.radius - sigma * norm.ppf(alpha ** (1 / n))) < 1e-9
+    assert smooth.predict(torch.rand(1, 8, 8), n=n, alpha=alpha, batch_size=64, generator=gen(1)) == 3
+
+
+def test_too_few_samples_abstain_and_warn(caplog):
+    smooth = Smooth(Constant(2), 10, 0.25)
+    with caplog.at_level("WARNING"):
+        cert = smooth.certify(torch.rand(1, 4, 4), n0=5, n=9, alpha=0.001, batch_size=10, generator=gen(0))
+        smooth.certify(torch.rand(1, 4, 4), n0=5, n=9, alpha=0.001, batch_size=10, generator=gen(0))
+    assert cert.prediction == ABSTAIN and cert.radius == 0.0
+    assert cert.p_lower == pytest.approx(0.001 ** (1 / 9))
+    assert caplog.text.count("never certify") == 1  # warned once, before sampling
+
+
+def test_ties_abstain():
+    # exactly half the votes for each class, in every chunk: a tie in n0 and in n
+    smooth = Smooth(ByRow(2, 1), 2, 0.25)
+    cert = smooth.certify(torch.rand(1, 2, 2), n0=100, n=1000, alpha=0.001, batch_size=1000, generator=gen(0))
+    assert cert.counts == (500, 500)
+    assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.p_lower < 0.5
+    assert smooth.predict(torch.rand(1, 2, 2), n=1000, alpha=0.5, batch_size=1000) == ABSTAIN
+
+
+def test_n0_tie_break_is_lowest_class_and_deterministic():
+    assert top_class(np.array([3, 5, 5, 1])) == 1
+    assert top_two(np.array([3, 5, 5, 1])) == (1, 2)
+    assert top_two(np.array([7, 0, 7])) == (0, 2)
+
+
+def test_predict_abstains_when_binomial_test_fails():
+    x = torch.rand(1, 2, 2)
+    smooth = Smooth(ByRow(5, 3), 2, 0.25)  # exactly 60 % votes for class 1
+    # 12 vs 8: two-sided p = 0.503 > alpha
+    assert smooth.predict(x, n=20, alpha=0.05, batch_size=100) == ABSTAIN
+    assert bounds.binomial_test_pvalue(12, 8) > 0.05
+    # 600 vs 400: p ~ 3e-10
+    assert smooth.predict(x, n=1000, alpha=0.001, batch_size=100) == 1
+    # certify agrees: 0.6 lower-bounded above 1/2 -> class 1, radius sigma * Phi^-1(p_lower)
+    cert = Smooth(ByRow(5, 3), 2, 0.25).certify(x, 100, 1000, 0.001, 100)
+    assert cert.prediction == 1 and cert.counts == (400, 600)
+    assert cert.radius == pytest.approx(0.25 * norm.ppf(bounds.clopper_pearson_lower(600, 1000, 0.001)))
+
+
+def test_noise_has_standard_deviation_sigma():
+    # f(x + delta) = [delta_0 > sigma]: P = 1 - Phi(1) = 0.1587
+    sigma, n = 0.3, 40_000
+
+    class Threshold(nn.Module):
+        def forward(self, z):
+            return torch.stack([torch.zeros(z.shape[0]), (z[:, 0, 0, 0] - 0.5 - sigma).sign()], 1)
+
+    x = torch.full((1, 2, 2), 0.5)
+    counts = Smooth(Threshold(), 2, sigma).sample_counts(x[None], n, 4000, [gen(5)])[0]
+    p = 1 - norm.cdf(1.0)
+    assert abs(counts[1] - n * p) < 5 * math.sqrt(n * p * (1 - p))
+
+
+# ----------------------------------------------------------------------------- packing
+def test_certify_batch_equals_one_by_one():
+    torch.manual_seed(0)
+    model = LinearK(64, 10, seed=1).eval()
+    xs = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    smooth = Smooth(model, 10, 0.5, noise_chunk=100)
+    seeds = [11, 12, 13, 14, 15]
+    one = [smooth.certify(xs[i], 100, 2350, 0.001, 1000, gen(s)) for i, s in enumerate(seeds)]
+    assert len({c.counts for c in one}) == 5 and any(min(c.counts) < max(c.counts) - 5 for c in one)
+    for batch_size in (1000, 130, 4000):
+        packed = smooth.certify_batch(xs, 100, 2350, 0.001, batch_size, [gen(s) for s in seeds])
+        assert packed == one
+    # predict too, and any subset/order of images gives the same per-image answer
+    p_one = [smooth.predict(xs[i], 700, 0.01, 300, gen(s)) for i, s in enumerate(seeds)]
+    order = [3, 0, 4]
+    p_sub = smooth.predict_batch(xs[order], 700, 0.01, 300, [gen(seeds[i]) for i in order])
+    assert p_sub == [p_one[i] for i in order]
+    # a different seed gives different votes
+    other = smooth.certify(xs[0], 100, 2350, 0.001, 1000, gen(99))
+    assert other.counts != one[0].counts
+
+
+def test_bad_arguments():
+    smooth = Smooth(Constant(0), 10, 0.25)
+    x = torch.rand(1, 4, 4)
+    from robustmaxup.errors import UserError
+
+    for kwargs in ({"alpha": 0.0}, {"alpha": 1.5}, {"n": 0}, {"n0": 0}, {"batch_size": 0}):
+        args = {"n0": 10, "n": 100, "alpha": 0.01, "batch_size": 10, **kwargs}
+        with pytest.raises(UserError):
+            smooth.certify(x, **args)
+    with pytest.raises(UserError):
+        Smooth(Constant(0), 10, 0.0)
+
+
+# ----------------------------------------------------------------------------- coverage
+SIGMA, ALPHA, N0, N, D = 0.25, 0.01, 64, 500, 3
+
+
+def _trials(num_models, per_model, seed):
+    """Random (w, b) per model and inputs x whose normalised margin t = (w.x+b)/|w| is uniform on
+    (-4 sigma, 4 sigma). Truth: smoothed class [t > 0], certified radius |t|."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(num_models):
+        w = rng.normal(size=D)
+        b = rng.normal()
+        x0 = rng.uniform(size=(per_model, D))
+        t = rng.uniform(-4 * SIGMA, 4 * SIGMA, size=per_model)
+        wn = np.linalg.norm(w)
+        x = x0 + (t - (x0 @ w + b) / wn)[:, None] * (w / wn)[None]
+        out.append((torch.tensor(w), b, torch.tensor(x).view(per_model, 1, 1, D), t))
+    return out
+
+
+def _failures(trials, seed, one_by_one=0):
+    """Run CERTIFY on every trial; return (failures, certified, close) counts."""
+    fails = certified = close = total = 0
+    for j, (w, b, xs, t) in enumerate(trials):
+        smooth = Smooth(Linear2(w, b), 2, SIGMA)
+        gens = [gen(seed * 100_000 + j * 1000 + i) for i in range(len(xs))]
+        if j < one_by_one:
+            certs = [smooth.certify(xs[i], N0, N, ALPHA, 1000, gens[i]) for i in range(len(xs))]
+        else:
+            certs = smooth.certify_batch(xs, N0, N, ALPHA, 20_000, gens)
+        for cert, ti in zip(certs, t):
+            total += 1
+            if cert.prediction == ABSTAIN:
+                continue
+            certified += 1
+            true_class, true_radius = int(ti > 0), abs(ti)
+            if cert.prediction != true_class or cert.radius > true_radius + 1e-9:
+                fails += 1
+            elif cert.radius > 0.7 * true_radius:
+                close += 1
+    return fails, certified, close, total
+
+
+def _allowed(total):
+    return ALPHA * total + 3 * math.sqrt(total * ALPHA * (1 - ALPHA))
+
+
+def test_coverage_linear_classifier():
+    # 20 models x 100 inputs; the first 3 models (300 trials) go through Smooth.certify one by one
+    fails, certified, close, total = _failures(_trials(20, 100, seed=0), seed=0, one_by_one=3)
+    assert total == 2000
+    assert fails <= _allowed(total), (fails, total)
+    # not vacuous: most trials certify, many with a radius close to (but below) the truth
+    assert certified >= 0.8 * total
+    assert close >= 0.4 * total
+
+
+@pytest.mark.parametrize("broken", ["point_estimate", "wald"])
+def test_coverage_check_catches_broken_bounds(monkeypatch, broken):
+    def point_estimate(k, n, alpha):
+        return k / n
+
+    def wald(k, n, alpha):
+        p = k / n
+        return p - norm.ppf(1 - alpha) * math.sqrt(p * (1 - p) / n)
+
+    monkeypatch.setattr(bounds, "clopper_pearson_lower", {"point_estimate": point_estimate, "wald": wald}[broken])
+    fails, _, _, total = _failures(_trials(10, 100, seed=1), seed=1)
+    assert fails > _allowed(total), (fails, total)
+
+
+# ----------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_matches_fp32_on_confident_inputs():
+    from robustmaxup.models import build_model
+
+    model = build_model("digits_cnn", dataset="digits").cuda().eval()
+    x = torch.rand(2, 1, 8, 8, device="cuda")
+    gens = [torch.Generator(device="cuda").manual_seed(s) for s in (0, 1)]
+    fast = Smooth(model, 10, 0.25, precision="bf16").certify_batch(x, 100, 2000, 0.001, 1000, gens)
+    gens = [torch.Generator(device="cuda").manual_seed(s) for s in (0, 1)]
+    again = Smooth(model, 10, 0.25, precision="bf16").certify_batch(x, 100, 2000, 0.001, 1000, gens)
+    assert fast == again
+    for cert in fast:
+        assert sum(cert.counts) == 2000
+    gens = [torch.Generator(device="cuda").manual_seed(s) for s in (0, 1)]
+    exact = Smooth(model, 10, 0.25, precision="fp32").certify_batch(x, 100, 2000, 0.001, 1000, gens)
+    for a, b in zip(fast, exact):  # same noise, bf16 vs fp32 logits: votes nearly equal
+        assert sum(abs(i - j) for i, j in zip(a.counts, b.counts)) <= 0.05 * 2000
