@@ -63,7 +63,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} needs code to unpickle and was refused (weights_only=True): {first[:160]}"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or not a torch file: {str(e).splitlines()[0][:160]}") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a torch file: {_first_line(e)}") from None
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict")
     if obj.get("format") == FORMAT:
@@ -71,6 +71,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if "state_dict" in obj and "arch" in obj:
         return _from_cohen(obj, path)
     raise UserError(f"checkpoint {path} is not a robustmaxup or Cohen-format checkpoint")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:160] if text else type(e).__name__)
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,7 +150,7 @@ def model_from_checkpoint(
         else:
             model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {_first_line(e)}") from None
     return model.eval()
 
 

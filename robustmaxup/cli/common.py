@@ -36,7 +36,10 @@ def setup_logging(quiet: bool = False) -> None:
 def run(command: str, body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
         argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run ``body(args)``; a UserError becomes one line and exit 2."""
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed in one line
+        return int(e.code or 0)
     setup_logging(getattr(args, "quiet", False))
     try:
         body(args)
