@@ -272,3 +272,257 @@ def test_crop_flip_statistics():
     assert abs(flipped.double().mean().item() - 0.5) < 5 * (0.25 / n) ** 0.5
     # independent across the two axes: the 25 (dy, dx) cells are all populated
     assert len(set(zip(dy.tolist(), dx.tolist()))) == 25
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR formats (tiny fakes)
+# --------------------------------------------------------------------------------------------
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _rand_u8(shape, seed):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _write_tree(root, classes, per_class=2, size=32, seed=0, ext="png"):
+    """root/{train,test}/<class>/<i>.png with random pixels; returns {split: (images, labels)}
+    in the expected order (class, then file name)."""
+    from PIL import Image
+
+    out = {}
+    for s_i, split in enumerate(("train", "test")):
+        imgs, labels = [], []
+        for k, cls in enumerate(sorted(classes)):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for j in range(per_class):
+                arr = _rand_u8((size, size, 3), seed + 1000 * s_i + 10 * k + j)
+                Image.fromarray(arr).save(d / f"{j:03d}.{ext}")
+                imgs.append(arr.transpose(2, 0, 1))
+                labels.append(k)
+        out[split] = (np.stack(imgs), np.array(labels))
+    return out
+
+
+def _write_python_cifar(folder, files, label_key, meta_file, meta_key, classes, n=3):
+    """A torchvision python-format folder; returns {split: (images, labels)}."""
+    import pickle
+
+    folder.mkdir(parents=True)
+    out = {"train": ([], []), "test": ([], [])}
+    for i, (split, name) in enumerate(files):
+        data = _rand_u8((n, 3072), 100 + i)
+        labels = [(i + j) % len(classes) for j in range(n)]
+        batch = {b"batch_label": name.encode(), b"data": data, label_key: labels,
+                 b"coarse_labels": [0] * n, b"filenames": [b"x.png"] * n}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        out[split][0].append(data.reshape(n, 3, 32, 32))
+        out[split][1].extend(labels)
+    meta = {meta_key: [c.encode() for c in classes]}
+    (folder / meta_file).write_bytes(pickle.dumps(meta, protocol=2))
+    return {s: (np.concatenate(v[0]), np.array(v[1])) for s, v in out.items()}
+
+
+CIFAR10_PY = [("train", f"data_batch_{i}") for i in range(1, 6)] + [("test", "test_batch")]
+
+
+@pytest.fixture
+def cifar10_py(tmp_path):
+    ref = _write_python_cifar(tmp_path / "cifar-10-batches-py", CIFAR10_PY, b"labels",
+                              "batches.meta", b"label_names", CIFAR10)
+    return tmp_path, ref
+
+
+def _check(split, images, labels, classes):
+    assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+    assert split.images.shape == images.shape
+    assert np.array_equal(split.images.numpy(), images)
+    assert split.labels.tolist() == labels.tolist()
+    assert split.classes == classes
+
+
+@pytest.mark.parametrize("sub", ["", "cifar-10-batches-py"])
+def test_cifar10_python_format_parent_or_folder(cifar10_py, sub, tmp_path):
+    root, ref = cifar10_py
+    for split in ("train", "test"):
+        s = load_split("cifar10", split, root=root / sub if sub else root, cache_dir=tmp_path / "c")
+        _check(s, *ref[split], CIFAR10)
+    assert len(load_split("cifar10", "train", root=root, cache_dir=tmp_path / "c")) == 15
+    assert not (tmp_path / "c").exists()  # folders are read directly, nothing cached
+
+
+def test_cifar100_python_format_uses_fine_labels(tmp_path):
+    classes = [f"c{i:03d}" for i in range(100)]
+    ref = _write_python_cifar(tmp_path / "cifar-100-python", [("train", "train"), ("test", "test")],
+                              b"fine_labels", "meta", b"fine_label_names", classes, n=5)
+    s = load_split("cifar100", "train", root=tmp_path)
+    _check(s, *ref["train"], classes)
+    assert s.labels.tolist() != [0] * 5  # not the coarse labels
+    assert s.info.num_classes == 100
+    # a CIFAR-10 root is not taken for CIFAR-100
+    with pytest.raises(UserError, match="no CIFAR-10 found"):
+        load_split("cifar10", "train", root=tmp_path)
+
+
+def test_cifar10_image_folder_png_round_trip(tmp_path):
+    ref = _write_tree(tmp_path / "data", CIFAR10)
+    for split in ("train", "test"):
+        s = load_split("cifar10", split, root=tmp_path / "data")
+        _check(s, *ref[split], CIFAR10)
+        x, y = s[3]
+        assert x.shape == (3, 32, 32) and torch.equal(x, torch.from_numpy(ref[split][0][3]) / 255)
+
+
+def test_cifar10_wrong_class_folders(tmp_path):
+    _write_tree(tmp_path, CIFAR10[:9] + ["zebra"], per_class=1)
+    with pytest.raises(UserError, match="not CIFAR-10's classes"):
+        load_split("cifar10", "train", root=tmp_path)
+
+
+def test_image_folder_wrong_size(tmp_path):
+    _write_tree(tmp_path, CIFAR10, per_class=1, size=30)
+    with pytest.raises(UserError, match="expected 32x32"):
+        load_split("cifar10", "test", root=tmp_path)
+
+
+def _make_tar(src, dest, arcname):
+    import tarfile
+
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src, arcname=arcname)
+    return dest
+
+
+@pytest.mark.parametrize("top", ["cifar10-images", "."])
+def test_tarball_decoded_once_then_cached(tmp_path, monkeypatch, top):
+    import tarfile
+
+    ref = _write_tree(tmp_path / "tree", CIFAR10)
+    tar = _make_tar(tmp_path / "tree", tmp_path / "c10.tar.gz", top)
+    cache = tmp_path / "cache"
+    s = load_split("cifar10", "train", root=tar, cache_dir=cache)
+    _check(s, *ref["train"], CIFAR10)
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz"
+    mtime = files[0].stat().st_mtime_ns
+
+    def boom(*a, **k):
+        raise AssertionError("tarball opened although cached")
+
+    monkeypatch.setattr(tarfile, "open", boom)
+    for split in ("train", "test"):
+        _check(load_split("cifar10", split, root=tar, cache_dir=cache), *ref[split], CIFAR10)
+    assert [f.name for f in cache.iterdir()] == [files[0].name]
+    assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_tarball_cache_default_dir_from_env(tmp_path, monkeypatch):
+    _write_tree(tmp_path / "tree", CIFAR10, per_class=1)
+    tar = _make_tar(tmp_path / "tree", tmp_path / "c10.tgz", "x")
+    monkeypatch.setenv("ROBUSTMAXUP_CACHE", str(tmp_path / "envcache"))
+    assert len(load_split("cifar10", "test", root=tar)) == 10
+    assert len(list((tmp_path / "envcache").glob("cifar10-c10-*.npz"))) == 1
+
+
+def test_killed_decode_leaves_no_cache(tmp_path, monkeypatch):
+    import robustmaxup.data.datasets as ds
+
+    _write_tree(tmp_path / "tree", CIFAR10, per_class=1)
+    tar = _make_tar(tmp_path / "tree", tmp_path / "c10.tar.gz", "t")
+    real = ds._decode_image
+    calls = {"n": 0}
+
+    def dies_late(*a):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(ds, "_decode_image", dies_late)
+    with pytest.raises(KeyboardInterrupt):
+        load_split("cifar10", "train", root=tar, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # no cache, no temp file
+    monkeypatch.setattr(ds, "_decode_image", real)
+    assert len(load_split("cifar10", "train", root=tar, cache_dir=tmp_path / "cache")) == 10
+
+
+def test_tarball_of_python_format(cifar10_py, tmp_path):
+    root, ref = cifar10_py
+    tar = _make_tar(root / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz",
+                    "cifar-10-batches-py")
+    s = load_split("cifar10", "test", root=tar, cache_dir=tmp_path / "cache")
+    _check(s, *ref["test"], CIFAR10)
+
+
+def test_missing_root_names_the_path(tmp_path):
+    where = tmp_path / "nowhere"
+    with pytest.raises(UserError, match=f"no CIFAR-10 found at {where}: expected cifar-10-batches-py/"):
+        load_split("cifar10", "train", root=where)
+    with pytest.raises(UserError, match="cifar100 needs a data root"):
+        load_split("cifar100", "train")
+    with pytest.raises(UserError, match="no ImageNet found at"):
+        load_split("imagenet", "test", root=where)
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    with pytest.raises(UserError, match="cannot read archive"):
+        load_split("cifar10", "train", root=bad, cache_dir=tmp_path / "c")
+
+
+def test_hostile_pickle_is_refused(cifar10_py):
+    import os
+    import pickle
+
+    root, _ = cifar10_py
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(UserError, match="unexpected object"):
+        load_split("cifar10", "test", root=root)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet (folder-backed)
+# --------------------------------------------------------------------------------------------
+
+
+def test_imagenet_folder_split_and_loader(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, wnid in enumerate(["n01440764", "n01443537"]):
+            d = tmp_path / split / wnid
+            d.mkdir(parents=True)
+            for j in range(2):
+                Image.fromarray(_rand_u8((40, 40, 3), 10 * k + j)).save(d / f"{j}.JPEG")
+    train = load_split("imagenet", "train", root=tmp_path)
+    val = load_split("imagenet", "test", root=tmp_path)
+    assert train.images is None and len(train) == 4 and train.classes == ["n01440764", "n01443537"]
+    assert train.labels.tolist() == [0, 0, 1, 1] and len(load_split("imagenet", "val", root=tmp_path)) == 4
+    x, y = val[2]
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and y == 1
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    xb, yb = val.batch([0, 3])
+    assert xb.shape == (2, 3, 224, 224) and yb.tolist() == [0, 1]
+    # eval transform is deterministic; training crops are random
+    assert torch.equal(val[0][0], val[0][0])
+    loader = make_loader(train, 3, "cpu", train=True, seed=0, num_workers=0, drop_last=False)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2
+    assert batches[0][0].shape == (3, 3, 224, 224) and batches[0][1].dtype == torch.int64
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == [0, 0, 1, 1]
+    # same (seed, epoch) -> same crops, whatever the global RNG does meanwhile
+    torch.manual_seed(123)
+    again = [(x, torch.rand(1)) for x, _ in loader]
+    assert torch.equal(again[0][0], batches[0][0]) and torch.equal(again[1][0], batches[1][0])
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[0], batches[0][0])
+    worker = make_loader(train, 3, "cpu", train=True, seed=0, num_workers=1, drop_last=False)
+    w1, w2 = next(iter(worker))[0], next(iter(worker))[0]
+    assert w1.shape == (3, 3, 224, 224) and torch.equal(w1, w2)
+    tr, va = train_val_split(train, 2, seed=0)
+    assert len(tr) == len(va) == 2 and va.augment is False and tr.augment is True
+    assert sorted(va.labels.tolist()) == [0, 1]

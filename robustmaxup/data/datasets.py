@@ -322,3 +322,311 @@ def _read_digits(info: DatasetInfo, split: str, root: Path | None, cache_dir: Pa
     idx = train_idx if split == "train" else test_idx
     return ImageSplit(info, split, torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]),
                       [str(i) for i in range(10)], "sklearn.datasets.load_digits")
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100: torchvision's python pickles, an ImageFolder tree, or a tarball of either
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    """Where torchvision's python format keeps one CIFAR variant."""
+
+    title: str                    # for messages: "CIFAR-10"
+    folder: str                   # "cifar-10-batches-py"
+    files: dict[str, tuple[str, ...]]  # split -> pickle file names
+    label_key: bytes              # b"labels" / b"fine_labels"
+    meta_file: str                # "batches.meta" / "meta"
+    meta_key: bytes               # b"label_names" / b"fine_label_names"
+    known_classes: tuple[str, ...] | None = None  # folder names must equal these, if given
+
+
+CIFAR_FORMATS = {
+    "cifar10": CifarFormat(
+        "CIFAR-10", "cifar-10-batches-py",
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+        b"labels", "batches.meta", b"label_names", CIFAR10_CLASSES,
+    ),
+    "cifar100": CifarFormat(
+        "CIFAR-100", "cifar-100-python", {"train": ("train",), "test": ("test",)},
+        b"fine_labels", "meta", b"fine_label_names",
+    ),
+}
+
+# Decoded arrays of both splits: {"train_images", "train_labels", "test_images", "test_labels",
+# "classes"}; images uint8 [N, C, H, W], labels int64 [N], classes str [K].
+Arrays = dict[str, np.ndarray]
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (dicts of bytes, lists and numpy arrays) and nothing else, so a
+    hostile pickle cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, where: str) -> dict:
+    try:
+        obj = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any failure means "not a CIFAR batch"
+        raise UserError(f"cannot read CIFAR batch {where}: {e}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} is not a CIFAR batch (expected a dict)")
+    return obj
+
+
+def _batch_arrays(batch: dict, fmt: CifarFormat, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, 3, 32, 32], int64 [N]) from one unpickled python-format batch."""
+    if b"data" not in batch or fmt.label_key not in batch:
+        raise UserError(f"{where} has no {b'data'!r}/{fmt.label_key!r} entries; "
+                        f"is it a {fmt.title} batch?")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    return data.reshape(-1, 3, 32, 32), np.asarray(batch[fmt.label_key], dtype=np.int64)
+
+
+def _meta_classes(meta: dict | None, fmt: CifarFormat, k: int) -> list[str]:
+    if meta is not None and fmt.meta_key in meta:
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in meta[fmt.meta_key]]
+    if fmt.known_classes is not None:
+        return list(fmt.known_classes)
+    log.warning("no %s meta file found; naming classes class_0..class_%d", fmt.title, k - 1)
+    return [f"class_{i}" for i in range(k)]
+
+
+def _python_arrays(batches: dict[str, bytes], meta: bytes | None, fmt: CifarFormat,
+                   where: str) -> Arrays:
+    """Arrays from the raw bytes of a python-format folder's files (name -> bytes)."""
+    out: Arrays = {}
+    for split, names in fmt.files.items():
+        parts = [_batch_arrays(_unpickle(batches[n], f"{where}/{n}"), fmt, f"{where}/{n}")
+                 for n in names]
+        out[f"{split}_images"] = np.concatenate([p[0] for p in parts])
+        out[f"{split}_labels"] = np.concatenate([p[1] for p in parts])
+    meta_dict = _unpickle(meta, f"{where}/{fmt.meta_file}") if meta is not None else None
+    k = int(max(out["train_labels"].max(), out["test_labels"].max())) + 1
+    out["classes"] = np.array(_meta_classes(meta_dict, fmt, k))
+    return out
+
+
+def _decode_image(data: bytes, where: str, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [3, H, W] from encoded image bytes (any format PIL reads)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise UserError(f"cannot decode image {where}: {e}") from None
+    if arr.shape[:2] != size:
+        raise UserError(f"image {where} is {arr.shape[1]}x{arr.shape[0]}, expected "
+                        f"{size[1]}x{size[0]}")
+    return arr.transpose(2, 0, 1)
+
+
+# (split, class, file name, uint8 [3, H, W]) for every image of an ImageFolder tree.
+FolderEntry = tuple[str, str, str, np.ndarray]
+
+
+def _folder_position(path: str) -> tuple[str, str, str] | None:
+    """``(split, class, file)`` if ``path`` looks like ``[prefix/]{train,test}/<class>/<file>``."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if len(parts) >= 3 and parts[-3] in SPLITS and not any(p.startswith(".") for p in parts[-2:]):
+        return parts[-3], parts[-2], parts[-1]
+    return None
+
+
+def _assemble(entries: list[FolderEntry], where: str) -> Arrays:
+    """Arrays from ImageFolder entries: class order = sorted folder names, files sorted by name."""
+    classes = {s: sorted({c for sp, c, _, _ in entries if sp == s}) for s in SPLITS}
+    if not classes["train"] or not classes["test"]:
+        missing = [s for s in SPLITS if not classes[s]]
+        raise UserError(f"no {'/'.join(missing)} images found in {where}: expected "
+                        f"train/<class>/* and test/<class>/*")
+    if classes["train"] != classes["test"]:
+        raise UserError(f"train/ and test/ in {where} have different class folders: "
+                        f"{sorted(set(classes['train']) ^ set(classes['test']))}")
+    index = {c: i for i, c in enumerate(classes["train"])}
+    out: Arrays = {"classes": np.array(classes["train"])}
+    for s in SPLITS:
+        chosen = sorted((index[c], name, arr) for sp, c, name, arr in entries if sp == s)
+        out[f"{s}_images"] = np.stack([arr for _, _, arr in chosen])
+        out[f"{s}_labels"] = np.array([k for k, _, _ in chosen], dtype=np.int64)
+    return out
+
+
+def _read_image_tree(root: Path, size: tuple[int, int]) -> Arrays:
+    """Decode ``root/{train,test}/<class>/*`` (every file is taken to be an image)."""
+    entries: list[FolderEntry] = []
+    for split in SPLITS:
+        for path in sorted((root / split).glob("*/*")):
+            pos = _folder_position(str(path))
+            if pos is not None and path.is_file():
+                entries.append((*pos, _decode_image(path.read_bytes(), str(path), size)))
+    return _assemble(entries, str(root))
+
+
+def _read_tarball(path: Path, fmt: CifarFormat, size: tuple[int, int]) -> Arrays:
+    """Decode a tarball in one streaming pass, without extracting: either an ImageFolder tree
+    (``[top/]train/<class>/*``, ``[top/]test/<class>/*``) or torchvision's python format
+    (e.g. the official ``cifar-10-python.tar.gz``)."""
+    entries: list[FolderEntry] = []
+    py_files: dict[str, bytes] = {}
+    wanted = {n for names in fmt.files.values() for n in names} | {fmt.meta_file}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                pos = _folder_position(member.name)
+                base = member.name.rsplit("/", 1)[-1]
+                is_py = base in wanted and f"/{fmt.folder}/" in f"/{member.name}"
+                if pos is None and not is_py:
+                    continue
+                data = tar.extractfile(member).read()
+                if is_py:
+                    py_files[base] = data
+                else:
+                    entries.append((*pos, _decode_image(data, f"{path}:{member.name}", size)))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"cannot read archive {path}: {e}") from None
+    if entries:
+        return _assemble(entries, str(path))
+    if all(n in py_files for names in fmt.files.values() for n in names):
+        return _python_arrays(py_files, py_files.get(fmt.meta_file), fmt, f"{path}:{fmt.folder}")
+    raise UserError(f"no {fmt.title} found in archive {path}: expected train/<class>/* and "
+                    f"test/<class>/* images (optionally under one top folder) or {fmt.folder}/")
+
+
+def _cache_file(path: Path, name: str, cache_dir: Path) -> Path:
+    """Cache location for a decoded archive, keyed by (absolute path, size, mtime_ns): cheap to
+    compute (no need to read the archive) and changed by any rewrite of the file."""
+    import hashlib
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    stem = path.name.split(".")[0]
+    return cache_dir / f"{name}-{stem}-{key[:16]}.npz"
+
+
+def _load_cache(cache: Path, keys: Sequence[str]) -> Arrays | None:
+    """The given arrays from a cache file (only those are read), or None."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except Exception as e:  # noqa: BLE001 - unreadable cache: decode again
+        log.warning("ignoring unreadable cache %s (%s); decoding again", cache, e)
+        return None
+
+
+def _cached_tarball(path: Path, name: str, split: str, fmt: CifarFormat,
+                    size: tuple[int, int], cache_dir: Path) -> tuple[Arrays, str]:
+    """Arrays from ``path``, decoding it at most once into ``cache_dir`` (written atomically).
+    A cache hit reads only ``split``'s arrays."""
+    from robustmaxup.utils import ensure_writable_dir
+
+    cache = _cache_file(path, name, cache_dir)
+    arrays = _load_cache(cache, [f"{split}_images", f"{split}_labels", "classes"])
+    if arrays is not None:
+        log.debug("loaded %s from cache %s", path, cache)
+        return arrays, f"{path} (cache {cache})"
+    ensure_writable_dir(cache_dir)
+    log.info("decoding %s once into %s", path, cache)
+    t0 = time.perf_counter()
+    arrays = _read_tarball(path, fmt, size)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    log.info("decoded %d images in %.1fs", sum(len(arrays[f"{s}_labels"]) for s in SPLITS),
+             time.perf_counter() - t0)
+    return arrays, f"{path} (cache {cache})"
+
+
+def _cifar_arrays(root: Path, name: str, split: str, fmt: CifarFormat, size: tuple[int, int],
+                  cache_dir: Path) -> tuple[Arrays, str]:
+    """Find and read a CIFAR variant at ``root`` in any of the accepted layouts."""
+    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
+        return _cached_tarball(root, name, split, fmt, size, cache_dir)
+    if root.is_dir():
+        for py_dir in (root / fmt.folder, root):
+            if all((py_dir / n).is_file() for names in fmt.files.values() for n in names):
+                batches = {n: (py_dir / n).read_bytes() for ns in fmt.files.values() for n in ns}
+                meta = py_dir / fmt.meta_file
+                return (_python_arrays(batches, meta.read_bytes() if meta.is_file() else None,
+                                       fmt, str(py_dir)), str(py_dir))
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return _read_image_tree(root, size), str(root)
+    raise UserError(
+        f"no {fmt.title} found at {root}: expected {fmt.folder}/ (or its files), train/ and "
+        f"test/ class folders, or a .tar.gz of them"
+    )
+
+
+def _check_classes(classes: list[str], info: DatasetInfo, fmt: CifarFormat, where: str) -> None:
+    if len(classes) != info.num_classes:
+        raise UserError(f"{where} has {len(classes)} classes, {fmt.title} has "
+                        f"{info.num_classes}; is --dataset right?")
+    if fmt.known_classes is not None and classes != list(fmt.known_classes):
+        raise UserError(f"class folders in {where} ({', '.join(classes)}) are not {fmt.title}'s "
+                        f"classes ({', '.join(fmt.known_classes)})")
+
+
+def _need_root(root: Path | None, info: DatasetInfo, hint: str) -> Path:
+    if root is None:
+        raise UserError(f"{info.name} needs a data root (--data-root): {hint}; nothing is "
+                        f"downloaded")
+    return root
+
+
+def _read_cifar(info: DatasetInfo, split: str, root: Path | None, cache_dir: Path) -> ImageSplit:
+    fmt = CIFAR_FORMATS[info.name]
+    root = _need_root(root, info, f"{fmt.folder}/, train/ and test/ class folders, or a .tar.gz")
+    arrays, source = _cifar_arrays(root, info.name, split, fmt, tuple(info.image_shape[1:]),
+                                   cache_dir)
+    classes = [str(c) for c in arrays["classes"]]
+    _check_classes(classes, info, fmt, source)
+    return ImageSplit(info, split, torch.from_numpy(arrays[f"{split}_images"]),
+                      torch.from_numpy(arrays[f"{split}_labels"]), classes, source)
+
+
+READERS.register("cifar10")(_read_cifar)
+READERS.register("cifar100")(_read_cifar)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet: ImageFolder train/ and val/
+# --------------------------------------------------------------------------------------------
+
+
+@READERS.register("imagenet")
+def _read_imagenet(info: DatasetInfo, split: str, root: Path | None,
+                   cache_dir: Path) -> FolderSplit:
+    """``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` (split "test" reads ``val/``)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = _need_root(root, info, "a folder with train/ and val/ class folders")
+    folder = root / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise UserError(f"no ImageNet found at {root}: expected train/ and val/ folders of "
+                        f"class subfolders ({folder} is missing)")
+    try:
+        classes, index = find_classes(str(folder))
+        samples = make_dataset(str(folder), index, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:
+        raise UserError(f"bad ImageNet folder {folder}: {e} (val/ must be sorted into class "
+                        f"subfolders)") from None
+    if len(classes) != info.num_classes:
+        log.warning("%s has %d classes, ImageNet has %d", folder, len(classes), info.num_classes)
+    return FolderSplit(info, split, [(p, int(t)) for p, t in samples], classes,
+                       augment=split == "train", source=str(folder))

@@ -5,7 +5,8 @@
   ranks, and training batches are random-cropped (zero padding) and flipped on the device,
   vectorised, before conversion to float32 in [0, 1].
 - :class:`FolderLoader` (ImageNet): a thin wrapper over ``torch.utils.data.DataLoader`` with the
-  same ordering and sharding rule, yielding device tensors.
+  same ordering and sharding rule, yielding device tensors; its random crops are seeded from
+  ``(seed, epoch, rank)`` whether they run in worker processes or (``num_workers=0``) here.
 
 Both have ``set_epoch(epoch)`` and ``len(loader)`` = number of batches, and yield
 ``(x float32 [B, C, H, W] on device in [0, 1], y int64 [B] on device)``.
@@ -220,8 +221,9 @@ class FolderLoader:
     """Batches of a :class:`FolderSplit` through ``torch.utils.data.DataLoader`` workers.
 
     Same ordering and sharding as :class:`DeviceLoader` (:func:`epoch_indices`, i.e. what
-    ``DistributedSampler`` gives when training); pinned memory on CUDA; worker RNG (random
-    crops and flips) seeded from ``(seed, epoch, rank)``. Yields float32 ``[B, 3, 224, 224]``
+    ``DistributedSampler`` gives when training); pinned memory on CUDA; the RNG of the random
+    crops and flips is seeded from ``(seed, epoch, rank)``, in workers or, with
+    ``num_workers=0``, in a private stream that leaves the global RNG alone. Yields float32 ``[B, 3, 224, 224]``
     and int64 ``[B]`` on ``device``.
     """
 
@@ -255,14 +257,33 @@ class FolderLoader:
     def __iter__(self) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
+        seed = derive_seed(self.seed, self.epoch, self.rank)
         loader = DataLoader(
             self.split, batch_size=self.batch_size, sampler=self.indices().tolist(),
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-            drop_last=self.drop_last,
-            generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank)),
+            drop_last=self.drop_last, generator=torch.Generator().manual_seed(seed),
         )
-        for x, y in loader:
+        batches = iter(loader)
+        if self.num_workers == 0:  # transforms run here, on the global RNG: give them our own
+            batches = _with_rng_state(batches, torch.Generator().manual_seed(seed).get_state())
+        for x, y in batches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _with_rng_state(items: Iterator[Batch], state: torch.Tensor) -> Iterator[Batch]:
+    """Produce each item under a private CPU RNG stream starting at ``state``; the caller's
+    global RNG is untouched in between (so its own random draws don't shift the crops)."""
+    while True:
+        saved = torch.get_rng_state()
+        torch.set_rng_state(state)
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            state = torch.get_rng_state()
+            torch.set_rng_state(saved)
+        yield item
 
 
 def make_loader(split: Split, batch_size: int, device: torch.device | str, *, train: bool,
