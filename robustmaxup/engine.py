@@ -40,7 +40,7 @@ from robustmaxup.checkpoints import read_checkpoint, save_checkpoint
 from robustmaxup.data import load_split, make_loader, train_val_split
 from robustmaxup.errors import UserError
 from robustmaxup.methods import PERTURBATIONS, build_method
-from robustmaxup.methods.base import Method, WeightPerturbation
+from robustmaxup.methods.base import LossOutput, Method, WeightPerturbation
 from robustmaxup.models import MODELS, build_model
 from robustmaxup.utils import (
     atomic_write_json, derive_seed, ensure_writable_dir, make_generator, provenance,
@@ -227,8 +227,9 @@ def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
     return {"train": train, "val": val, "test": test}
 
 
-def setup(cfg: TrainConfig) -> Run:
-    """Validate everything, build the run, and restore it from ``last.pt`` when resuming."""
+def setup(cfg: TrainConfig, splits: dict[str, Any] | None = None) -> Run:
+    """Validate everything, build the run, and restore it from ``last.pt`` when resuming.
+    ``splits`` ({"train", "val", "test"}) replaces loading ``cfg.dataset`` (benchmarks, tests)."""
     _check_config(cfg)
     method = build_method(cfg.method, **cfg.method_args)
     perturbation = build_perturbation(cfg.perturbation, cfg.perturbation_args)
@@ -236,7 +237,7 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.batch % ddp.world:
         raise UserError(f"--batch {cfg.batch} must be divisible by the number of processes ({ddp.world})")
     out = _check_out_dir(cfg)
-    splits = _load_splits(cfg)
+    splits = splits if splits is not None else _load_splits(cfg)
     info = splits["train"].info
     method.setup(num_classes=info.num_classes)
     seed_everything(cfg.seed)
@@ -323,7 +324,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:
     for x, y in bar:
         if run.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        out = _train_step(run, model, x, y)
+        out = train_step(run, x, y)
         stats["loss"] += out.loss.detach().double() * len(y)
         seen += len(y)
         if out.logits is not None:
@@ -341,8 +342,9 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:
     }
 
 
-def _train_step(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    method = run.method
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+    """One optimiser step of the method on batch ``(x, y)`` (already on the run's device)."""
+    method, model = run.method, run.forward
     with run.autocast:
         prepared = method.prepare(model, x, y, generator=run.generator)
     context = contextlib.nullcontext()
