@@ -184,6 +184,37 @@ def test_sharded_device_loaders_disjoint():
         make_loader(split, 5, "cpu", train=True, seed=1, rank=4, world_size=4)
 
 
+def test_augment_flag_is_independent_of_shuffling():
+    split = _toy_split(20)
+    plain = make_loader(split, 20, "cpu", train=True, seed=0, augment=False)
+    assert plain.augment is None
+    assert sorted(_ids(plain)) == list(range(20)) and _ids(plain) != list(range(20))
+    ordered = make_loader(split, 20, "cpu", train=False, seed=0, augment=True)
+    assert ordered.augment == CropFlip(4, True)
+    x, y = next(iter(ordered))
+    assert torch.equal(y, split.labels) and not torch.equal(x, split.images.float() / 255)
+    custom = DeviceLoader(split, 4, "cpu", train=True, seed=0, augment=CropFlip(1, False))
+    assert custom.augment == CropFlip(1, False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_loader_on_cuda_matches_cpu_order_and_is_seeded():
+    split = _toy_split(64, hw=8)
+    cpu = make_loader(split, 16, "cpu", train=True, seed=4, augment=False)
+    gpu = make_loader(split, 16, "cuda", train=True, seed=4)
+    assert gpu.images.is_cuda
+    batches = list(gpu)
+    assert all(x.is_cuda and y.is_cuda and x.dtype == torch.float32 for x, y in batches)
+    # same permutation on both devices (it is drawn on the CPU)
+    assert torch.equal(torch.cat([y for _, y in batches]).cpu(), torch.cat([y for _, y in cpu]))
+    again = list(gpu)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    u8 = (batches[0][0][0].cpu() * 255).round().to(torch.uint8)
+    hits = _match_augmented(u8, split.images, 4, True)
+    assert hits and hits[0][0] == int(gpu.indices()[0])
+
+
 def _reference_crop_flip(img: torch.Tensor, pad: int, dy: int, dx: int, flip: bool):
     padded = torch.nn.functional.pad(img.float(), (pad, pad, pad, pad)).to(img.dtype)
     h, w = img.shape[-2:]
@@ -523,6 +554,13 @@ def test_imagenet_folder_split_and_loader(tmp_path):
     worker = make_loader(train, 3, "cpu", train=True, seed=0, num_workers=1, drop_last=False)
     w1, w2 = next(iter(worker))[0], next(iter(worker))[0]
     assert w1.shape == (3, 3, 224, 224) and torch.equal(w1, w2)
+    # train=False over the training files: the deterministic evaluation transform
+    ev = make_loader(train, 4, "cpu", train=False, seed=0, num_workers=0)
+    assert torch.equal(next(iter(ev))[0][1], train.subset([1], augment=False)[0][0])
+    shards = [make_loader(train, 1, "cpu", train=True, seed=0, rank=r, world_size=2, num_workers=0)
+              for r in range(2)]
+    assert [len(sh) for sh in shards] == [2, 2]
+    assert sorted(int(y) for sh in shards for _, y in sh) == [0, 0, 1, 1]
     tr, va = train_val_split(train, 2, seed=0)
     assert len(tr) == len(va) == 2 and va.augment is False and tr.augment is True
     assert sorted(va.labels.tolist()) == [0, 1]

@@ -68,15 +68,15 @@ def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
         assert torch.equal(out, x)
     """
     b, c, h, w = x.shape
-    padded = x.new_zeros(b, c, h + 2 * pad, w + 2 * pad)
+    wp = w + 2 * pad
+    padded = x.new_zeros(b, c, h + 2 * pad, wp)
     padded[:, :, pad:pad + h, pad:pad + w] = x
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
-    rows = dy.view(b, 1) + ar_h  # [B, H]
+    rows = dy.view(b, 1) + ar_h  # [B, H] source rows in the padded image
     cols = dx.view(b, 1) + torch.where(flipped.view(b, 1), w - 1 - ar_w, ar_w)  # [B, W]
-    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+    flat = (rows.view(b, h, 1) * wp + cols.view(b, 1, w)).view(b, 1, h * w)
+    return padded.view(b, c, -1).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,12 @@ class DeviceLoader:
         split: the data; its uint8 images are copied to ``device`` once, here.
         batch_size: examples per batch (per rank).
         device: where batches live.
-        train: shuffle per epoch and apply the dataset's :data:`AUGMENT_POLICIES` entry.
+        train: shuffle per epoch (and pad shards to equal length, see :func:`epoch_indices`).
         seed: with the epoch, fixes the order and the augmentation draws.
         rank, world_size: data-parallel sharding (see :func:`epoch_indices`).
         drop_last: drop a final short batch (default: ``train``).
-        augment: override the dataset's policy (None: use the registry; only with ``train``).
+        augment: None: same as ``train``; True: the dataset's :data:`AUGMENT_POLICIES` entry
+            (none if it has no entry); False: no augmentation; a :class:`CropFlip`: that one.
         epoch: the starting epoch (see :meth:`set_epoch`).
 
     Augmentation draws come from a generator on ``device`` seeded with
@@ -174,7 +175,7 @@ class DeviceLoader:
 
     def __init__(self, split: ImageSplit, batch_size: int, device: torch.device | str, *,
                  train: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, augment: CropFlip | None = None,
+                 drop_last: bool | None = None, augment: bool | CropFlip | None = None,
                  epoch: int = 0) -> None:
         _check_args(batch_size, rank, world_size)
         self.split = split
@@ -184,9 +185,11 @@ class DeviceLoader:
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.drop_last = train if drop_last is None else drop_last
-        if augment is None and train and split.name in AUGMENT_POLICIES:
-            augment = AUGMENT_POLICIES.get(split.name)
-        self.augment = augment if train else None
+        if augment is None:
+            augment = train
+        if augment is True:
+            augment = AUGMENT_POLICIES.get(split.name) if split.name in AUGMENT_POLICIES else None
+        self.augment: CropFlip | None = augment or None
         self.epoch = epoch
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
@@ -229,10 +232,14 @@ class FolderLoader:
 
     def __init__(self, split: FolderSplit, batch_size: int, device: torch.device | str, *,
                  train: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = None, num_workers: int = 4, epoch: int = 0) -> None:
+                 drop_last: bool | None = None, augment: bool | None = None,
+                 num_workers: int = 4, epoch: int = 0) -> None:
         _check_args(batch_size, rank, world_size)
         if num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
+        augment = train if augment is None else augment
+        if augment != split.augment:  # same files, the other transform
+            split = split.subset(range(len(split)), augment=augment)
         self.split = split
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -288,7 +295,8 @@ def _with_rng_state(items: Iterator[Batch], state: torch.Tensor) -> Iterator[Bat
 
 def make_loader(split: Split, batch_size: int, device: torch.device | str, *, train: bool,
                 seed: int, rank: int = 0, world_size: int = 1, drop_last: bool | None = None,
-                num_workers: int = 4, epoch: int = 0) -> DeviceLoader | FolderLoader:
+                augment: bool | None = None, num_workers: int = 4,
+                epoch: int = 0) -> DeviceLoader | FolderLoader:
     """A loader for ``split``: :class:`DeviceLoader` for in-memory splits, :class:`FolderLoader`
     for folder-backed ones (``num_workers`` applies to the latter only).
 
@@ -296,10 +304,14 @@ def make_loader(split: Split, batch_size: int, device: torch.device | str, *, tr
         split: from :func:`~robustmaxup.data.load_split` (or a subset of one).
         batch_size: examples per batch on this rank.
         device: where ``x`` and ``y`` are delivered.
-        train: shuffle each epoch (seeded by ``(seed, epoch)``) and augment.
+        train: shuffle each epoch (seeded by ``(seed, epoch)``), shards padded to equal length
+            (as ``DistributedSampler``); False: natural order, exact cover, no padding.
         seed: run seed.
         rank, world_size: data-parallel shard of this process.
         drop_last: drop a final short batch; default ``train``.
+        augment: training augmentation (CIFAR: 4-px crop + flip; digits: 1-px crop; ImageNet:
+            RandomResizedCrop + flip); default ``train``. Pass ``train=True, augment=False``
+            for shuffled, unaugmented training.
         num_workers: DataLoader worker processes (ImageNet).
         epoch: first epoch; call ``loader.set_epoch(e)`` before each epoch.
 
@@ -309,7 +321,7 @@ def make_loader(split: Split, batch_size: int, device: torch.device | str, *, tr
         x, y = next(iter(loader))     # float32 [128, 1, 8, 8], int64 [128]
     """
     common = dict(train=train, seed=seed, rank=rank, world_size=world_size,
-                  drop_last=drop_last, epoch=epoch)
+                  drop_last=drop_last, augment=augment, epoch=epoch)
     if isinstance(split, FolderSplit):
         return FolderLoader(split, batch_size, device, num_workers=num_workers, **common)
     return DeviceLoader(split, batch_size, device, **common)
