@@ -210,3 +210,204 @@ def test_registry_lists_attacks():
     assert ATTACKS.get("pgd") is pgd and ATTACKS.get("smooth_pgd") is smooth_pgd
     with pytest.raises(UserError, match="known"):
         ATTACKS.get("fgsm2")
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+class _Linear(nn.Module):
+    """Two logits ``(-z/2, z/2)`` with ``z = w·x + b``: class 1 iff ``z > 0``."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+        self.b = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([-z / 2, z / 2], 1)
+
+
+@pytest.fixture(scope="module")
+def linear_problem():
+    """Points near 0.5 at known L2 distances |w·x+b|/||w|| (in [0.01, 0.61]) from the boundary;
+    the straight path to the boundary stays inside the [0,1] box."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, generator=g)
+    w = w / w.norm()
+    n = 120
+    x = 0.5 + 0.05 * (2 * torch.rand(n, 1, 8, 8, generator=g) - 1)
+    signed = (torch.rand(n, generator=g) * 0.6 + 0.01) * torch.where(
+        torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    x = x + ((signed - x.flatten(1) @ w)[:, None] * w[None]).view(n, 1, 8, 8)
+    assert 0.05 < x.min() and x.max() < 0.95
+    model = _Linear(w).eval()
+    z = x.flatten(1) @ w
+    return model, x, (z > 0).long(), z.abs()
+
+
+@pytest.mark.parametrize("random_start,band", [(False, 1e-3), (True, 0.03)])
+def test_pgd_l2_flips_exactly_points_closer_than_eps(linear_problem, random_start, band):
+    model, x, y, dist = linear_problem
+    eps = 0.3
+    x_adv = pgd(model, x, y, eps=eps, norm="L2", steps=20, random_start=random_start,
+                generator=torch.Generator().manual_seed(1))
+    flipped = model(x_adv).argmax(1) != y
+    clear = (dist - eps).abs() > band * eps
+    assert clear.sum() > 100
+    assert torch.equal(flipped[clear], (dist < eps)[clear])
+
+
+def test_autoattack_l2_flips_exactly_points_closer_than_eps(linear_problem, tmp_path):
+    from robustmaxup.attacks import run_autoattack
+
+    model, x, y, dist = linear_problem
+    eps = 0.3
+    log_file = tmp_path / "aa.log"
+    res = run_autoattack(model, x, y, eps=eps, norm="L2", version="custom", attacks=["apgd-ce"],
+                         seed=0, log_file=log_file, batch_size=64)
+    clear = (dist - eps).abs() > 0.01 * eps
+    assert torch.equal((~res.robust)[clear], (dist < eps)[clear])
+    d = (res.x_adv - x).flatten(1).norm(dim=1)
+    assert d.max() <= eps + 1e-5
+    assert "apgd-ce" in log_file.read_text()
+    assert list(res.stages) == ["apgd-ce"] and res.clean.all()
+
+
+# --------------------------------------------------------------------------- AutoAttack adapter
+
+
+def _shorten(adversary) -> None:
+    adversary.apgd.n_iter = 8
+    adversary.apgd_targeted.n_iter = 8
+    adversary.apgd_targeted.n_target_classes = 3
+    adversary.fab.n_iter = 8
+    adversary.fab.n_target_classes = 3
+    adversary.square.n_queries = 40
+
+
+def test_autoattack_adapter_equals_direct_call(digits_model, test_batch):
+    from pyautoattack import AutoAttack
+
+    from robustmaxup.attacks import rescore, run_autoattack
+
+    x, y = test_batch[0][:24], test_batch[1][:24]
+    attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    eps = 0.06
+    model = copy.deepcopy(digits_model)
+    rng_before = torch.random.get_rng_state()
+    res = run_autoattack(model, x, y, eps=eps, norm="Linf", version="custom", attacks=attacks,
+                         seed=3, batch_size=16, configure=_shorten)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+
+    direct = AutoAttack(copy.deepcopy(digits_model).eval(), attacks=attacks, device="cpu",
+                        eps=eps, norm="Linf", seed=3, version="custom")
+    _shorten(direct)
+    x_d, y_d = direct.run_standard_evaluation(x, y, batch_size=16)
+    assert torch.equal(res.robust, y_d == y)
+    assert torch.equal(res.x_adv, x_d)
+    clean_acc, robust_acc = res.clean.float().mean(), res.robust.float().mean()
+    assert 0 < robust_acc < clean_acc
+    # stages are cumulative (pointwise worst case) and non-increasing
+    prev = res.clean
+    for flags in res.stages.values():
+        assert not (flags & ~prev).any()
+        prev = flags
+    # re-scoring the returned x_adv reproduces the reported robust accuracy exactly
+    assert torch.equal(rescore(digits_model, res.x_adv, y)[0], res.robust)
+    assert ((res.x_adv - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all()
+
+
+def test_autoattack_checks_inputs_and_options(digits_model, test_batch):
+    from robustmaxup.attacks import run_autoattack
+
+    x, y = test_batch[0][:4], test_batch[1][:4]
+    bad = [({"x": x * 2 - 0.5}, "[0, 1]"), ({"norm": "L3"}, "norm"), ({"version": "fast"}, "version"),
+           ({"version": "custom"}, "attacks"), ({"attacks": ["apgd-ce"]}, "custom"),
+           ({"version": "custom", "attacks": ["pgd"]}, "pgd"), ({"eps": 0.0}, "eps")]
+    for kw, word in bad:
+        kw = {"x": x, "eps": 0.1, **kw}
+        with pytest.raises(UserError, match=word.replace("[", r"\[")):
+            run_autoattack(digits_model, kw.pop("x"), y, **kw)
+
+
+def test_autoattack_restores_train_mode(digits_model, test_batch):
+    from robustmaxup.attacks import run_autoattack
+
+    model = copy.deepcopy(digits_model).train()
+    seen = []
+    model.register_forward_pre_hook(lambda mod, inp: seen.append(mod.training))
+    x, y = test_batch[0][:8], test_batch[1][:8]
+    run_autoattack(model, x, y, eps=0.05, version="custom", attacks=["apgd-ce"],
+                   configure=_shorten)
+    assert seen and not any(seen)
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.slow
+def test_autoattack_standard_version_equals_direct_call(digits_model, test_batch):
+    from pyautoattack import AutoAttack
+
+    from robustmaxup.attacks import rescore, run_autoattack
+
+    x, y = test_batch[0][:24], test_batch[1][:24]
+    res = run_autoattack(digits_model, x, y, eps=0.05, version="standard", seed=0)
+    direct = AutoAttack(copy.deepcopy(digits_model), device="cpu", eps=0.05, seed=0)
+    x_d, y_d = direct.run_standard_evaluation(x, y)
+    assert list(res.stages) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert torch.equal(res.robust, y_d == y) and torch.equal(res.x_adv, x_d)
+    assert torch.equal(rescore(digits_model, res.x_adv, y)[0], res.robust)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_pgd_at_model_is_more_robust_than_standard_one():
+    x, y = _digits(1000)
+    xt, yt = _digits(300, offset=1400)
+    accs = {}
+    for name, adv_eps in (("standard", 0.0), ("pgd_at", 0.15)):
+        torch.manual_seed(0)
+        model = _train(build_model("digits_cnn", 10, "digits"), x, y, epochs=3, adv_eps=adv_eps)
+        x_adv = pgd(model, xt, yt, eps=0.15, steps=10, generator=torch.Generator().manual_seed(0))
+        accs[name] = (_accuracy(model, xt, yt), _accuracy(model, x_adv, yt))
+    assert accs["standard"][0] > 0.8 and accs["pgd_at"][0] > 0.7
+    assert accs["standard"][1] < 0.2
+    assert accs["pgd_at"][1] > accs["standard"][1] + 0.2
+
+
+def test_evaluate_pgd_and_smoothed(digits_model, test_batch):
+    from robustmaxup.attacks import AttackConfig, evaluate
+
+    x, y = test_batch[0][:32], test_batch[1][:32]
+    cfg = AttackConfig(eps=0.1, attack="pgd", steps=5, batch_size=16)
+    a = evaluate(digits_model, x, y, cfg, seed=7)
+    b = evaluate(digits_model, x, y, cfg, seed=7)
+    assert torch.equal(a.robust, b.robust) and torch.equal(a.x_adv, b.x_adv)
+    assert a.rescored.shape == (1, 32)
+    assert a.robust.float().mean() <= a.clean.float().mean()
+    assert torch.equal(a.robust, a.stages["pgd"])
+
+    sm = AttackConfig(eps=0.5, attack="autoattack", norm="L2", version="rand", sigma=0.25, m=4,
+                      batch_size=32)
+    from robustmaxup.attacks import run_autoattack
+
+    orig = run_autoattack
+
+    def short(*args, **kw):
+        return orig(*args, **kw, configure=lambda adv: setattr(adv.apgd, "n_iter", 3)
+                    or setattr(adv.apgd, "eot_iter", 2))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("robustmaxup.attacks.evaluation.run_autoattack", short)
+        r = evaluate(digits_model, x, y, sm, seed=1)
+    assert r.rescored.shape == (5, 32)
+    assert list(r.stages) == ["apgd-ce", "apgd-dlr"]
+    assert not (r.robust & ~r.attack_robust).any()
+    assert ((r.x_adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    for kw in ({"eps": 1.5}, {"eps": 0.1, "norm": "L1", "attack": "pgd"},
+               {"eps": 9.0, "norm": "L2"}, {"eps": 0.1, "attack": "cw"}):
+        with pytest.raises(UserError):
+            evaluate(digits_model, x, y, AttackConfig(**kw), seed=0)

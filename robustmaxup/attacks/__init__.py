@@ -1,7 +1,11 @@
 """Stateless adversarial attacks: ``attack(model, x, y, *, eps, ...) -> x_adv``.
 
 One algorithm per file; all projected-gradient attacks share the core in ``_core.py`` (one PGD
-implementation in the package). ``ATTACKS`` maps names to attack functions for the CLI.
+implementation in the package). ``ATTACKS`` maps names to attack functions
+``(model, x, y, *, eps, ...) -> x_adv``; ``EVALUATORS`` maps the names the CLI accepts to
+evaluators returning per-example flags (:class:`AttackResult`), and :func:`evaluate` runs one.
+The AutoAttack function is ``robustmaxup.attacks.autoattack.autoattack`` (also
+``ATTACKS.get("autoattack")``); its per-attack form is :func:`run_autoattack`.
 
 Example::
 
@@ -14,6 +18,9 @@ from __future__ import annotations
 from typing import Callable
 
 from robustmaxup.attacks._core import LOSSES, NORMS, margin_loss
+from robustmaxup.attacks.autoattack import AttackResult, rescore, run_autoattack
+from robustmaxup.attacks.autoattack import autoattack as _autoattack
+from robustmaxup.attacks.evaluation import EVALUATORS, AttackConfig, evaluate
 from robustmaxup.attacks.pgd import pgd
 from robustmaxup.attacks.smooth_pgd import smooth_pgd
 from robustmaxup.attacks.smoothed import SoftSmoothed, soft_smoothed_log_probs
@@ -23,8 +30,10 @@ from robustmaxup.registry import Registry
 ATTACKS: Registry[Callable] = Registry("attack")
 ATTACKS.register("pgd")(pgd)
 ATTACKS.register("smooth_pgd")(smooth_pgd)
+ATTACKS.register("autoattack")(_autoattack)
 
 __all__ = [
-    "ATTACKS", "LOSSES", "NORMS", "SoftSmoothed", "margin_loss", "pgd", "smooth_pgd",
+    "ATTACKS", "AttackConfig", "AttackResult", "EVALUATORS", "evaluate", "rescore",
+    "run_autoattack", "LOSSES", "NORMS", "SoftSmoothed", "margin_loss", "pgd", "smooth_pgd",
     "soft_smoothed_log_probs",
 ]
