@@ -296,16 +296,18 @@ class Smooth:
         name = self.precision if self.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         return PRECISIONS[name]
 
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Base-classifier logits ``[B, num_classes]`` under this object's precision settings."""
+    def logits(self, batch: torch.Tensor, *, compiled: bool = True) -> torch.Tensor:
+        """Base-classifier logits ``[B, num_classes]`` under this object's precision settings
+        (``compiled=False``: skip ``torch.compile``, e.g. for one-off checks)."""
         self._prepare(batch.device)
         if self._use_channels_last(batch.device) and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         dtype = self.autocast_dtype(batch.device)
+        forward = self._forward if compiled else self.base_classifier
         t0 = time.perf_counter()
         with torch.autocast(batch.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = self._forward(batch)
-        if self.compile and not self._compile_logged:
+            out = forward(batch)
+        if compiled and self.compile and not self._compile_logged:
             if batch.device.type == "cuda":
                 torch.cuda.synchronize(batch.device)
             log.info("torch.compile: first forward (compilation) took %.1f s", time.perf_counter() - t0)

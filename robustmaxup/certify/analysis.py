@@ -1,0 +1,211 @@
+"""Certified accuracy, ACR, tables and plots from ``robustmaxup certify`` TSV files
+(Cohen et al.'s format: ``idx label predict radius correct time``).
+
+Conventions (stated in every table): a row is *certified at radius r* when it is correct, not an
+abstention, and its radius is ``>= r``; abstentions count as not certified at every radius,
+radius 0 included. The ACR is the mean of ``radius * correct`` over **all** rows (abstentions
+contribute 0). Pure functions; nothing here imports training code.
+
+Example::
+
+    res = read_certify_tsv("certify_test_sigma0.25.tsv")
+    certified_accuracy(res, [0.0, 0.5])      # array([0.81, 0.62])
+    average_certified_radius(res)            # 0.531
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from robustmaxup.errors import UserError
+from robustmaxup.registry import Registry
+from robustmaxup.utils import atomic_path
+
+ABSTAIN = -1
+REQUIRED = ("idx", "label", "predict", "radius", "correct")
+THRESHOLD_NOTE = ("certified at radius r = correct, not abstained, and radius >= r; abstentions "
+                  "count as not certified at every radius (r = 0 included); "
+                  "ACR = mean of radius * correct over all rows")
+
+
+@dataclass(frozen=True)
+class CertifyResults:
+    """The columns of one certify TSV (one entry per row) plus its run metadata, if any.
+
+    ``meta`` is the JSON sidecar ``FILE.tsv.json`` when it exists (subset, n, alpha, ...).
+    """
+
+    name: str
+    path: str
+    idx: np.ndarray
+    label: np.ndarray
+    predict: np.ndarray
+    radius: np.ndarray
+    correct: np.ndarray
+    meta: dict | None = None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def subset_note(self) -> str:
+        """E.g. ``"500 of 10000 test images (skip 20)"`` or ``"full test split (10000 images)"``."""
+        meta = self.meta or {}
+        split, size = meta.get("split"), meta.get("split_size")
+        if meta.get("full_split") and len(self) == size:
+            return f"full {split} split ({len(self)} images)"
+        extra = f" (skip {meta['skip']}, max {meta['max']})" if "skip" in meta else ""
+        of = f" of {size} {split}" if size else ""
+        return f"{len(self)}{of} images{extra}"
+
+
+def read_certify_tsv(path: str | os.PathLike) -> CertifyResults:
+    """Read a certify TSV (a torn last line without newline is ignored); UserError if malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    if not rows:
+        raise UserError(f"{path} is empty; expected a certify TSV with header {' '.join(REQUIRED)} time")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; is it a certify (not predict) TSV?")
+    col = {c: header.index(c) for c in REQUIRED}
+    try:
+        data = {c: [r[col[c]] for r in rows[1:] if r] for c in REQUIRED}
+        ints = {c: np.array([int(v) for v in data[c]], dtype=np.int64) for c in ("idx", "label", "predict", "correct")}
+        radius = np.array([float(v) for v in data["radius"]], dtype=np.float64)
+    except (ValueError, IndexError) as e:
+        raise UserError(f"{path} has a malformed row ({e}); regenerate it or remove the row") from None
+    sidecar = Path(str(path) + ".json")
+    meta = None
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = None
+    return CertifyResults(path.name, str(path), ints["idx"], ints["label"], ints["predict"], radius,
+                          ints["correct"], meta)
+
+
+def _certified(res: CertifyResults) -> np.ndarray:
+    return (res.correct == 1) & (res.predict != ABSTAIN)
+
+
+def certified_accuracy(res: CertifyResults, radii: Sequence[float]) -> np.ndarray:
+    """Approximate certified accuracy at each radius: fraction of **all** rows that are correct,
+    not abstained, and have radius ``>= r``. Shape ``[len(radii)]``."""
+    if len(res) == 0:
+        return np.full(len(radii), np.nan)
+    ok = _certified(res)
+    return np.array([float(np.mean(ok & (res.radius >= r))) for r in radii])
+
+
+def average_certified_radius(res: CertifyResults) -> float:
+    """ACR: mean over **all** rows of ``radius * correct`` (abstentions and errors count 0)."""
+    if len(res) == 0:
+        return float("nan")
+    return float(np.mean(np.where(_certified(res), res.radius, 0.0)))
+
+
+def abstain_rate(res: CertifyResults) -> float:
+    """Fraction of rows that abstained."""
+    return float(np.mean(res.predict == ABSTAIN)) if len(res) else float("nan")
+
+
+def column_names(results: Sequence[CertifyResults]) -> list[str]:
+    """File names as column labels; the full path where two files share a name."""
+    names = [r.name for r in results]
+    return [r.path if names.count(r.name) > 1 else r.name for r in results]
+
+
+def summary_rows(results: Sequence[CertifyResults], radii: Sequence[float]) -> tuple[list[str], list[list[str]]]:
+    """Header and body rows: one row per radius, then ACR, abstain rate and image count."""
+    header = ["radius (>= r)"] + column_names(results)
+    accs = [certified_accuracy(r, radii) for r in results]
+    body = [[f"{rad:g}"] + [f"{a[i]:.3f}" for a in accs] for i, rad in enumerate(radii)]
+    body.append(["ACR"] + [f"{average_certified_radius(r):.3f}" for r in results])
+    body.append(["abstain"] + [f"{abstain_rate(r):.3f}" for r in results])
+    body.append(["images"] + [str(len(r)) for r in results])
+    return header, body
+
+
+TableFormatter = Callable[[list[str], list[list[str]]], str]
+TABLE_FORMATS: Registry[TableFormatter] = Registry("table format")
+
+
+@TABLE_FORMATS.register("markdown")
+def _markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+@TABLE_FORMATS.register("csv")
+def _csv(header: list[str], body: list[list[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(body)
+    return buf.getvalue().rstrip("\n")
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+@TABLE_FORMATS.register("latex")
+def _latex(header: list[str], body: list[list[str]]) -> str:
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+             " & ".join(_latex_escape(h).replace(">=", "$\\geq$") for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def format_table(results: Sequence[CertifyResults], radii: Sequence[float], fmt: str = "markdown") -> str:
+    """The summary table in ``fmt`` (``markdown``, ``latex`` or ``csv``)."""
+    header, body = summary_rows(results, radii)
+    return TABLE_FORMATS.get(fmt)(header, body)
+
+
+def plot_certified_accuracy(results: Sequence[CertifyResults], path: str | os.PathLike,
+                            max_radius: float | None = None) -> None:
+    """Certified accuracy vs radius, one line per file, written atomically (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    top = max_radius or max([float(r.radius.max()) for r in results if len(r)] + [0.5]) * 1.05
+    grid = np.linspace(0.0, top, 400)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, res in zip(column_names(results), results):
+        ax.plot(grid, certified_accuracy(res, grid), label=f"{label} (ACR {average_certified_radius(res):.3f})")
+    ax.set_xlabel("L2 radius r (pixels in [0, 1])")
+    ax.set_ylabel("certified accuracy (radius >= r)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fmt = path.suffix.lstrip(".") or "png"
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150)
+    finally:
+        plt.close(fig)

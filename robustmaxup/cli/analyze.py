@@ -1,0 +1,55 @@
+"""``robustmaxup analyze``: certified-accuracy table (and plot) from certify TSV files.
+
+Example::
+
+    robustmaxup analyze gaussian.tsv maxup.tsv --radii 0 0.25 0.5 0.75 1 --format markdown \\
+        --plot certified.png
+
+One column per file (labelled by file name). A row is certified at radius r when it is correct,
+not abstained and its radius is >= r (abstentions never count, r = 0 included); ACR is the mean
+of radius * correct over all rows. The subset each file covers is printed, since ACR on a
+500-image subset and on the full test set differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Sequence
+
+from robustmaxup.certify import analysis
+from robustmaxup.cli.common import make_parser, run
+from robustmaxup.errors import UserError
+
+log = logging.getLogger("robustmaxup")
+DEFAULT_RADII = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("analyze", "Certified accuracy at given radii, ACR and abstain rate from "
+                               "'robustmaxup certify' TSV files; optional plot.")
+    p.add_argument("files", nargs="+", help="certify TSV files (one table column each)")
+    p.add_argument("--radii", type=float, nargs="+", default=DEFAULT_RADII, help="L2 radii (pixels in [0,1])")
+    p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
+    p.add_argument("--plot", default=None, help="write certified accuracy vs radius to this image (.png/.pdf)")
+    p.add_argument("--quiet", action="store_true", help="only the table")
+    return p
+
+
+def _body(args: argparse.Namespace) -> None:
+    if any(r < 0 for r in args.radii):
+        raise UserError("--radii must be >= 0")
+    results = [analysis.read_certify_tsv(f) for f in args.files]
+    for res, name in zip(results, analysis.column_names(results)):
+        if len(res) == 0:
+            raise UserError(f"{res.path} has no rows yet")
+        print(f"# {name}: {res.subset_note()}")
+    print(f"# {analysis.THRESHOLD_NOTE}")
+    print(analysis.format_table(results, args.radii, args.format))
+    if args.plot:
+        analysis.plot_certified_accuracy(results, args.plot)
+        log.info("wrote %s", args.plot)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run("analyze", _body, build_parser(), argv)
