@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,12 @@ from robustmaxup.data import (
     make_loader, train_val_split,
 )
 from robustmaxup.errors import UserError
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Never write to the user's real cache directory."""
+    monkeypatch.setenv("ROBUSTMAXUP_CACHE", str(tmp_path / "default-cache"))
+
 
 # --------------------------------------------------------------------------------------------
 # digits
@@ -63,7 +70,8 @@ def test_item_batch_and_subset():
     assert torch.equal(x, test.images[3].float() / 255) and y == int(test.labels[3])
     xb, yb = test.batch([5, 1, 5])
     assert xb.shape == (3, 1, 8, 8) and yb.dtype == torch.int64
-    assert torch.equal(xb[1], test[1][0]) and yb.tolist() == [int(test.labels[i]) for i in (5, 1, 5)]
+    assert torch.equal(xb[1], test[1][0])
+    assert yb.tolist() == [int(test.labels[i]) for i in (5, 1, 5)]
     sub = test.subset(torch.tensor([7, 2]))
     assert len(sub) == 2 and torch.equal(sub.images[0], test.images[7])
     assert sub.classes == test.classes and sub.info is test.info
@@ -243,8 +251,9 @@ def test_crop_flip_matches_reference():
 def _match_augmented(x_out: torch.Tensor, originals: torch.Tensor, pad: int, flips: bool):
     """All (index, dy, dx, flip) whose crop_flip of an original equals ``x_out`` exactly."""
     hits = []
-    for i, dy, dx, fl in itertools.product(range(len(originals)), range(2 * pad + 1),
-                                           range(2 * pad + 1), (False, True) if flips else (False,)):
+    shifts = range(2 * pad + 1)
+    flip_options = (False, True) if flips else (False,)
+    for i, dy, dx, fl in itertools.product(range(len(originals)), shifts, shifts, flip_options):
         if torch.equal(_reference_crop_flip(originals[i], pad, dy, dx, fl), x_out):
             hits.append((i, dy, dx, fl))
     return hits
@@ -405,6 +414,32 @@ def test_cifar10_image_folder_png_round_trip(tmp_path):
         assert x.shape == (3, 32, 32) and torch.equal(x, torch.from_numpy(ref[split][0][3]) / 255)
 
 
+def test_image_folder_cached_and_invalidated_by_changes(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import robustmaxup.data.datasets as ds
+
+    ref = _write_tree(tmp_path / "data", CIFAR10, per_class=1)
+    cache = tmp_path / "cache"
+    _check(load_split("cifar10", "test", root=tmp_path / "data", cache_dir=cache), *ref["test"],
+           CIFAR10)
+    assert len(list(cache.glob("cifar10-data-*.npz"))) == 1
+    real = ds._decode_image
+    monkeypatch.setattr(ds, "_decode_image", lambda *a: pytest.fail("decoded again"))
+    _check(load_split("cifar10", "train", root=tmp_path / "data", cache_dir=cache),
+           *ref["train"], CIFAR10)
+    # rewriting one image changes the key: decoded afresh, new pixels seen
+    monkeypatch.setattr(ds, "_decode_image", real)
+    new = _rand_u8((32, 32, 3), 999)
+    changed = tmp_path / "data" / "test" / "cat" / "000.png"
+    Image.fromarray(new).save(changed)
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # coarse-mtime filesystems
+    s = load_split("cifar10", "test", root=tmp_path / "data", cache_dir=cache)
+    assert np.array_equal(s.images[3].numpy(), new.transpose(2, 0, 1))
+    assert len(list(cache.glob("cifar10-data-*.npz"))) == 2
+
+
 def test_cifar10_wrong_class_folders(tmp_path):
     _write_tree(tmp_path, CIFAR10[:9] + ["zebra"], per_class=1)
     with pytest.raises(UserError, match="not CIFAR-10's classes"):
@@ -488,7 +523,8 @@ def test_tarball_of_python_format(cifar10_py, tmp_path):
 
 def test_missing_root_names_the_path(tmp_path):
     where = tmp_path / "nowhere"
-    with pytest.raises(UserError, match=f"no CIFAR-10 found at {where}: expected cifar-10-batches-py/"):
+    expected = f"no CIFAR-10 found at {where}: expected cifar-10-batches-py/"
+    with pytest.raises(UserError, match=expected):
         load_split("cifar10", "train", root=where)
     with pytest.raises(UserError, match="cifar100 needs a data root"):
         load_split("cifar100", "train")
@@ -501,7 +537,6 @@ def test_missing_root_names_the_path(tmp_path):
 
 
 def test_hostile_pickle_is_refused(cifar10_py):
-    import os
     import pickle
 
     root, _ = cifar10_py
@@ -532,7 +567,8 @@ def test_imagenet_folder_split_and_loader(tmp_path):
     train = load_split("imagenet", "train", root=tmp_path)
     val = load_split("imagenet", "test", root=tmp_path)
     assert train.images is None and len(train) == 4 and train.classes == ["n01440764", "n01443537"]
-    assert train.labels.tolist() == [0, 0, 1, 1] and len(load_split("imagenet", "val", root=tmp_path)) == 4
+    assert train.labels.tolist() == [0, 0, 1, 1]
+    assert len(load_split("imagenet", "val", root=tmp_path)) == 4
     x, y = val[2]
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and y == 1
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0

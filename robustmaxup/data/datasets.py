@@ -4,6 +4,17 @@ Nothing here downloads. ``digits`` is bundled with scikit-learn; every other dat
 a local ``root`` the user gives, and a missing or unrecognised root raises one
 :class:`~robustmaxup.errors.UserError` naming what was looked for.
 
+Accepted layouts of ``root``:
+
+- digits: none (scikit-learn's bundled copy; fixed stratified 1,437 / 360 split).
+- cifar10 / cifar100: torchvision's python format (``cifar-10-batches-py/`` or
+  ``cifar-100-python/``, or the folder itself); an ImageFolder tree ``train/<class>/*`` +
+  ``test/<class>/*`` (class order = sorted folder names); or a ``.tar.gz``/``.tgz``/``.tar`` of
+  either (optionally under one top folder). Trees and tarballs are decoded once (PIL, straight
+  from the tar stream) into ``<cache_dir>/<name>-<stem>-<key>.npz``, written atomically;
+  tarballs are keyed by (path, size, mtime), trees by every file's (path, size, mtime).
+- imagenet: ``train/<wnid>/*`` and ``val/<wnid>/*`` (split "test" reads ``val/``).
+
 Two split types, one interface (``len``, ``split[i]``, ``classes``, ``info``, ``labels``,
 ``images``, ``batch``, ``subset``):
 
@@ -178,7 +189,8 @@ class FolderSplit:
                            self.augment if augment is None else augment, self.source)
 
     def __repr__(self) -> str:
-        return f"FolderSplit({self.name}/{self.split}: {len(self)} files, {len(self.classes)} classes)"
+        return (f"FolderSplit({self.name}/{self.split}: {len(self)} files, "
+                f"{len(self.classes)} classes)")
 
 
 Split = ImageSplit | FolderSplit
@@ -217,7 +229,8 @@ def load_split(name: str, split: str, root: str | os.PathLike | None = None,
         split: ``"train"`` or ``"test"`` (ImageNet's ``"test"`` is its ``val/`` folder;
             ``"val"`` is accepted there as an alias).
         root: dataset location (folder, or a ``.tar.gz`` for CIFAR); unused for ``digits``.
-        cache_dir: where decoded archives are cached; default :func:`default_cache_dir`.
+        cache_dir: where decoded tarballs and image trees are cached; default
+            :func:`default_cache_dir` (``$ROBUSTMAXUP_CACHE`` or ``~/.cache/robustmaxup``).
 
     Returns:
         an :class:`ImageSplit` (digits, CIFAR) or :class:`FolderSplit` (ImageNet).
@@ -392,7 +405,11 @@ def _batch_arrays(batch: dict, fmt: CifarFormat, where: str) -> tuple[np.ndarray
         raise UserError(f"{where} has no {b'data'!r}/{fmt.label_key!r} entries; "
                         f"is it a {fmt.title} batch?")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
-    return data.reshape(-1, 3, 32, 32), np.asarray(batch[fmt.label_key], dtype=np.int64)
+    labels = np.asarray(batch[fmt.label_key], dtype=np.int64)
+    if data.size != len(labels) * 3072:
+        raise UserError(f"{where} holds {data.size} bytes of pixels for {len(labels)} labels; "
+                        f"expected 3072 (3x32x32) per image")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _meta_classes(meta: dict | None, fmt: CifarFormat, k: int) -> list[str]:
@@ -465,14 +482,16 @@ def _assemble(entries: list[FolderEntry], where: str) -> Arrays:
     return out
 
 
-def _read_image_tree(root: Path, size: tuple[int, int]) -> Arrays:
-    """Decode ``root/{train,test}/<class>/*`` (every file is taken to be an image)."""
-    entries: list[FolderEntry] = []
-    for split in SPLITS:
-        for path in sorted((root / split).glob("*/*")):
-            pos = _folder_position(str(path))
-            if pos is not None and path.is_file():
-                entries.append((*pos, _decode_image(path.read_bytes(), str(path), size)))
+def _tree_files(root: Path) -> list[Path]:
+    """Every file at ``root/{train,test}/<class>/<file>`` (hidden names skipped), sorted."""
+    return [p for split in SPLITS for p in sorted((root / split).glob("*/*"))
+            if _folder_position(str(p)) is not None and p.is_file()]
+
+
+def _read_image_tree(files: list[Path], root: Path, size: tuple[int, int]) -> Arrays:
+    """Decode the ImageFolder ``files`` of ``root`` (every file is taken to be an image)."""
+    entries = [(*_folder_position(str(p)), _decode_image(p.read_bytes(), str(p), size))
+               for p in files]
     return _assemble(entries, str(root))
 
 
@@ -508,15 +527,21 @@ def _read_tarball(path: Path, fmt: CifarFormat, size: tuple[int, int]) -> Arrays
                     f"test/<class>/* images (optionally under one top folder) or {fmt.folder}/")
 
 
-def _cache_file(path: Path, name: str, cache_dir: Path) -> Path:
-    """Cache location for a decoded archive, keyed by (absolute path, size, mtime_ns): cheap to
-    compute (no need to read the archive) and changed by any rewrite of the file."""
-    import hashlib
-
+def _archive_key(path: Path) -> str:
+    """Cache key of an archive: (absolute path, size, mtime_ns). Cheap (the archive is not
+    read) and changed by any rewrite of the file."""
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    stem = path.name.split(".")[0]
-    return cache_dir / f"{name}-{stem}-{key[:16]}.npz"
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _tree_key(root: Path, files: list[Path]) -> str:
+    """Cache key of an ImageFolder tree: its absolute path and every file's (relative path,
+    size, mtime_ns), so adding, removing or rewriting any image invalidates the cache."""
+    parts = [str(root.resolve())]
+    for p in files:
+        st = p.stat()
+        parts.append(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}")
+    return "\n".join(parts)
 
 
 def _load_cache(cache: Path, keys: Sequence[str]) -> Arrays | None:
@@ -531,33 +556,39 @@ def _load_cache(cache: Path, keys: Sequence[str]) -> Arrays | None:
         return None
 
 
-def _cached_tarball(path: Path, name: str, split: str, fmt: CifarFormat,
-                    size: tuple[int, int], cache_dir: Path) -> tuple[Arrays, str]:
-    """Arrays from ``path``, decoding it at most once into ``cache_dir`` (written atomically).
-    A cache hit reads only ``split``'s arrays."""
+def _cached(what: Path, key: str, name: str, split: str, cache_dir: Path,
+            decode: Callable[[], Arrays]) -> tuple[Arrays, str]:
+    """``decode()``'s arrays, computed at most once per ``key`` and stored in ``cache_dir`` as
+    ``<name>-<what>-<sha256(key)[:16]>.npz``, written atomically (a killed decode leaves no
+    file). A cache hit reads only ``split``'s arrays."""
+    import hashlib
+
     from robustmaxup.utils import ensure_writable_dir
 
-    cache = _cache_file(path, name, cache_dir)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = cache_dir / f"{name}-{what.name.split('.')[0] or 'data'}-{digest}.npz"
+    source = f"{what} (cache {cache})"
     arrays = _load_cache(cache, [f"{split}_images", f"{split}_labels", "classes"])
     if arrays is not None:
-        log.debug("loaded %s from cache %s", path, cache)
-        return arrays, f"{path} (cache {cache})"
+        log.debug("loaded %s from cache %s", what, cache)
+        return arrays, source
     ensure_writable_dir(cache_dir)
-    log.info("decoding %s once into %s", path, cache)
+    log.info("decoding %s once into %s", what, cache)
     t0 = time.perf_counter()
-    arrays = _read_tarball(path, fmt, size)
+    arrays = decode()
     with atomic_path(cache) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     log.info("decoded %d images in %.1fs", sum(len(arrays[f"{s}_labels"]) for s in SPLITS),
              time.perf_counter() - t0)
-    return arrays, f"{path} (cache {cache})"
+    return arrays, source
 
 
 def _cifar_arrays(root: Path, name: str, split: str, fmt: CifarFormat, size: tuple[int, int],
                   cache_dir: Path) -> tuple[Arrays, str]:
     """Find and read a CIFAR variant at ``root`` in any of the accepted layouts."""
     if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-        return _cached_tarball(root, name, split, fmt, size, cache_dir)
+        return _cached(root, _archive_key(root), name, split, cache_dir,
+                       lambda: _read_tarball(root, fmt, size))
     if root.is_dir():
         for py_dir in (root / fmt.folder, root):
             if all((py_dir / n).is_file() for names in fmt.files.values() for n in names):
@@ -566,7 +597,9 @@ def _cifar_arrays(root: Path, name: str, split: str, fmt: CifarFormat, size: tup
                 return (_python_arrays(batches, meta.read_bytes() if meta.is_file() else None,
                                        fmt, str(py_dir)), str(py_dir))
         if (root / "train").is_dir() and (root / "test").is_dir():
-            return _read_image_tree(root, size), str(root)
+            files = _tree_files(root)
+            return _cached(root, _tree_key(root, files), name, split, cache_dir,
+                           lambda: _read_image_tree(files, root, size))
     raise UserError(
         f"no {fmt.title} found at {root}: expected {fmt.folder}/ (or its files), train/ and "
         f"test/ class folders, or a .tar.gz of them"
@@ -596,6 +629,9 @@ def _read_cifar(info: DatasetInfo, split: str, root: Path | None, cache_dir: Pat
                                    cache_dir)
     classes = [str(c) for c in arrays["classes"]]
     _check_classes(classes, info, fmt, source)
+    labels = arrays[f"{split}_labels"]
+    if len(labels) and not 0 <= labels.min() <= labels.max() < len(classes):
+        raise UserError(f"labels in {source} are outside 0..{len(classes) - 1}")
     return ImageSplit(info, split, torch.from_numpy(arrays[f"{split}_images"]),
                       torch.from_numpy(arrays[f"{split}_labels"]), classes, source)
 

@@ -133,28 +133,47 @@ def epoch_indices(n: int, *, train: bool, seed: int, epoch: int, rank: int = 0,
     return perm[rank::world_size]
 
 
-def _check_args(batch_size: int, rank: int, world_size: int) -> None:
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} must be in 0..{world_size - 1} (world size {world_size})")
-
-
-def _shard_size(n: int, train: bool, rank: int, world_size: int) -> int:
-    """``len(epoch_indices(n, train=train, rank=rank, world_size=world_size, ...))``."""
-    return math.ceil(n / world_size) if train else len(range(rank, n, world_size))
-
-
-def _num_batches(m: int, batch_size: int, drop_last: bool) -> int:
-    return m // batch_size if drop_last else math.ceil(m / batch_size)
-
-
 # --------------------------------------------------------------------------------------------
 # Loaders
 # --------------------------------------------------------------------------------------------
 
 
-class DeviceLoader:
+class _EpochLoader:
+    """What both loaders share: arguments, ``set_epoch``, this rank's order, ``len``."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device | str, *,
+                 train: bool, seed: int, rank: int, world_size: int, drop_last: bool | None,
+                 epoch: int) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} must be in 0..{world_size - 1} (world size {world_size})")
+        self.split = split
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.epoch = int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration replays."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's example order for the current epoch (int64, CPU), before batching."""
+        return epoch_indices(len(self.split), train=self.train, seed=self.seed,
+                             epoch=self.epoch, rank=self.rank, world_size=self.world_size)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch on this rank."""
+        n, ws = len(self.split), self.world_size
+        m = math.ceil(n / ws) if self.train else len(range(self.rank, n, ws))
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
+
+
+class DeviceLoader(_EpochLoader):
     """Batches of a device-resident :class:`ImageSplit`.
 
     Args:
@@ -177,35 +196,15 @@ class DeviceLoader:
                  train: bool, seed: int, rank: int = 0, world_size: int = 1,
                  drop_last: bool | None = None, augment: bool | CropFlip | None = None,
                  epoch: int = 0) -> None:
-        _check_args(batch_size, rank, world_size)
-        self.split = split
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = train if drop_last is None else drop_last
+        super().__init__(split, batch_size, device, train=train, seed=seed, rank=rank,
+                         world_size=world_size, drop_last=drop_last, epoch=epoch)
         if augment is None:
             augment = train
         if augment is True:
             augment = AUGMENT_POLICIES.get(split.name) if split.name in AUGMENT_POLICIES else None
         self.augment: CropFlip | None = augment or None
-        self.epoch = epoch
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration replays."""
-        self.epoch = int(epoch)
-
-    def indices(self) -> torch.Tensor:
-        """This rank's example order for the current epoch (int64, CPU), before batching."""
-        return epoch_indices(len(self.split), train=self.train, seed=self.seed,
-                             epoch=self.epoch, rank=self.rank, world_size=self.world_size)
-
-    def __len__(self) -> int:
-        return _num_batches(_shard_size(len(self.split), self.train, self.rank, self.world_size),
-                            self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.indices().to(self.device)
@@ -220,46 +219,29 @@ class DeviceLoader:
             yield x.float().div_(255), self.labels[idx]
 
 
-class FolderLoader:
+class FolderLoader(_EpochLoader):
     """Batches of a :class:`FolderSplit` through ``torch.utils.data.DataLoader`` workers.
 
-    Same ordering and sharding as :class:`DeviceLoader` (:func:`epoch_indices`, i.e. what
-    ``DistributedSampler`` gives when training); pinned memory on CUDA; the RNG of the random
-    crops and flips is seeded from ``(seed, epoch, rank)``, in workers or, with
-    ``num_workers=0``, in a private stream that leaves the global RNG alone. Yields float32 ``[B, 3, 224, 224]``
-    and int64 ``[B]`` on ``device``.
+    Same arguments, ordering and sharding as :class:`DeviceLoader` (:func:`epoch_indices`: what
+    ``DistributedSampler`` gives when training), plus ``num_workers``; pinned memory on CUDA.
+    ``augment`` (default ``train``) picks RandomResizedCrop + flip or Resize + CenterCrop. The
+    random crops are seeded from ``(seed, epoch, rank)``, in the workers or, with
+    ``num_workers=0``, in a private RNG stream that leaves the global one alone.
+    Yields float32 ``[B, 3, 224, 224]`` and int64 ``[B]`` on ``device``.
     """
 
     def __init__(self, split: FolderSplit, batch_size: int, device: torch.device | str, *,
                  train: bool, seed: int, rank: int = 0, world_size: int = 1,
                  drop_last: bool | None = None, augment: bool | None = None,
                  num_workers: int = 4, epoch: int = 0) -> None:
-        _check_args(batch_size, rank, world_size)
         if num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
         augment = train if augment is None else augment
         if augment != split.augment:  # same files, the other transform
             split = split.subset(range(len(split)), augment=augment)
-        self.split = split
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.drop_last = train if drop_last is None else drop_last
+        super().__init__(split, batch_size, device, train=train, seed=seed, rank=rank,
+                         world_size=world_size, drop_last=drop_last, epoch=epoch)
         self.num_workers = num_workers
-        self.epoch = epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def indices(self) -> torch.Tensor:
-        return epoch_indices(len(self.split), train=self.train, seed=self.seed,
-                             epoch=self.epoch, rank=self.rank, world_size=self.world_size)
-
-    def __len__(self) -> int:
-        return _num_batches(_shard_size(len(self.split), self.train, self.rank, self.world_size),
-                            self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
