@@ -89,3 +89,10 @@ def test_no_removed_binom_test():
 
     src = inspect.getsource(bounds)
     assert "binom_test(" not in src
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.1, 0.01, 0.001])
+def test_min_samples_to_predict(alpha):
+    n = bounds.min_samples_to_predict(alpha)
+    assert 2 * 0.5 ** n <= alpha < 2 * 0.5 ** (n - 1)
+    assert n == math.ceil(math.log2(2 / alpha))

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "clopper_pearson_lower", "certified_radius", "binomial_test_pvalue", "min_samples_to_certify",
+    "min_samples_to_predict",
     "can_ever_certify", "check_alpha",
 ]
 
@@ -124,6 +125,23 @@ def min_samples_to_certify(alpha: float) -> int:
         n += 1
     while n > 1 and alpha ** (1.0 / (n - 1)) > 0.5:
         n -= 1
+    return n
+
+
+def min_samples_to_predict(alpha: float) -> int:
+    """The smallest ``n`` for which PREDICT can ever return a class at level ``alpha``.
+
+    Unanimous votes give the two-sided p-value ``2 * 0.5 ** n``, which must be ``<= alpha``.
+
+    Example::
+
+        >>> min_samples_to_predict(0.001)
+        11
+    """
+    check_alpha(alpha)
+    n = 1
+    while binomial_test_pvalue(n, 0) > alpha:
+        n += 1
     return n
 
 

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -305,7 +306,8 @@ class Smooth:
         dtype = self.autocast_dtype(batch.device)
         forward = self._forward if compiled else self.base_classifier
         t0 = time.perf_counter()
-        with torch.autocast(batch.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        ctx = torch.autocast(batch.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with ctx:
             out = forward(batch)
         if compiled and self.compile and not self._compile_logged:
             if batch.device.type == "cuda":

@@ -179,6 +179,8 @@ class Mode:
     header: str
     # (smooth, xs [k,C,H,W], labels, idxs, generators, args) -> rows without the time column
     run_group: Callable[..., list[str]]
+    # (smooth, n, alpha) -> None: warn before the run if n can never give an answer
+    warn_too_few: Callable[[Smooth, int, float], None]
 
 
 @dataclass
@@ -284,7 +286,7 @@ def prepare(args: argparse.Namespace, mode: Mode) -> Context:
         log.info("clean accuracy of the base classifier on %d images: %.1f%%", n_check, 100 * acc)
         if acc < 2.0 / info.num_classes and n_check >= 20:
             log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")
-    smooth.warn_if_too_few(args.n, args.alpha)
+    mode.warn_too_few(smooth, args.n, args.alpha)
     ckpt_path = Path(args.checkpoint)
     sidecar = {
         "command": mode.command,
@@ -441,8 +443,19 @@ def predict_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs: 
     return [f"{i}\t{y}\t{p}\t{int(p == y)}" for i, y, p in zip(idxs, labels, preds)]
 
 
-CERTIFY = Mode("certify", "idx\tlabel\tpredict\tradius\tcorrect\ttime", certify_rows)
-PREDICT = Mode("predict", "idx\tlabel\tpredict\tcorrect\ttime", predict_rows)
+def _warn_certify(smooth: Smooth, n: int, alpha: float) -> None:
+    smooth.warn_if_too_few(n, alpha)
+
+
+def _warn_predict(smooth: Smooth, n: int, alpha: float) -> None:
+    need = bounds.min_samples_to_predict(alpha)
+    if n < need:
+        log.warning("warning: n=%d samples can never pass PREDICT's test at alpha=%g (unanimous votes give "
+                    "p = %.3g); every image will abstain, use n >= %d", n, alpha, 2 * 0.5 ** n, need)
+
+
+CERTIFY = Mode("certify", "idx\tlabel\tpredict\tradius\tcorrect\ttime", certify_rows, _warn_certify)
+PREDICT = Mode("predict", "idx\tlabel\tpredict\tcorrect\ttime", predict_rows, _warn_predict)
 
 __all__ = ["ABSTAIN", "CERTIFY", "PREDICT", "Mode", "add_smoothing_args", "run_smoothing",
            "select_indices", "format_time", "read_rows", "bounds"]
