@@ -210,10 +210,18 @@ def _check_out_dir(cfg: TrainConfig) -> Path:
     return out
 
 
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """``min(k, n)`` evenly spaced indices of ``range(n)``: a fixed subset that covers every class
+    even when a split is sorted by class."""
+    k = min(k, n)
+    return torch.div(torch.arange(k) * n, k, rounding_mode="floor")
+
+
 def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
     train = load_split(cfg.dataset, "train", root=cfg.data_root, cache_dir=cfg.cache_dir)
-    if cfg.max_train:
-        train = train.subset(range(min(cfg.max_train, len(train))))
+    if 0 < cfg.max_train < len(train):  # a seeded random subset: splits may be sorted by class
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, 4))
+        train = train.subset(torch.randperm(len(train), generator=g)[: cfg.max_train].sort().values)
     val_size = min(1000, len(train) // 10) if cfg.val_size < 0 else cfg.val_size
     if val_size >= len(train):
         raise UserError(f"--val-size {val_size} leaves no training data ({len(train)} images)")
@@ -223,7 +231,7 @@ def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
     test = None
     if cfg.max_eval:
         test = load_split(cfg.dataset, "test", root=cfg.data_root, cache_dir=cfg.cache_dir)
-        test = test.subset(range(min(cfg.max_eval, len(test))))
+        test = test.subset(spread_indices(len(test), cfg.max_eval))
     return {"train": train, "val": val, "test": test}
 
 
@@ -237,7 +245,12 @@ def setup(cfg: TrainConfig, splits: dict[str, Any] | None = None) -> Run:
     if cfg.batch % ddp.world:
         raise UserError(f"--batch {cfg.batch} must be divisible by the number of processes ({ddp.world})")
     out = _check_out_dir(cfg)
-    splits = splits if splits is not None else _load_splits(cfg)
+    if splits is None:
+        if ddp.world > 1 and not ddp.main:
+            dist.barrier()  # rank 0 decodes an archive into the cache first; the others then read it
+        splits = _load_splits(cfg)
+        if ddp.world > 1 and ddp.main:
+            dist.barrier()
     info = splits["train"].info
     method.setup(num_classes=info.num_classes)
     seed_everything(cfg.seed)
@@ -262,7 +275,7 @@ def setup(cfg: TrainConfig, splits: dict[str, Any] | None = None) -> Run:
 
 def _make_loaders(cfg: TrainConfig, splits: dict[str, Any], ddp: Dist, device: torch.device) -> dict[str, Any]:
     loaders = {"train": make_loader(
-        splits["train"], batch_size=cfg.batch // ddp.world, device=device, train=cfg.data_augment,
+        splits["train"], batch_size=cfg.batch // ddp.world, device=device, train=True, augment=cfg.data_augment,
         seed=cfg.seed, rank=ddp.rank, world_size=ddp.world, drop_last=True, num_workers=cfg.workers)}
     for name in ("val", "test"):
         if splits[name] is not None:

@@ -119,3 +119,30 @@ def test_non_empty_run_dir_needs_resume(tmp_path, capsys):
     code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--out", str(out), "--quiet"])
     assert code == 2 and "--resume" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_training_learns(tmp_path):
+    summary = train(_cfg(tmp_path / "run", epochs=4, lr_step=3, device="cuda", precision="auto",
+                         method="maxup", method_args={"sigma": 0.25, "m": 4}))
+    assert summary["metrics"]["test"] > 0.6
+    from robustmaxup.checkpoints import load_model
+
+    model, meta = load_model(tmp_path / "run" / "last.pt", device="cpu")  # a GPU run loads on a CPU
+    assert meta["hparams"]["m"] == 4 and next(model.parameters()).device.type == "cpu"
+
+
+def test_subsets_cover_classes_of_a_class_sorted_split():
+    from robustmaxup.engine import spread_indices
+
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as ImageFolder data is
+    idx = spread_indices(len(labels), 50)
+    assert len(idx) == 50 and len(set(idx.tolist())) == 50
+    assert torch.bincount(labels[idx], minlength=10).tolist() == [5] * 10
+    assert spread_indices(7, 100).tolist() == list(range(7))
+
+
+def test_max_train_takes_a_random_subset(tmp_path):
+    run = engine.setup(_cfg(tmp_path / "run", max_train=200, val_size=0))
+    labels = run.splits["train"].labels
+    assert len(labels) == 200 and len(torch.unique(labels)) == 10
