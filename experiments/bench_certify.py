@@ -27,9 +27,7 @@ batch and counted with a Python loop, then the same one-sided Clopper-Pearson bo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path

@@ -179,6 +179,9 @@ def test_errors_exit_2_one_line_no_file(ckpt, tmp_path, capsys, command):
         assert needle in err[0] and "Traceback" not in err[0], (name, err)
         assert not out.exists() and not Path(str(out) + ".json").exists(), name
     assert existing.read_text() == "keep me\n"
+    # a failing run creates no output directory either
+    assert main([command, ckpt, *FAST, "--n", "0", "--out", str(tmp_path / "newdir" / "o.tsv")]) == 2
+    assert not (tmp_path / "newdir").exists()
     assert sorted(p.name for p in tmp_path.glob("*.tsv*")) == ["exists.tsv"]
 
 

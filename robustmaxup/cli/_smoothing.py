@@ -2,6 +2,9 @@
 including a trial forward, before any output file is touched), per-image seeded generators,
 resumable TSV output, torchrun sharding and the JSON sidecar.
 
+Default ``--out``: ``<command>_<split>_sigma<S>.tsv`` in the current directory (e.g.
+``certify_test_sigma0.25.tsv``); an existing file is never overwritten (use ``--resume``).
+
 Output format (Cohen et al.'s, so existing analysis scripts read it): a header line, then one row
 per image, flushed per row. ``radius`` has 6 decimals; ``time`` is the wall time spent on that
 image as ``H:MM:SS.mmm`` (with ``--images-per-batch K`` the time of the K-image group divided
@@ -27,7 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from robustmaxup.certify import bounds
-from robustmaxup.certify.smooth import ABSTAIN, PRECISIONS, Smooth
+from robustmaxup.certify.smooth import PRECISIONS, Smooth
 from robustmaxup.cli.common import add_data_args, add_runtime_args, check_range
 from robustmaxup.errors import UserError
 from robustmaxup.utils import (
@@ -109,7 +112,7 @@ class Shard:
         device = resolve_device(spec)
         if self.world > 1 and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         return device
 
@@ -214,12 +217,23 @@ def _resolve_out(args: argparse.Namespace, mode: Mode, sigma: float, shard: Shar
     out = Path(args.out) if args.out else Path(f"{mode.command}_{args.split}_sigma{sigma:g}.tsv")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; name a .tsv file")
-    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    _check_writable(out.parent)
     if not args.resume:
         for path in [out] + ([_part(out, shard.rank)] if shard.world > 1 else []):
             if path.exists():
                 raise UserError(f"{path} already exists; pass --resume to continue it, or choose another --out")
     return out
+
+
+def _check_writable(folder: Path) -> None:
+    """UserError unless ``folder`` exists writable, or could be created (nothing is created here)."""
+    probe = folder.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot create the output directory {folder}: {probe} is a file; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {probe} is not writable; choose another --out")
 
 
 def _part(out: Path, rank: int) -> Path:
@@ -308,7 +322,9 @@ def prepare(args: argparse.Namespace, mode: Mode) -> Context:
         "radius_threshold": "certified at r means radius >= r",
         "provenance": provenance(device),
     }
-    return Context(args, mode, shard, device, smooth, split, indices, out, sidecar)
+    ctx = Context(args, mode, shard, device, smooth, split, indices, out, sidecar)
+    _check_resume_settings(ctx)
+    return ctx
 
 
 def _check_resume_settings(ctx: Context) -> None:
@@ -376,8 +392,8 @@ def _progress(total: int, disable: bool):
 def execute(ctx: Context) -> None:
     """Run the selected (and not yet done) images of this shard, writing one row per image."""
     args, shard = ctx.args, ctx.shard
-    _check_resume_settings(ctx)
     shard.init(ctx.device)
+    ensure_writable_dir(ctx.out.parent)
     if shard.rank == 0:
         atomic_write_json(str(ctx.out) + ".json", {**ctx.sidecar, "complete": False})
     mine = ctx.indices[shard.rank::shard.world]
@@ -392,6 +408,7 @@ def execute(ctx: Context) -> None:
     try:
         with _progress(len(todo), quiet) as bar, logging_redirect_tqdm():
             eta_logged = False
+            per_image_times: list[float] = []
             k = args.images_per_batch
             for start in range(0, len(todo), k):
                 group = todo[start:start + k]
@@ -404,10 +421,12 @@ def execute(ctx: Context) -> None:
                 f.write("".join(f"{row}\t{format_time(per_image)}\n" for row in rows))
                 f.flush()
                 bar.update(len(group))
-                if not eta_logged and start + len(group) >= min(ETA_AFTER_IMAGES, len(todo)) and not quiet:
-                    eta = per_image * (len(todo) - start - len(group))
+                per_image_times.append(per_image)
+                left = len(todo) - start - len(group)
+                if not eta_logged and not quiet and left and start + len(group) >= ETA_AFTER_IMAGES:
+                    typical = float(sorted(per_image_times)[len(per_image_times) // 2])  # skips warm-up
                     log.info("%.3f s/image; ETA for the remaining %d images: %s",
-                             per_image, len(todo) - start - len(group), format_time(eta))
+                             typical, left, format_time(typical * left))
                     eta_logged = True
     finally:
         f.close()
@@ -457,5 +476,5 @@ def _warn_predict(smooth: Smooth, n: int, alpha: float) -> None:
 CERTIFY = Mode("certify", "idx\tlabel\tpredict\tradius\tcorrect\ttime", certify_rows, _warn_certify)
 PREDICT = Mode("predict", "idx\tlabel\tpredict\tcorrect\ttime", predict_rows, _warn_predict)
 
-__all__ = ["ABSTAIN", "CERTIFY", "PREDICT", "Mode", "add_smoothing_args", "run_smoothing",
-           "select_indices", "format_time", "read_rows", "bounds"]
+__all__ = ["CERTIFY", "PREDICT", "Mode", "add_smoothing_args", "run_smoothing", "select_indices",
+           "format_time", "read_rows"]
