@@ -40,15 +40,19 @@ def _body(args: argparse.Namespace) -> None:
     if any(r < 0 for r in args.radii):
         raise UserError("--radii must be >= 0")
     results = [analysis.read_certify_tsv(f) for f in args.files]
-    for res, name in zip(results, analysis.column_names(results)):
+    for res in results:
         if len(res) == 0:
             raise UserError(f"{res.path} has no rows yet")
+    if args.plot:
+        try:
+            analysis.plot_certified_accuracy(results, args.plot)
+        except OSError as e:
+            raise UserError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
+        log.info("wrote %s", args.plot)
+    for res, name in zip(results, analysis.column_names(results)):
         print(f"# {name}: {res.subset_note()}")
     print(f"# {analysis.THRESHOLD_NOTE}")
     print(analysis.format_table(results, args.radii, args.format))
-    if args.plot:
-        analysis.plot_certified_accuracy(results, args.plot)
-        log.info("wrote %s", args.plot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
