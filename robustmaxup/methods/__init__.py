@@ -41,7 +41,7 @@ def build_method(name: str, **hparams: Any) -> Method:
 
 
 # Importing the method modules registers them.
-from robustmaxup.methods import gaussian, maxup, standard  # noqa: E402,F401
+from robustmaxup.methods import gaussian, maxup, standard, smoothadv, smoothmix, consistency, macer, pgd_at, trades, awp, amp, mixup, cutmix, kmixup  # noqa: E402,F401,E501
 
 __all__ = [
     "METHODS", "PERTURBATIONS", "AUGMENTATIONS", "Augmentation", "LossOutput", "Method",

@@ -1,0 +1,87 @@
+"""CutMix (Yun, Han, Oh, Chun, Choe & Yoo 2019, "CutMix: Regularization Strategy to Train Strong
+Classifiers with Localizable Features", ICCV): paste a random box from a partner image.
+
+Per batch: ``λ ~ Beta(alpha, alpha)``, a box of size ``(W·√(1-λ), H·√(1-λ))`` (integer parts)
+centred at a uniformly random pixel and clipped to the image, and a random pairing ``π``. Inside
+the box the pixels of ``x[π]`` replace those of ``x``; the label weight is recomputed from the box
+actually pasted, ``λ' = 1 - box_area / (W·H)``::
+
+    ỹ = λ' onehot(y) + (1 - λ') onehot(y[π])
+
+Default ``alpha = 1.0``; applied to every batch (the paper's ImageNet setting; its CIFAR scripts
+apply it with probability 0.5). Registered as augmentation and method ``cutmix``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from robustmaxup.methods import register_method
+from robustmaxup.methods.augment import Augmentation, register_augmentation
+from robustmaxup.methods.base import check_positive
+from robustmaxup.methods.mixup import Mixed, MixingMethod, mix_targets, random_partner, sample_beta
+
+
+def cut_box(height: int, width: int, lam: float, x: torch.Tensor,
+            generator: torch.Generator | None) -> tuple[int, int, int, int]:
+    """CutMix's box ``(y1, y2, x1, x2)`` (half-open) for mixing weight ``lam``."""
+    ratio = (1.0 - lam) ** 0.5
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy = int(torch.randint(height, (), generator=generator, device=x.device).item())
+    cx = int(torch.randint(width, (), generator=generator, device=x.device).item())
+    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return y1, y2, x1, x2
+
+
+def cutmix_batch(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, alpha: float = 1.0,
+                 generator: torch.Generator | None = None) -> Mixed:
+    """CutMix of a batch ``x`` ``[B, C, H, W]``, ``y`` ``[B]``; ``lam`` is the area-corrected λ'.
+
+    Example::
+
+        mixed = cutmix_batch(x, y, num_classes=10, generator=g)
+    """
+    lam = sample_beta(alpha, x, generator)
+    partner = random_partner(x, generator)
+    height, width = x.shape[-2:]
+    y1, y2, x1, x2 = cut_box(height, width, lam, x, generator)
+    x_mix = x.clone()
+    x_mix[..., y1:y2, x1:x2] = x[partner][..., y1:y2, x1:x2]
+    lam_area = 1.0 - (y2 - y1) * (x2 - x1) / (height * width)
+    return Mixed(x_mix, mix_targets(y, partner, lam_area, num_classes, x.dtype), lam_area, partner)
+
+
+@register_augmentation
+@dataclass
+class CutMixAugmentation(Augmentation):
+    """CutMix as an augmentation: ``(x̃, ỹ [B, K])``."""
+
+    name: ClassVar[str] = "cutmix"
+    mixes_labels: ClassVar[bool] = True
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_positive("alpha", self.alpha)
+
+    def __call__(self, x, y, *, num_classes, generator=None):
+        mixed = cutmix_batch(x, y, num_classes=num_classes, alpha=self.alpha, generator=generator)
+        return mixed.x, mixed.target
+
+
+@register_method
+@dataclass
+class CutMix(MixingMethod):
+    """Train on CutMix batches. Example: ``build_method("cutmix", alpha=1.0)``."""
+
+    name: ClassVar[str] = "cutmix"
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_positive("alpha", self.alpha)
+
+    def augmentation(self) -> Augmentation:
+        return CutMixAugmentation(alpha=self.alpha)

@@ -1,0 +1,82 @@
+"""TRADES (Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan 2019, "Theoretically Principled Trade-off
+between Robustness and Accuracy", ICML)::
+
+    loss = CE(f(x), y) + beta · KL(softmax(f(x)) || softmax(f(x_adv)))     (batch mean)
+
+with ``x_adv`` maximising that KL over the ε-ball: PGD (:func:`robustmaxup.attacks.pgd` with a
+callable loss) from ``x + 0.001·N(0, I)``, model in eval mode, the clean prediction held fixed
+during the attack. Clean and adversarial batches go through the model in two forwards (as in the
+authors' code). Validation metric: PGD-``eval_steps`` (CE) robust accuracy at the training ε.
+
+Defaults: ``beta = 6`` (the paper's CIFAR-10 value, 1/λ), L∞, 10 steps, ε = 8/255, step 2/255
+(the paper writes ε = 0.031, step 0.007); ``norm = "L2"``: ε = 128/255, step 15/255.
+``attack_eps = 0``/``attack_step_size = 0`` mean "the norm's default".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustmaxup.attacks import pgd
+from robustmaxup.methods import register_method
+from robustmaxup.methods.base import LossOutput, check_positive
+from robustmaxup.methods.pgd_at import AdversarialMethod
+from robustmaxup.methods.smoothadv import at_least_fp32
+from robustmaxup.models.state import model_state
+
+START_SCALE = 0.001
+
+
+def kl_attack_loss(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
+    """Per-example ``KL(p_clean || softmax(logits))`` ``[B]``: the attack loss, with the clean
+    prediction ``p_clean`` ``[B, K]`` passed where PGD passes labels."""
+    return (torch.xlogy(p_clean, p_clean) - p_clean * F.log_softmax(at_least_fp32(logits), dim=1)).sum(1)
+
+
+def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``KL(softmax(logits_clean) || softmax(logits_adv))`` (scalar)."""
+    log_p = F.log_softmax(at_least_fp32(logits_clean), dim=1)
+    log_q = F.log_softmax(at_least_fp32(logits_adv), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+
+@register_method
+@dataclass
+class TRADES(AdversarialMethod):
+    """TRADES training (see module docstring).
+
+    Example::
+
+        method = TRADES(beta=6.0)
+        out = method.loss(model, method.prepare(model, x, y, generator=g))
+    """
+
+    name: ClassVar[str] = "trades"
+    beta: float = 6.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("beta", self.beta, allow_zero=True)
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+        with torch.no_grad(), model_state(model, train=False):
+            p_clean = F.softmax(at_least_fp32(model(x)), dim=1)
+        start = START_SCALE * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = pgd(model, x, p_clean, eps=self.attack_eps, norm=self.norm,
+                    steps=int(self.attack_steps), step_size=self.attack_step_size,
+                    random_start=False, loss=kl_attack_loss, delta_init=start)
+        return x, x_adv, y
+
+    def loss(self, model: nn.Module, prepared: Any) -> LossOutput:
+        x, x_adv, y = prepared
+        logits_clean = model(x)
+        logits_adv = model(x_adv)
+        ce = F.cross_entropy(logits_clean, y)
+        kl = trades_kl(logits_clean, logits_adv)
+        metrics = {"ce": ce.detach(), "kl": kl.detach()}
+        return LossOutput(ce + self.beta * kl, logits_adv.detach(), y, metrics)
