@@ -20,6 +20,7 @@ from typing import Sequence
 from robustmaxup.certify import analysis
 from robustmaxup.cli.common import make_parser, run
 from robustmaxup.errors import UserError
+from robustmaxup.utils import atomic_write_text
 
 log = logging.getLogger("robustmaxup")
 DEFAULT_RADII = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radii", type=float, nargs="+", default=DEFAULT_RADII, help="L2 radii (pixels in [0,1])")
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
     p.add_argument("--plot", default=None, help="write certified accuracy vs radius to this image (.png/.pdf)")
+    p.add_argument("--out", default=None, help="also write the notes and table to this file")
     p.add_argument("--quiet", action="store_true", help="only the table")
     return p
 
@@ -49,10 +51,15 @@ def _body(args: argparse.Namespace) -> None:
         except OSError as e:
             raise UserError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
         log.info("wrote %s", args.plot)
-    for res, name in zip(results, analysis.column_names(results)):
-        print(f"# {name}: {res.subset_note()}")
-    print(f"# {analysis.THRESHOLD_NOTE}")
-    print(analysis.format_table(results, args.radii, args.format))
+    lines = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
+    lines += [f"# {analysis.THRESHOLD_NOTE}", analysis.format_table(results, args.radii, args.format)]
+    text = "\n".join(lines)
+    if args.out:
+        try:
+            atomic_write_text(args.out, text + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write --out {args.out}: {e.strerror or e}") from None
+    print(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
