@@ -32,9 +32,9 @@ def _step(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--n", type=int, default=1000, help="Monte-Carlo samples per certified image")
-    p.add_argument("--skip", type=int, default=2, help="certify every SKIP-th test image (360 in all)")
+    p.add_argument("--skip", type=int, default=3, help="certify every SKIP-th test image (360 in all)")
     p.add_argument("--sigma", default="0.25")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
