@@ -1,8 +1,10 @@
 """The one PGD core of the package: random starts, ascent steps, projections and the loop.
 
 Every projected-gradient attack in robustmaxup (``pgd``, ``smooth_pgd`` and the training methods
-built on them) runs :func:`pgd_loop`; only the objective differs. Perturbations ``delta`` have the
-input's shape ``[B, ...]``; norms are taken per example over all non-batch dimensions.
+built on them) runs :func:`pgd_loop`; only the objective differs. Points ``x_adv`` and
+perturbations ``delta`` have the input's shape ``[B, ...]``; norms are taken per example over all
+non-batch dimensions. The loop keeps the point ``x_adv`` (not ``delta``) as its state, so the
+result lies exactly in [0, 1].
 """
 
 from __future__ import annotations
@@ -76,25 +78,28 @@ def random_init(x: Tensor, eps: float, norm: str, generator: torch.Generator | N
     return direction * eps * u.pow(1.0 / d)
 
 
-def ascent_step(delta: Tensor, grad: Tensor, step_size: float, norm: str) -> Tensor:
+def ascent_step(x_adv: Tensor, grad: Tensor, step_size: float, norm: str) -> Tensor:
     """One step up the gradient: ``sign(grad)`` for L∞, ``grad / ||grad||_2`` for L2 (a zero
     gradient gives a zero step)."""
     if norm == "Linf":
-        return delta + step_size * grad.sign()
-    return delta + step_size * grad / _per_example_norm(grad).clamp_min(_TINY)
+        return x_adv + step_size * grad.sign()
+    return x_adv + step_size * grad / _per_example_norm(grad).clamp_min(_TINY)
 
 
-def project(delta: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-    """Project ``delta`` onto the ε-ball, then clip so that ``x + delta`` lies in [0, 1].
-
-    Clipping to the box only shrinks each coordinate of ``delta`` (``x`` lies in [0, 1]), so the
-    result is in both sets.
-    """
+def project_ball(delta: Tensor, eps: float, norm: str) -> Tensor:
+    """The perturbation ``delta`` ``[B, ...]`` projected onto the ε-ball of ``norm``."""
     if norm == "Linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        delta = delta * (eps / _per_example_norm(delta).clamp_min(_TINY)).clamp(max=1.0)
-    return (x + delta).clamp(0.0, 1.0) - x
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _per_example_norm(delta).clamp_min(_TINY)).clamp(max=1.0)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Project the point ``x_adv`` onto the ε-ball around ``x``, then clip it to [0, 1].
+
+    Clipping to the box only moves each coordinate towards ``x`` (which lies in [0, 1]), so the
+    result is in both sets: exactly in [0, 1], and in the ball up to one rounding of ``x + δ``.
+    """
+    return (x + project_ball(x_adv - x, eps, norm)).clamp(0.0, 1.0)
 
 
 @contextlib.contextmanager
@@ -121,15 +126,15 @@ def pgd_loop(objective: Callable[[Tensor], Tensor], x: Tensor, delta: Tensor, *,
         eps, norm, steps, step_size: the budget (``norm`` in ``"Linf"``, ``"L2"``).
 
     Returns:
-        The detached adversarial inputs ``x + delta`` ``[B, ...]``.
+        The detached adversarial inputs ``[B, ...]``.
 
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only; no host
     synchronisation happens inside the loop.
     """
     x = x.detach()
-    delta = project(delta.detach(), x, eps, norm)
+    x_adv = project(x + delta.detach(), x, eps, norm)
     for _ in range(steps):
-        x_adv = (x + delta).requires_grad_(True)
+        x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
-        delta = project(ascent_step(delta, grad, step_size, norm), x, eps, norm)
-    return (x + delta).detach()
+        x_adv = project(ascent_step(x_adv.detach(), grad, step_size, norm), x, eps, norm)
+    return x_adv.detach()

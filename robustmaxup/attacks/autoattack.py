@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -41,12 +42,14 @@ class AttackResult:
             one (cumulative, pointwise worst case). The last stage is the overall verdict.
         rescored: bool ``[R, B]`` or None: ``model(x_adv)`` correct in each of ``R`` independent
             re-scorings (several for randomized models, one for deterministic ones).
+        seconds: wall time of each attack (same keys as ``stages``).
     """
 
     x_adv: Tensor
     clean: Tensor
     stages: dict[str, Tensor] = field(default_factory=dict)
     rescored: Tensor | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def attack_robust(self) -> Tensor:
@@ -116,7 +119,7 @@ def _keep_global_rng(device: torch.device) -> Iterator[None]:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """argmax of ``model`` on ``x`` in batches: int64 ``[B]``."""
+    """argmax of ``model`` on ``x`` in batches: int64 ``[B]`` (one host sync at the end)."""
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
@@ -177,6 +180,7 @@ def run_autoattack(
         result = AttackResult(x_adv=x.detach().clone(), clean=clean)
         robust = clean.clone()
         for name in order:
+            start = time.perf_counter()
             idx = robust.nonzero().squeeze(1)
             if idx.numel() > 0:
                 adversary.attacks_to_run = [name]
@@ -185,6 +189,7 @@ def run_autoattack(
                 result.x_adv[idx[broken]] = x_a[broken].to(x.dtype)
                 robust[idx[broken]] = False
             result.stages[name] = robust.clone()
+            result.seconds[name] = time.perf_counter() - start
             log.debug("robust accuracy after %s: %.2f%%", name, 100 * robust.float().mean().item())
         adversary.attacks_to_run = order
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -89,6 +90,7 @@ def _evaluate_pgd(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, 
     bs = config.batch_size
     with model_state(model, train=False):
         clean = predict(model, x, bs) == y
+    start = time.perf_counter()
     x_adv = torch.cat([
         pgd(model, x[i:i + bs], y[i:i + bs], eps=config.eps, norm=config.norm, steps=config.steps,
             step_size=config.step_size, generator=generator)
@@ -96,7 +98,8 @@ def _evaluate_pgd(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, 
     ])
     with model_state(model, train=False):
         still = predict(model, x_adv, bs) == y
-    return AttackResult(x_adv=x_adv, clean=clean, stages={"pgd": clean & still})
+    return AttackResult(x_adv=x_adv, clean=clean, stages={"pgd": clean & still},
+                        seconds={"pgd": time.perf_counter() - start})
 
 
 def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:

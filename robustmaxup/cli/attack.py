@@ -308,6 +308,7 @@ def _run_chunk(r: Run, c: int, idx: range) -> dict[str, Any]:
         "labels": y.cpu(), "clean": res.clean.cpu(), "robust": res.robust.cpu(),
         "stages": {k: v.cpu() for k, v in res.stages.items()},
         "rescored": res.rescored.cpu(), "seconds": time.perf_counter() - t0,
+        "attack_seconds": dict(res.seconds),
     }
     if r.paths.adv is not None:
         chunk["x_adv"] = res.x_adv.cpu()
@@ -318,14 +319,16 @@ def _summary(r: Run, chunks: list[dict[str, Any]], wall: float) -> dict[str, Any
     cat = lambda key: torch.cat([c[key] for c in chunks])  # noqa: E731
     clean, robust, rescored = cat("clean"), cat("robust"), torch.cat([c["rescored"] for c in chunks], 1)
     names = list(chunks[0]["stages"])
-    after = {name: torch.cat([c["stages"][name] for c in chunks]).float().mean().item() for name in names}
-    per_rescore = rescored.float().mean(1)
+    after = {name: torch.cat([c["stages"][name] for c in chunks]).double().mean().item()
+             for name in names}
+    per_rescore = rescored.double().mean(1)
     seconds = [c["seconds"] for c in chunks]
     return {
         **r.header,
         "attacks": names,
-        "clean_accuracy": clean.float().mean().item(),
-        "robust_accuracy": robust.float().mean().item(),
+        "clean_accuracy": clean.double().mean().item(),
+        "robust_accuracy": robust.double().mean().item(),
+        "clean_correct": int(clean.sum()), "robust_correct": int(robust.sum()),
         "robust_accuracy_after": after,
         "robust_accuracy_rule": "pointwise worst case: an example is robust only if it is clean-"
                                 "correct, survives every attack and every re-scoring of its x_adv",
@@ -340,6 +343,8 @@ def _summary(r: Run, chunks: list[dict[str, Any]], wall: float) -> dict[str, Any
         },
         "timings": {"attack_seconds": sum(seconds), "wall_seconds_this_session": wall,
                     "seconds_per_chunk": seconds,
+                    "seconds_per_attack": {n: sum(c["attack_seconds"].get(n, 0.0) for c in chunks)
+                                           for n in names},
                     "images_per_second": r.n / max(sum(seconds), 1e-9)},
         "outputs": {"tsv": str(r.paths.tsv), "adv": str(r.paths.adv) if r.paths.adv else None,
                     "autoattack_log": str(r.paths.aa_log) if r.config.attack == "autoattack" else None},
@@ -393,8 +398,9 @@ def execute(r: Run) -> dict[str, Any]:
                 continue
             done[c] = _run_chunk(r, c, idx)
             atomic_torch_save(state, r.paths.state)
+            bar.set_postfix(robust=f"{torch.cat([d['robust'] for d in done.values()]).float().mean():.3f}",
+                            refresh=False)
             bar.update(len(idx))
-            bar.set_postfix(robust=f"{torch.cat([d['robust'] for d in done.values()]).float().mean():.3f}")
     chunks = [done[c] for c in range(len(r.chunks))]
     summary = _summary(r, chunks, time.perf_counter() - t0)
     _write_outputs(r, chunks, summary)
