@@ -257,9 +257,12 @@ def test_macer_loss_and_gradient_match_reference(batch):
     method = _method("macer", m_train=4, beta=2.0, gamma=8.0, lbd=12.0)
     prepared = method.prepare(model, x, y, generator=_gen(0))
     # make some examples correct, so that the hinge is active
-    logits = (model(prepared[0]).view(4, 12, -1) + 3 * F.one_hot(y, 10).double()).detach().requires_grad_(True)
+    boost = 3 * F.one_hot(y, 10).double() * (torch.arange(12) % 2 == 0).double().unsqueeze(1)
+    logits = (model(prepared[0]).view(4, 12, -1) + boost).detach().requires_grad_(True)
     hinge = radius_hinge(logits, y, beta=2.0, gamma=8.0)
-    assert (hinge > 0).sum() >= 6 and (hinge >= 0).all() and (hinge <= 8.0).all()
+    wrong = F.softmax(2.0 * logits, -1).mean(0).argmax(1) != y
+    assert (hinge > 0).sum() >= 6 and wrong.sum() >= 3 and (hinge[wrong] == 0).all()
+    assert (hinge >= 0).all() and (hinge <= 8.0).all()
     reference = _macer_reference(logits, y, 0.25, 12.0, 8.0, 2.0)
     ours = F.nll_loss(torch.log(F.softmax(logits, -1).mean(0) + 1e-10), y) + 12.0 * 0.25 / 2 * hinge.sum() / 12
     assert ours.item() == pytest.approx(reference.item(), rel=1e-10)
@@ -274,13 +277,14 @@ def test_macer_loss_and_gradient_match_reference(batch):
 
 def test_macer_hinge_ignores_wrong_and_saturated_examples():
     y = torch.tensor([0, 1, 2])
-    logits = torch.full((2, 3, 4), -50.0, dtype=torch.float64)
-    logits[:, 0, 0] = 50.0          # p̂_y = 1 exactly: gap is infinite -> no hinge
-    logits[:, 1, 3] = 1.0           # wrong class on top -> no hinge
-    logits[:, 2, 2] = 0.1           # correct, small margin -> hinge active
-    logits[:, 2, 1] = 0.0
+    logits = torch.zeros((2, 3, 4), dtype=torch.float64)
+    logits[:, 0] = torch.tensor([50.0, -50.0, -50.0, -50.0])   # p̂_y = 1 exactly: infinite gap -> none
+    logits[:, 1] = torch.tensor([0.0, 0.5, 0.0, 1.0])          # wrong class on top, finite gap -> none
+    logits[:, 2] = torch.tensor([0.0, 0.0, 0.1, 0.0])          # correct, small margin -> active
     hinge = radius_hinge(logits, y, beta=1.0, gamma=8.0)
     assert hinge[0] == 0 and hinge[1] == 0 and 0 < hinge[2] < 8.0
+    # the same row with the label on top is active
+    assert radius_hinge(logits[:, 1:2], torch.tensor([3]), beta=1.0, gamma=8.0)[0] > 0
 
 
 # --- TRADES -------------------------------------------------------------------------------------
