@@ -30,8 +30,6 @@ from torch import nn
 from robustmaxup.methods.base import WeightPerturbation
 from robustmaxup.models.state import frozen_bn_stats
 
-_TINY = 1e-12
-
 LossFn = Callable[[], torch.Tensor]
 
 
