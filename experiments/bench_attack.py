@@ -1,12 +1,14 @@
 """Benchmark: robustmaxup's PGD-L∞ against a torchattacks-style loop, and AutoAttack's cost.
 
 Claim: ``robustmaxup.attacks.pgd`` (gradients w.r.t. the input only via ``torch.autograd.grad``,
-parameters frozen by ``model_state``, no host synchronisation inside the loop) attacks at least
-as many images per second as a torchattacks-style reference loop (same fp32 arithmetic, but a
-per-step host sync: the loss is read with ``.item()`` and checked in Python every step, as
-progress-reporting loops do), and produces the same adversarial examples from the same start.
-It also measures what AutoAttack (standard version, through our adapter) costs per 1,000 images
-on the present device, extrapolated linearly from a subset.
+parameters frozen by ``model_state``, no host synchronisation inside the loop) produces exactly
+the adversarial examples of a torchattacks-style reference loop from the same start (same fp32
+arithmetic; the reference also reads the loss with ``.item()`` and checks it in Python every
+step, as progress-reporting loops do), and costs no more: on a CPU, where a host sync is free,
+the ratio is 1 within timing noise; on a GPU the reference's per-step sync drains the launch
+queue, which shows for small batches/models. The statement for GPUs is untested until this
+script is run on one. It also measures what AutoAttack (standard version, through our adapter)
+costs per 1,000 images on the present device, extrapolated linearly from a subset.
 
 Evidence: run it; it prints images/s of both loops, their ratio, the largest difference
 between their x_adv, and AutoAttack's seconds per 1,000 images (and per attack), and writes a

@@ -104,6 +104,7 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
     assert rc == 0
     err = capsys.readouterr().err
     assert "clean accuracy" in err and "robust accuracy" in err
+    assert "running apgd-ce" not in err  # pyautoattack's debug log goes to the file only
     res = json.loads(out.read_text())
     assert res["n"] == 20 and res["version"] == "custom" and res["attacks"] == ["apgd-ce"]
     assert abs(res["eps"] - 8 / 255) < 1e-12 and res["norm"] == "Linf"

@@ -40,6 +40,11 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return other - true
 
 
+def work_dtype(x: Tensor) -> torch.dtype:
+    """Attack arithmetic in fp32 at least (bf16/fp16 input gradients weaken attacks)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")

@@ -87,26 +87,36 @@ def check_aa_options(norm: str, version: str, attacks: list[str] | None) -> None
             raise UserError(f"unknown AutoAttack attack {name!r}; choose from {', '.join(AA_ATTACKS)}")
 
 
+class _Forward(logging.Handler):
+    """Passes pyautoattack's warnings on to our logger (so they reach stderr once)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.handle(record)
+
+
 @contextlib.contextmanager
 def capture_log(path: str | os.PathLike | None) -> Iterator[None]:
     """Copy everything (DEBUG and up) that pyautoattack logs to ``path`` (appended) during the
-    block; the logger's level and handlers are restored afterwards."""
+    block, and pass only its warnings on to our logger (its DEBUG chatter stays in the file).
+    The logger's level, handlers and propagation are restored afterwards."""
     logger = logging.getLogger("auto-attack")
-    old_level = logger.level
-    handler = None
+    saved = (logger.level, logger.propagate)
+    handlers: list[logging.Handler] = [_Forward(logging.WARNING)]
     if path is not None:
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-        handler.setLevel(logging.DEBUG)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(file_handler)
+    for handler in handlers:
         logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
+    logger.setLevel(logging.DEBUG if path is not None else logging.WARNING)
+    logger.propagate = False
     try:
         yield
     finally:
-        if handler is not None:
+        for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
-            logger.setLevel(old_level)
+        logger.level, logger.propagate = saved
 
 
 @contextlib.contextmanager

@@ -9,15 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from robustmaxup.attacks._core import (
-    LOSSES, attack_mode, check_budget, check_norm, pgd_loop, random_init,
+    LOSSES, attack_mode, check_budget, check_norm, pgd_loop, random_init, work_dtype,
 )
 
 LossSpec = str | Callable[[Tensor, Tensor], Tensor]
-
-
-def _work_dtype(x: Tensor) -> torch.dtype:
-    """Attack arithmetic in fp32 at least (bf16/fp16 gradients weaken attacks)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def pgd(
@@ -75,7 +70,7 @@ def pgd(
     step_size = check_budget(eps, steps, step_size, default_ratio=2.5)
     loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
     sign = -1.0 if targeted else 1.0
-    x_work = x.detach().to(_work_dtype(x))
+    x_work = x.detach().to(work_dtype(x))
     if delta_init is not None:
         delta = delta_init.detach().to(x_work.dtype)
     elif random_start:

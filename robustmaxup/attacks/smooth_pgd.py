@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustmaxup.attacks._core import attack_mode, check_budget, pgd_loop, random_init
+from robustmaxup.attacks._core import (
+    attack_mode, check_budget, pgd_loop, random_init, work_dtype,
+)
 from robustmaxup.attacks.smoothed import soft_smoothed_log_probs
 from robustmaxup.errors import UserError
 
@@ -68,7 +70,7 @@ def smooth_pgd(
     elif noise.shape != (m, *x.shape):
         raise UserError(f"noise must have shape {(m, *x.shape)}, got {tuple(noise.shape)}")
     noise = noise.detach()
-    x_work = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
+    x_work = x.detach().to(work_dtype(x))
     delta = random_init(x_work, eps, "L2", generator) if random_start else torch.zeros_like(x_work)
 
     def objective(x_adv: Tensor) -> Tensor:
