@@ -331,6 +331,8 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(cfg, epoch)
     method.on_epoch_start(epoch, cfg.epochs)
+    if run.perturbation is not None:
+        run.perturbation.on_epoch_start(epoch, cfg.epochs)
     run.model.train()
     stats, seen, count, t0 = _zero_stats(run.device), 0, 0, time.perf_counter()
     bar = _progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress)

@@ -14,9 +14,13 @@ from torch import nn
 from robustmaxup.engine import TrainConfig, train
 from robustmaxup.models import MODELS
 
-# BatchNorm statistics are per rank, so the exact equivalence is checked on a model without it.
-if "test_mlp" not in MODELS:
-    MODELS.register("test_mlp")(lambda k, c: nn.Sequential(nn.Flatten(), nn.Linear(64 * c, 32), nn.ReLU(), nn.Linear(32, k)))
+def _register_mlp() -> None:
+    """BatchNorm statistics are per rank, so the exact equivalence is checked on a model without
+    it. Registered at run time (in each process), never at import, so that the registry's contract
+    tests do not see it."""
+    if "test_mlp" not in MODELS:
+        MODELS.register("test_mlp")(
+            lambda k, c: nn.Sequential(nn.Flatten(), nn.Linear(64 * c, 32), nn.ReLU(), nn.Linear(32, k)))
 
 
 def _cfg(out: str, seed: int = 0) -> TrainConfig:
@@ -28,6 +32,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    _register_mlp()
     train(_cfg(out))
 
 
@@ -40,6 +45,7 @@ def _free_port() -> int:
 def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
+    _register_mlp()
     train(_cfg(str(tmp_path / "single")))
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     single = torch.load(tmp_path / "single" / "last.pt", weights_only=True)

@@ -40,7 +40,7 @@ def test_run_directory_describes_itself(tmp_path):
     assert set(config) - {"provenance"} <= names, "config keys must match CLI flag names"
     assert config["m"] == 2 and config["data_augment"] is True and config["augment"] == "gaussian" and config["score_batch"] == 0
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert ckpt["hparams"] == {"sigma": 0.25, "m": 2, "augment": "gaussian", "score_batch": 0}
+    assert ckpt["hparams"] == {"sigma": 0.25, "m": 2, "augment": "gaussian", "alpha": 1.0, "k": 16, "score_batch": 0}
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "digits_cnn" and ckpt["method"] == "maxup"
     best = torch.load(run / "best.pt", weights_only=True)
     assert "held-out training images" in best["selection"] and best["best"]["epoch"] == 1

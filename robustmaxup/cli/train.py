@@ -63,7 +63,8 @@ def _method_fields() -> dict[str, tuple[Callable[[str], Any], list[str]]]:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
             kind, users = fields.setdefault(f.name, (_flag_type(hints.get(f.name, f.type), default), []))
-            users.append(f"{name}={default}")
+            note = f.metadata.get("help")
+            users.append(f"{name}={default}" + (f" ({note})" if note else ""))
     return fields
 
 

@@ -99,6 +99,9 @@ class WeightPerturbation:
 
     name: ClassVar[str] = "none"
 
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called at the start of each epoch (0-based), e.g. for a warm-up before perturbing."""
+
     def perturbed(self, model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> ContextManager:
         raise NotImplementedError
 

@@ -22,6 +22,7 @@ see exactly the batches that are trained on, as in a plain Gaussian-augmentation
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,6 +51,8 @@ class MaxUp(Method):
     sigma: float = 0.25
     m: int = 4
     augment: str = "gaussian"
+    alpha: float = 1.0    # Beta(alpha, alpha) mixing weight of mixup / CutMix / k-mixup copies
+    k: int = 16           # k-mixup group size
     score_batch: int = 0  # max copies per scoring forward; 0 = all m·B at once
 
     def __post_init__(self) -> None:
@@ -60,7 +63,8 @@ class MaxUp(Method):
 
     def _build_augmentation(self) -> Augmentation:
         cls = AUGMENTATIONS.get(self.augment)
-        return cls(sigma=self.sigma) if self.augment == "gaussian" else cls()
+        shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(self)}
+        return cls(**{name: getattr(self, name) for name in shared})
 
     @property
     def family(self) -> str:  # type: ignore[override]
