@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from robustmaxup.certify.bounds import certified_radius, clopper_pearson_lower
 from robustmaxup.cli import main as cli
 from robustmaxup.utils import atomic_write_json, atomic_write_text, provenance, resolve_device
 
@@ -57,6 +58,14 @@ PRESETS = {
         "radii": ["0", "0.25", "0.5", "0.75", "1.0"],
     },
 }
+
+
+def _radius_cap_note(certify_argv: list[str], sigma: float) -> str:
+    """No certificate can exceed σ·Φ⁻¹(α^(1/n)), the bound of n unanimous votes."""
+    n = int(certify_argv[certify_argv.index("--n") + 1])
+    alpha = float(certify_argv[certify_argv.index("--alpha") + 1])
+    cap = certified_radius(clopper_pearson_lower(n, n, alpha), sigma)
+    return f"largest certifiable radius at n = {n}, alpha = {alpha}: {cap:.4f}"
 
 
 def _run(argv: list[str]) -> float:
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         info = provenance(resolve_device(args.device))
         header = (f"# {args.preset}, σ = {args.sigma}, {epochs} epochs; columns: {', '.join(labels)}\n"
-                  f"# git {info['git_sha']}, {info['device']}, torch {info['torch']}\n")
+                  f"# git {info['git_sha']}, {info['device']}, torch {info['torch']}\n"
+                  f"# {_radius_cap_note(preset['certify'], float(args.sigma))}\n")
         atomic_write_text(args.results + ".md", header + table.read_text())
         atomic_write_json(args.results + ".json", {
             "preset": args.preset, "sigma": args.sigma, "epochs": epochs, "columns": dict(zip(labels, tsvs)),
