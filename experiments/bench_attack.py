@@ -125,7 +125,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
-        args.device, args.batch, args.repeats, args.aa_images = "cpu", 32, 3, 4
+        args.device, args.batch, args.repeats, args.aa_images = "cpu", 32, 5, 4
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = build_model(args.arch, 10, "cifar10").to(device).eval()
