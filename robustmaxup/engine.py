@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from robustmaxup.checkpoints import read_checkpoint, save_checkpoint
-from robustmaxup.data import load_split, make_loader, train_val_split
+from robustmaxup.data import load_split, make_loader, spread_indices, train_val_split
 from robustmaxup.errors import UserError
 from robustmaxup.methods import PERTURBATIONS, build_method
 from robustmaxup.methods.base import LossOutput, Method, WeightPerturbation
@@ -208,13 +208,6 @@ def _check_out_dir(cfg: TrainConfig) -> Path:
     if out.is_dir() and any(out.iterdir()) and not cfg.resume:
         raise UserError(f"run directory {out} is not empty; pass --resume to continue it or choose another --out")
     return out
-
-
-def spread_indices(n: int, k: int) -> torch.Tensor:
-    """``min(k, n)`` evenly spaced indices of ``range(n)``: a fixed subset that covers every class
-    even when a split is sorted by class."""
-    k = min(k, n)
-    return torch.div(torch.arange(k) * n, k, rounding_mode="floor")
 
 
 def _load_splits(cfg: TrainConfig) -> dict[str, Any]:

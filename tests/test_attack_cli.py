@@ -121,7 +121,10 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
     from robustmaxup.checkpoints import load_model
     from robustmaxup.data import load_split
 
-    x, y = load_split("digits", "test").batch(list(range(20)))
+    expected_idx = [i * 360 // 20 for i in range(20)]  # evenly spaced over the 360 test images
+    assert [int(r.split("\t")[0]) for r in rows[1:]] == expected_idx == res["indices"]
+    assert saved["indices"].tolist() == expected_idx
+    x, y = load_split("digits", "test").batch(expected_idx)
     assert torch.equal(saved["labels"], y)
     assert (saved["x_adv"] - x).abs().max() <= 8 / 255 + 1e-6
     model, _ = load_model(ckpt, dataset="digits")

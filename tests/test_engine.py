@@ -133,7 +133,7 @@ def test_cuda_bf16_training_learns(tmp_path):
 
 
 def test_subsets_cover_classes_of_a_class_sorted_split():
-    from robustmaxup.engine import spread_indices
+    from robustmaxup.data import spread_indices
 
     labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as ImageFolder data is
     idx = spread_indices(len(labels), 50)

@@ -48,7 +48,7 @@ log = logging.getLogger("robustmaxup")
 
 CLEAN_CHECK_EXAMPLES = 100
 # settings that define the results: --resume refuses a state file made with other values
-RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "n", "batch", "attack_config", "seed",
+RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "n", "indices", "batch", "attack_config", "seed",
                "save_adv")
 
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", default=None,
                    help="PGD step size (--attack pgd; default 2.5*eps/steps; fractions work)")
     p.add_argument("--n-examples", type=int, default=1000,
-                   help="evaluate the first N examples of the split (deterministic order)")
+                   help="evaluate N evenly spaced examples of the split (all if N >= its size)")
     p.add_argument("--batch", type=int, default=500,
                    help="examples per chunk (attack batch and unit of --resume)")
     p.add_argument("--smoothed", action="store_true",
@@ -196,6 +196,7 @@ class Run:
     device: torch.device
     paths: Paths
     header: dict[str, Any]
+    indices: torch.Tensor  # dataset index of each evaluated example (position -> index)
 
     @property
     def chunks(self) -> list[range]:
@@ -203,14 +204,17 @@ class Run:
         return [range(s, min(s + b, self.n)) for s in range(0, self.n, b)]
 
 
-def _clean_check(model: torch.nn.Module, split: Any, n: int, batch: int, device: torch.device,
+def _clean_check(model: torch.nn.Module, split: Any, indices: torch.Tensor, batch: int, device: torch.device,
                  num_classes: int) -> float:
-    """Accuracy of the (base) model on the first examples, logged right after loading."""
-    k = min(n, CLEAN_CHECK_EXAMPLES)
+    """Accuracy of the (base) model on (up to 100 of) the examples, logged right after loading."""
+    from robustmaxup.data import spread_indices
+
+    check = indices[spread_indices(len(indices), CLEAN_CHECK_EXAMPLES)]
+    k = len(check)
     correct = 0
     with torch.no_grad():
         for s in range(0, k, batch):
-            x, y = split.batch(list(range(s, min(s + batch, k))))
+            x, y = split.batch(check[s:s + batch].tolist())
             try:
                 pred = model(x.to(device)).argmax(1).cpu()
             except RuntimeError as e:
@@ -219,7 +223,7 @@ def _clean_check(model: torch.nn.Module, split: Any, n: int, batch: int, device:
                                 "--dataset and the checkpoint") from None
             correct += int((pred == y).sum())
     acc = correct / k
-    log.info("clean accuracy of the model on the first %d examples: %.1f%%", k, 100 * acc)
+    log.info("clean accuracy of the model on %d of the evaluated examples: %.1f%%", k, 100 * acc)
     if acc < 2.0 / num_classes and k >= 20:
         log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")
     return acc
@@ -228,7 +232,7 @@ def _clean_check(model: torch.nn.Module, split: Any, n: int, batch: int, device:
 def prepare(args: argparse.Namespace) -> Run | None:
     """Validate everything, load model and data; no output is touched. None if already done."""
     from robustmaxup.checkpoints import load_model
-    from robustmaxup.data import get_info, load_split
+    from robustmaxup.data import get_info, load_split, spread_indices
     from robustmaxup.utils import parse_fraction, provenance, resolve_device, sha256_file
 
     eps = parse_fraction(args.eps)
@@ -249,7 +253,8 @@ def prepare(args: argparse.Namespace) -> Run | None:
     n = min(args.n_examples, len(split))
     if n < args.n_examples:
         log.info("the %s split has only %d examples; evaluating all of them", args.split, len(split))
-    clean_check = _clean_check(model, split, n, args.batch, device, info.num_classes)
+    indices = spread_indices(len(split), n)  # evenly spaced: splits may be sorted by class
+    clean_check = _clean_check(model, split, indices, args.batch, device, info.num_classes)
     header = {
         "command": "attack",
         "config": {**vars(args), "eps_value": eps},
@@ -257,7 +262,8 @@ def prepare(args: argparse.Namespace) -> Run | None:
         "checkpoint_sha256": sha256_file(args.checkpoint),
         "checkpoint_meta": meta,
         "dataset": args.dataset, "split": args.split, "split_size": len(split),
-        "n": n, "indices": f"0..{n - 1} (the first {n} examples of the split)",
+        "n": n, "indices": indices.tolist(),
+        "index_rule": "n evenly spaced examples of the split (data.spread_indices); all when n >= its size",
         "batch": args.batch, "seed": args.seed, "save_adv": args.save_adv is not None,
         "attack_config": {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in asdict(config).items()},
@@ -274,7 +280,7 @@ def prepare(args: argparse.Namespace) -> Run | None:
         log.info("randomized (smoothed) model: x_adv is re-scored %d times; an example counts as "
                  "robust only if every attack fails and every re-scoring is correct (a single "
                  "evaluation overstates robustness)", config.n_rescores)
-    return Run(args, config, model, split, n, device, paths, header)
+    return Run(args, config, model, split, n, device, paths, header, indices)
 
 
 def _load_state(r: Run) -> dict[str, Any]:
@@ -297,7 +303,7 @@ def _run_chunk(r: Run, c: int, idx: range) -> dict[str, Any]:
     from robustmaxup.attacks import evaluate
     from robustmaxup.utils import derive_seed
 
-    x, y = r.split.batch(list(idx))
+    x, y = r.split.batch(r.indices[list(idx)].tolist())
     x, y = x.to(r.device), y.to(r.device)
     t0 = time.perf_counter()
     res = evaluate(r.model, x, y, r.config, seed=derive_seed(r.args.seed, c),
@@ -351,7 +357,7 @@ def _summary(r: Run, chunks: list[dict[str, Any]], wall: float) -> dict[str, Any
     }
 
 
-def _tsv(chunks: list[dict[str, Any]]) -> str:
+def _tsv(chunks: list[dict[str, Any]], indices: torch.Tensor) -> str:
     names = list(chunks[0]["stages"])
     cols = ["idx", "label", "clean_correct", "robust_correct"] + [f"robust_after_{n}" for n in names]
     lines = ["\t".join(cols + ["rescore_correct"])]
@@ -359,7 +365,7 @@ def _tsv(chunks: list[dict[str, Any]]) -> str:
     for c in chunks:
         frac = c["rescored"].float().mean(0)
         for j in range(len(c["labels"])):
-            row = [i, int(c["labels"][j]), int(c["clean"][j]), int(c["robust"][j])]
+            row = [int(indices[i]), int(c["labels"][j]), int(c["clean"][j]), int(c["robust"][j])]
             row += [int(c["stages"][n][j]) for n in names]
             lines.append("\t".join(map(str, row)) + f"\t{frac[j].item():.4f}")
             i += 1
@@ -369,13 +375,13 @@ def _tsv(chunks: list[dict[str, Any]]) -> str:
 def _write_outputs(r: Run, chunks: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     from robustmaxup.utils import atomic_torch_save, atomic_write_json, atomic_write_text
 
-    atomic_write_text(r.paths.tsv, _tsv(chunks))
+    atomic_write_text(r.paths.tsv, _tsv(chunks, r.indices))
     if r.paths.adv is not None:
         atomic_torch_save({
             "x_adv": torch.cat([c["x_adv"] for c in chunks]),
             "labels": torch.cat([c["labels"] for c in chunks]),
             "robust": torch.cat([c["robust"] for c in chunks]),
-            "indices": torch.arange(r.n), "eps": summary["eps"], "norm": summary["norm"],
+            "indices": r.indices.clone(), "eps": summary["eps"], "norm": summary["norm"],
             "attack_config": summary["attack_config"], "dataset": summary["dataset"],
             "split": summary["split"],
         }, r.paths.adv)

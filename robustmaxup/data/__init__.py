@@ -13,7 +13,8 @@ See :mod:`robustmaxup.data.datasets` for the accepted on-disk formats and
 """
 
 from robustmaxup.data.datasets import (
-    READERS, FolderSplit, ImageSplit, Split, default_cache_dir, load_split, train_val_split,
+    READERS, FolderSplit, ImageSplit, Split, default_cache_dir, load_split, spread_indices,
+    train_val_split,
 )
 from robustmaxup.data.info import DATASET_INFO, DatasetInfo, get_info
 from robustmaxup.data.loaders import (
@@ -22,7 +23,7 @@ from robustmaxup.data.loaders import (
 
 __all__ = [
     "DATASET_INFO", "DatasetInfo", "get_info",
-    "READERS", "ImageSplit", "FolderSplit", "Split", "load_split", "train_val_split",
+    "READERS", "ImageSplit", "FolderSplit", "Split", "load_split", "spread_indices", "train_val_split",
     "default_cache_dir",
     "AUGMENT_POLICIES", "CropFlip", "crop_flip", "epoch_indices", "DeviceLoader", "FolderLoader",
     "make_loader",

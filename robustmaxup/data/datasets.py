@@ -251,6 +251,19 @@ def load_split(name: str, split: str, root: str | os.PathLike | None = None,
     return reader(info, split, root_path, cache)
 
 
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """``min(k, n)`` evenly spaced indices of ``range(n)`` (all of them when ``k >= n``): a fixed
+    subset that covers every class even when a split is sorted by class, as ImageFolder data is.
+
+    Example::
+
+        >>> spread_indices(10, 4).tolist()
+        [0, 2, 5, 7]
+    """
+    k = min(k, n)
+    return torch.div(torch.arange(k) * n, k, rounding_mode="floor")
+
+
 def train_val_split(split: Split, val_size: int, seed: int) -> tuple[Split, Split]:
     """Hold out ``val_size`` examples of ``split``, stratified by class, deterministic in ``seed``.
 
