@@ -23,10 +23,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
-bench: $(STAMP)
-	$(PY) experiments/bench_certify.py --quick
-	$(PY) experiments/bench_train.py --quick
-	$(PY) experiments/bench_attack.py --quick
+bench: $(STAMP)  # quick modes (any machine); full runs need a GPU, see each script's docstring
+	mkdir -p runs/bench
+	$(PY) experiments/bench_certify.py --quick --out runs/bench/bench_certify.json
+	$(PY) experiments/bench_train.py --quick --out runs/bench/bench_train.json
+	$(PY) experiments/bench_attack.py --quick --out runs/bench/bench_attack.json
 
 clean:
 	rm -rf $(VENV) runs
