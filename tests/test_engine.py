@@ -146,3 +146,19 @@ def test_max_train_takes_a_random_subset(tmp_path):
     run = engine.setup(_cfg(tmp_path / "run", max_train=200, val_size=0))
     labels = run.splits["train"].labels
     assert len(labels) == 200 and len(torch.unique(labels)) == 10
+
+
+def test_weight_perturbation_flags(tmp_path, capsys):
+    from robustmaxup.cli.train import config_from_args
+
+    parser = build_parser()
+    base = ["--dataset", "digits", "--out", str(tmp_path / "r")]
+    cfg = config_from_args(parser.parse_args(base + ["--method", "pgd_at", "--awp", "0.01", "--awp-warmup", "2"]))
+    assert cfg.perturbation == "awp" and cfg.perturbation_args == {"gamma": 0.01, "warmup": 2}
+    assert cfg.flat()["awp"] == 0.01 and cfg.flat()["awp_warmup"] == 2
+    for extra, needle in [(["--awp", "0.01", "--amp", "0.5"], "one weight perturbation"),
+                          (["--amp-steps", "3"], "need --amp itself")]:
+        code = cli_main(["train", *base, "--quiet", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
