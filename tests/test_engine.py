@@ -46,8 +46,18 @@ def test_run_directory_describes_itself(tmp_path):
     assert "held-out training images" in best["selection"] and best["best"]["epoch"] == 1
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = dict(method="maxup", method_args={"sigma": 0.25, "m": 2}, epochs=3)
+RESUMABLE = {
+    "maxup": dict(method="maxup", method_args={"sigma": 0.25, "m": 2}),
+    "smoothadv (eps warm-up)": dict(method="smoothadv", method_args={"m_train": 2, "attack_steps": 1, "warmup": 3}),
+    "trades + awp (warm-up)": dict(method="trades", method_args={"attack_steps": 1},
+                                   perturbation="awp", perturbation_args={"gamma": 0.005, "warmup": 1}),
+    "kmixup": dict(method="kmixup", method_args={"k": 8}),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUMABLE))
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, name):
+    cfg = dict(RESUMABLE[name], epochs=3, max_eval=60, max_train=400)
     train(_cfg(tmp_path / "full", **cfg))
 
     real_log = engine._log_epoch
