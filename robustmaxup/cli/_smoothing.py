@@ -266,8 +266,11 @@ def _trial_forward(smooth: Smooth, split: Any, indices: list[int], device: torch
 @torch.inference_mode()
 def _clean_accuracy(smooth: Smooth, split: Any, indices: list[int], device: torch.device,
                     batch: int) -> float:
-    """Accuracy of the base classifier on (up to) the first ``CLEAN_CHECK_IMAGES`` selected images."""
-    chosen = indices[:CLEAN_CHECK_IMAGES]
+    """Accuracy of the base classifier on (up to) ``CLEAN_CHECK_IMAGES`` evenly spread selected
+    images (the first ones may all be one class: splits can be sorted by class)."""
+    from robustmaxup.data import spread_indices
+
+    chosen = [indices[i] for i in spread_indices(len(indices), CLEAN_CHECK_IMAGES).tolist()]
     correct = 0
     for start in range(0, len(chosen), batch):
         xs, ys = split.batch(chosen[start:start + batch])
