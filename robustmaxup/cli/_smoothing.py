@@ -31,7 +31,9 @@ import torch
 
 from robustmaxup.certify import bounds
 from robustmaxup.certify.smooth import PRECISIONS, Smooth
-from robustmaxup.cli.common import add_data_args, add_runtime_args, check_range
+from robustmaxup.cli.common import (
+    add_data_args, add_runtime_args, check_range, clean_accuracy, log_clean_accuracy, resolve_sigma,
+)
 from robustmaxup.errors import UserError
 from robustmaxup.utils import (
     atomic_write_json, derive_seed, ensure_writable_dir, make_generator, provenance, resolve_device,
@@ -40,7 +42,6 @@ from robustmaxup.utils import (
 
 log = logging.getLogger("robustmaxup")
 
-CLEAN_CHECK_IMAGES = 100
 ETA_AFTER_IMAGES = 5
 # result-defining settings: --resume refuses to continue a file made with other values
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "n0", "n", "alpha", "seed",
@@ -199,20 +200,6 @@ class Context:
     sidecar: dict[str, Any] = field(default_factory=dict)
 
 
-def _resolve_sigma(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[float, str]:
-    from robustmaxup.checkpoints import checkpoint_sigma
-
-    trained = checkpoint_sigma(meta)
-    if args.sigma is None:
-        if trained is None:
-            raise UserError("the checkpoint records no training sigma; pass --sigma (e.g. --sigma 0.25)")
-        return trained, "checkpoint"
-    if trained is not None and abs(args.sigma - trained) > 1e-12:
-        log.warning("warning: certifying with --sigma %g, but the checkpoint was trained with sigma %g",
-                    args.sigma, trained)
-    return args.sigma, "flag"
-
-
 def _resolve_out(args: argparse.Namespace, mode: Mode, sigma: float, shard: Shard) -> Path:
     out = Path(args.out) if args.out else Path(f"{mode.command}_{args.split}_sigma{sigma:g}.tsv")
     if out.is_dir():
@@ -264,21 +251,6 @@ def _trial_forward(smooth: Smooth, split: Any, indices: list[int], device: torch
 
 
 @torch.inference_mode()
-def _clean_accuracy(smooth: Smooth, split: Any, indices: list[int], device: torch.device,
-                    batch: int) -> float:
-    """Accuracy of the base classifier on (up to) ``CLEAN_CHECK_IMAGES`` evenly spread selected
-    images (the first ones may all be one class: splits can be sorted by class)."""
-    from robustmaxup.data import spread_indices
-
-    chosen = [indices[i] for i in spread_indices(len(indices), CLEAN_CHECK_IMAGES).tolist()]
-    correct = 0
-    for start in range(0, len(chosen), batch):
-        xs, ys = split.batch(chosen[start:start + batch])
-        pred = smooth.logits(xs.to(device), compiled=False).argmax(1).cpu()
-        correct += int((pred == ys).sum())
-    return correct / len(chosen)
-
-
 def prepare(args: argparse.Namespace, mode: Mode) -> Context:
     """Validate every input, load model and data, trial-forward; no output file is touched."""
     from robustmaxup.checkpoints import load_model
@@ -289,7 +261,8 @@ def prepare(args: argparse.Namespace, mode: Mode) -> Context:
     device = shard.device(args.device)
     info = get_info(args.dataset)
     model, meta = load_model(args.checkpoint, dataset=args.dataset, num_classes=info.num_classes, device=device)
-    sigma, sigma_source = _resolve_sigma(args, meta)
+    sigma, sigma_source = resolve_sigma(args.sigma, meta, verb="certifying",
+                                        missing_hint="pass --sigma (e.g. --sigma 0.25)")
     out = _resolve_out(args, mode, sigma, shard)
     split = load_split(args.dataset, args.split, root=args.data_root, cache_dir=args.cache_dir)
     indices = select_indices(len(split), args.skip, args.max)
@@ -297,12 +270,9 @@ def prepare(args: argparse.Namespace, mode: Mode) -> Context:
         raise UserError(f"no images selected from the {len(split)}-image {args.split} split; check --skip/--max")
     smooth = Smooth(model, info.num_classes, sigma, precision=args.precision, compile=args.compile)
     _trial_forward(smooth, split, indices, device, make_generator(args.seed, device))
-    acc = _clean_accuracy(smooth, split, indices, device, args.batch)
-    n_check = min(len(indices), CLEAN_CHECK_IMAGES)
+    acc, n_check = clean_accuracy(lambda b: smooth.logits(b, compiled=False), split, indices, args.batch, device)
     if shard.rank == 0:
-        log.info("clean accuracy of the base classifier on %d images: %.1f%%", n_check, 100 * acc)
-        if acc < 2.0 / info.num_classes and n_check >= 20:
-            log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")
+        log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier")
     mode.warn_too_few(smooth, args.n, args.alpha)
     ckpt_path = Path(args.checkpoint)
     sidecar = {

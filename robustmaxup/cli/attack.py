@@ -41,12 +41,13 @@ from typing import Any, Sequence
 
 import torch
 
-from robustmaxup.cli.common import add_data_args, add_runtime_args, make_parser, run
+from robustmaxup.cli.common import (
+    add_data_args, add_runtime_args, clean_accuracy, log_clean_accuracy, make_parser, resolve_sigma, run,
+)
 from robustmaxup.errors import UserError
 
 log = logging.getLogger("robustmaxup")
 
-CLEAN_CHECK_EXAMPLES = 100
 # settings that define the results: --resume refuses a state file made with other values
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "n", "indices", "batch", "attack_config", "seed",
                "save_adv")
@@ -168,21 +169,11 @@ def _attack_config(args: argparse.Namespace, eps: float, sigma: float | None, im
 
 
 def _resolve_sigma(args: argparse.Namespace, meta: dict[str, Any]) -> float | None:
-    from robustmaxup.checkpoints import checkpoint_sigma
-
     if not args.smoothed:
         return None
-    trained = checkpoint_sigma(meta)
-    if args.sigma is None:
-        if trained is None:
-            raise UserError("the checkpoint records no training sigma; pass --sigma with --smoothed")
-        return trained
-    if args.sigma <= 0:
+    if args.sigma is not None and args.sigma <= 0:
         raise UserError(f"--sigma must be positive, got {args.sigma}")
-    if trained is not None and abs(args.sigma - trained) > 1e-12:
-        log.warning("warning: attacking with --sigma %g, but the checkpoint was trained with sigma %g",
-                    args.sigma, trained)
-    return float(args.sigma)
+    return resolve_sigma(args.sigma, meta, verb="attacking", missing_hint="pass --sigma with --smoothed")[0]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -202,31 +193,6 @@ class Run:
     def chunks(self) -> list[range]:
         b = self.args.batch
         return [range(s, min(s + b, self.n)) for s in range(0, self.n, b)]
-
-
-def _clean_check(model: torch.nn.Module, split: Any, indices: torch.Tensor, batch: int, device: torch.device,
-                 num_classes: int) -> float:
-    """Accuracy of the (base) model on (up to 100 of) the examples, logged right after loading."""
-    from robustmaxup.data import spread_indices
-
-    check = indices[spread_indices(len(indices), CLEAN_CHECK_EXAMPLES)]
-    k = len(check)
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, k, batch):
-            x, y = split.batch(check[s:s + batch].tolist())
-            try:
-                pred = model(x.to(device)).argmax(1).cpu()
-            except RuntimeError as e:
-                raise UserError(f"the model does not accept {split.info.name} images of shape "
-                                f"{tuple(x.shape[1:])}: {str(e).splitlines()[0][:160]}; check "
-                                "--dataset and the checkpoint") from None
-            correct += int((pred == y).sum())
-    acc = correct / k
-    log.info("clean accuracy of the model on %d of the evaluated examples: %.1f%%", k, 100 * acc)
-    if acc < 2.0 / num_classes and k >= 20:
-        log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")
-    return acc
 
 
 def prepare(args: argparse.Namespace) -> Run | None:
@@ -254,7 +220,8 @@ def prepare(args: argparse.Namespace) -> Run | None:
     if n < args.n_examples:
         log.info("the %s split has only %d examples; evaluating all of them", args.split, len(split))
     indices = spread_indices(len(split), n)  # evenly spaced: splits may be sorted by class
-    clean_check = _clean_check(model, split, indices, args.batch, device, info.num_classes)
+    clean_check, n_check = clean_accuracy(model, split, indices.tolist(), args.batch, device)
+    log_clean_accuracy(clean_check, n_check, info.num_classes, "the model")
     header = {
         "command": "attack",
         "config": {**vars(args), "eps_value": eps},
@@ -273,7 +240,7 @@ def prepare(args: argparse.Namespace) -> Run | None:
         "randomized": config.randomized,
         "rescores": config.n_rescores,
         "seed_rule": "chunk c (examples c*batch ...) uses utils.derive_seed(seed, c)",
-        "clean_check": {"examples": min(n, CLEAN_CHECK_EXAMPLES), "accuracy": clean_check},
+        "clean_check": {"examples": n_check, "accuracy": clean_check},
         "provenance": provenance(device),
     }
     if config.randomized:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 
@@ -80,3 +80,51 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
 
 def torch_threads_note() -> str:
     return f"{torch.get_num_threads()} CPU threads"
+
+
+def resolve_sigma(given: float | None, meta: dict[str, Any], *, verb: str, missing_hint: str) -> tuple[float, str]:
+    """σ from the flag, else the checkpoint's training σ: ``(sigma, "flag" | "checkpoint")``.
+    A flag that differs from the training σ is allowed, with a one-line warning."""
+    from robustmaxup.checkpoints import checkpoint_sigma
+
+    trained = checkpoint_sigma(meta)
+    if given is None:
+        if trained is None:
+            raise UserError(f"the checkpoint records no training sigma; {missing_hint}")
+        return trained, "checkpoint"
+    if trained is not None and abs(given - trained) > 1e-12:
+        log.warning("warning: %s with --sigma %g, but the checkpoint was trained with sigma %g", verb, given, trained)
+    return float(given), "flag"
+
+
+CLEAN_CHECK_IMAGES = 100
+
+
+def clean_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Any, indices: Sequence[int],
+                   batch: int, device: torch.device) -> tuple[float, int]:
+    """Accuracy of ``forward`` (logits) on up to ``CLEAN_CHECK_IMAGES`` evenly spread ``indices``
+    (the first ones may all be one class: splits can be sorted by class): ``(accuracy, images)``.
+    A model that does not accept the images is a UserError."""
+    from robustmaxup.data import spread_indices
+
+    chosen = [int(indices[i]) for i in spread_indices(len(indices), CLEAN_CHECK_IMAGES).tolist()]
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(chosen), batch):
+            xs, ys = split.batch(chosen[start:start + batch])
+            try:
+                pred = forward(xs.to(device)).argmax(1).cpu()
+            except RuntimeError as e:
+                raise UserError(f"the model does not accept {split.info.name} images of shape "
+                                f"{tuple(xs.shape[1:])}: {str(e).splitlines()[0][:160]}; check "
+                                "--dataset and the checkpoint") from None
+            correct += int((pred == ys).sum())
+    return correct / len(chosen), len(chosen)
+
+
+def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str) -> None:
+    """Log the clean accuracy right after loading, warning when it is near chance (a wrong
+    normalisation, dataset or label mapping shows here at once)."""
+    log.info("clean accuracy of %s on %d images: %.1f%%", what, images, 100 * accuracy)
+    if accuracy < 2.0 / num_classes and images >= 20:
+        log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")
