@@ -318,7 +318,7 @@ def _zero_stats(device: torch.device) -> dict[str, torch.Tensor]:
 
 def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, float]:
     """One pass over this rank's shard; statistics stay on the device until the epoch ends."""
-    cfg, model, method = run.cfg, run.forward, run.method
+    cfg, method = run.cfg, run.method
     loader = run.loaders["train"]
     loader.set_epoch(epoch)
     for group in run.optimizer.param_groups:
