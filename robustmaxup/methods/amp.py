@@ -23,9 +23,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustmaxup.errors import UserError
 from robustmaxup.methods import PERTURBATIONS
-from robustmaxup.methods.base import check_positive
+from robustmaxup.methods.base import check_count, check_positive
 from robustmaxup.methods.weight_perturbation import (
     LossFn, PerturbationCore, global_norm, loss_gradients, set_weights, trainable,
 )
@@ -65,10 +64,8 @@ class AMP(PerturbationCore):
     def __post_init__(self) -> None:
         check_positive("amp", self.eps)
         check_positive("amp_step_size", self.step_size)
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise UserError(f"--amp-steps must be an integer >= 1, got {self.steps}")
-        if int(self.warmup) != self.warmup or self.warmup < 0:
-            raise UserError(f"--amp-warmup must be an integer >= 0, got {self.warmup}")
+        check_count("amp_steps", self.steps, 1)
+        check_count("amp_warmup", self.warmup, 0)
         super().__post_init__()
 
     def select(self, model: nn.Module) -> list[nn.Parameter]:

@@ -43,6 +43,11 @@ def gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | N
     return x + sigma * noise
 
 
+def draw_noise(x: torch.Tensor, m: int, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``m`` Gaussian noise draws per example, ``[m, B, C, H, W]``, on ``x``'s device/dtype."""
+    return torch.randn((m, *x.shape), generator=generator, device=x.device, dtype=x.dtype) * sigma
+
+
 @register_augmentation
 @dataclass
 class GaussianNoise(Augmentation):

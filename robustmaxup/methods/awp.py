@@ -21,9 +21,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustmaxup.errors import UserError
 from robustmaxup.methods import PERTURBATIONS
-from robustmaxup.methods.base import check_positive
+from robustmaxup.methods.base import check_count, check_positive
 from robustmaxup.methods.weight_perturbation import (
     LossFn, PerturbationCore, loss_gradients, trainable,
 )
@@ -49,8 +48,7 @@ class AWP(PerturbationCore):
 
     def __post_init__(self) -> None:
         check_positive("awp", self.gamma)
-        if int(self.warmup) != self.warmup or self.warmup < 0:
-            raise UserError(f"--awp-warmup must be an integer >= 0, got {self.warmup}")
+        check_count("awp_warmup", self.warmup, 0)
         super().__post_init__()
 
     def select(self, model: nn.Module) -> list[nn.Parameter]:

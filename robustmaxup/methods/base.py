@@ -117,8 +117,24 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
         raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
 
 
+def per_example_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per row ``[N]``, for hard ``[N]`` or soft ``[N, K]`` targets."""
+    if target.dim() == 1:
+        return F.cross_entropy(logits, target, reduction="none")
+    return -(target * F.log_softmax(logits, dim=1)).sum(1)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy for hard labels ``[B]`` or soft label distributions ``[B, K]``."""
-    if target.dim() == 1:
-        return F.cross_entropy(logits, target)
-    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    return per_example_loss(logits, target).mean()
+
+
+def check_count(flag: str, value: int, minimum: int) -> None:
+    """UserError unless ``value`` is an integer >= ``minimum`` (flag named ``--flag-name``)."""
+    if int(value) != value or value < minimum:
+        raise UserError(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {value}")
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or in its own dtype if wider (float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))

@@ -25,7 +25,8 @@ from torch import nn
 from robustmaxup.methods import register_method
 from robustmaxup.methods.base import LossOutput, check_positive
 from robustmaxup.methods.gaussian import SmoothingMethod
-from robustmaxup.methods.smoothadv import at_least_fp32, check_count, draw_noise
+from robustmaxup.methods.augment import draw_noise
+from robustmaxup.methods.base import at_least_fp32, check_count
 
 
 def consistency_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from robustmaxup.methods import register_method
 from robustmaxup.methods.augment import Augmentation, register_augmentation
 from robustmaxup.methods.base import check_positive
 from robustmaxup.methods.mixup import Mixed, MixingMethod, mix_targets, random_partner, sample_beta
-from robustmaxup.methods.smoothadv import at_least_fp32, check_count
+from robustmaxup.methods.base import at_least_fp32, check_count
 
 
 def ot_match(cost: torch.Tensor) -> torch.Tensor:

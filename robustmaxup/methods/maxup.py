@@ -30,18 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.errors import UserError
 from robustmaxup.methods import register_method
 from robustmaxup.methods.augment import AUGMENTATIONS, Augmentation, gaussian_noise
-from robustmaxup.methods.base import LossOutput, Method, check_positive, soft_cross_entropy
+from robustmaxup.methods.base import (
+    LossOutput, Method, check_count, check_positive, per_example_loss, soft_cross_entropy,
+)
 from robustmaxup.models.state import frozen_bn_stats
-
-
-def per_example_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per row, for hard ``[N]`` or soft ``[N, K]`` targets."""
-    if target.dim() == 1:
-        return F.cross_entropy(logits, target, reduction="none")
-    return -(target * F.log_softmax(logits, dim=1)).sum(1)
 
 
 @register_method
@@ -56,8 +50,7 @@ class MaxUp(Method):
     score_batch: int = 0  # max copies per scoring forward; 0 = all m·B at once
 
     def __post_init__(self) -> None:
-        if int(self.m) != self.m or self.m < 1:
-            raise UserError(f"--m must be an integer >= 1, got {self.m}")
+        check_count("m", self.m, 1)
         check_positive("sigma", self.sigma, allow_zero=self.augment != "gaussian")
         self._augmentation = self._build_augmentation()
 

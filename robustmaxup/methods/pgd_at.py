@@ -26,7 +26,7 @@ from robustmaxup.attacks import NORMS, pgd
 from robustmaxup.errors import UserError
 from robustmaxup.methods import register_method
 from robustmaxup.methods.base import LossOutput, Method, check_positive
-from robustmaxup.methods.smoothadv import check_count
+from robustmaxup.methods.base import check_count
 
 #: norm -> (default ε, default step size) on the [0, 1] pixel scale
 DEFAULT_BUDGET = {"Linf": (8 / 255, 2 / 255), "L2": (128 / 255, 15 / 255)}

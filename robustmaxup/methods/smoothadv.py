@@ -35,26 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmaxup.attacks import smooth_pgd
-from robustmaxup.errors import UserError
 from robustmaxup.methods import register_method
-from robustmaxup.methods.base import LossOutput, check_positive
+from robustmaxup.methods.augment import draw_noise
+from robustmaxup.methods.base import LossOutput, check_count, check_positive
 from robustmaxup.methods.gaussian import SmoothingMethod
-
-
-def check_count(flag: str, value: int, minimum: int) -> None:
-    """UserError unless ``value`` is an integer >= ``minimum`` (flag named ``--flag-name``)."""
-    if int(value) != value or value < minimum:
-        raise UserError(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {value}")
-
-
-def draw_noise(x: torch.Tensor, m: int, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
-    """``m`` Gaussian noise draws per example, ``[m, B, C, H, W]``, on ``x``'s device/dtype."""
-    return torch.randn((m, *x.shape), generator=generator, device=x.device, dtype=x.dtype) * sigma
-
-
-def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32, or in its own dtype if wider (float64 stays float64)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def warmup_fraction(epoch: int, warmup: int) -> float:

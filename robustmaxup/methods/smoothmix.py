@@ -44,7 +44,9 @@ from robustmaxup.errors import UserError
 from robustmaxup.methods import register_method
 from robustmaxup.methods.base import LossOutput, check_positive
 from robustmaxup.methods.gaussian import SmoothingMethod
-from robustmaxup.methods.smoothadv import at_least_fp32, check_count, draw_noise, warmup_fraction
+from robustmaxup.methods.augment import draw_noise
+from robustmaxup.methods.base import at_least_fp32, check_count
+from robustmaxup.methods.smoothadv import warmup_fraction
 
 
 def clip_l2(x_new: torch.Tensor, x: torch.Tensor, radius: float) -> torch.Tensor:

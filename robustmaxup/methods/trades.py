@@ -26,7 +26,7 @@ from robustmaxup.attacks import pgd
 from robustmaxup.methods import register_method
 from robustmaxup.methods.base import LossOutput, check_positive
 from robustmaxup.methods.pgd_at import AdversarialMethod
-from robustmaxup.methods.smoothadv import at_least_fp32
+from robustmaxup.methods.base import at_least_fp32
 from robustmaxup.models.state import model_state
 
 START_SCALE = 0.001
