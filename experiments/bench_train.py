@@ -140,7 +140,7 @@ def our_step_factory(split: ImageSplit, arch: str, batch: int, method: str, meth
     return step
 
 
-def configurations(quick: bool, sigma: float, ms: list[int]) -> list[tuple[str, str, dict[str, Any]]]:
+def configurations(sigma: float, ms: list[int]) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, method, hparams): Gaussian first (the baseline), MaxUp at each m, then the rest."""
     rows = [("gaussian", "gaussian", {"sigma": sigma})]
     rows += [(f"maxup m={m}", "maxup", {"sigma": sigma, "m": m}) for m in ms]
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = args.m or ([2, 4] if args.quick else [2, 4, 8])
     workers = min(args.workers, 2) if args.quick else args.workers
     split = synthetic_split(max(batch * (steps + warmup + 2), 2048))
-    configs = configurations(args.quick, 0.25, ms)
+    configs = configurations(0.25, ms)
     if args.methods is not None:
         configs = [c for c in configs if c[1] in args.methods or c[0] == "gaussian"]
 
