@@ -14,8 +14,8 @@ from robustmaxup.certify import Smooth, analysis
 from robustmaxup.checkpoints import save_checkpoint
 from robustmaxup.cli import main
 from robustmaxup.data import load_split
-from robustmaxup.models import build_model
-from robustmaxup.utils import derive_seed, make_generator
+from robustmaxup.checkpoints import build_model_for as build_model
+from robustmaxup.runtime.seeds import stream_generator
 
 FAST = ["--dataset", "digits", "--n0", "20", "--n", "200", "--batch", "100", "--alpha", "0.01",
         "--skip", "45", "--max", "6", "--device", "cpu", "--quiet"]
@@ -34,7 +34,7 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     split = load_split("digits", "train")
     x, y = split.batch(list(range(len(split))))
-    model = build_model("digits_cnn", dataset="digits")
+    model = build_model("digits_cnn", "digits")
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(15):
         i = torch.randint(0, len(x), (64,))
@@ -70,7 +70,7 @@ def test_certify_rows_sidecar_and_recompute_one_row(ckpt, tmp_path):
     model, _ = load_model(ckpt, dataset="digits")
     split = load_split("digits", "test")
     x, y = split[90]
-    cert = Smooth(model, 10, 0.25).certify(x, 20, 200, 0.01, 100, make_generator(derive_seed(0, 90), "cpu"))
+    cert = Smooth(model, 10, 0.25).certify(x, 20, 200, 0.01, 100, stream_generator(0, "certify.noise", 90))
     assert rows[2] == f"90\t{y}\t{cert.prediction}\t{cert.radius:.6f}\t{int(cert.prediction == y)}"
     assert sum(cert.counts) == 200 and max(cert.counts) < 200  # votes are not trivial
 
@@ -86,6 +86,10 @@ def test_images_per_batch_and_resume_give_identical_rows(ckpt, tmp_path):
     torn = tmp_path / "torn.tsv"
     torn.write_text("".join(lines[:3]) + lines[3][:7])
     assert main(["certify", ckpt, *FAST, "--out", str(torn)]) == 2  # exists, no --resume
+    # without its sidecar the file's settings are unknown: refused, untouched
+    assert main(["certify", ckpt, *FAST, "--out", str(torn), "--resume"]) == 2
+    assert torn.read_text() == "".join(lines[:3]) + lines[3][:7]
+    Path(str(torn) + ".json").write_text(Path(str(ref) + ".json").read_text())  # as a kill leaves it
     assert main(["certify", ckpt, *FAST, "--out", str(torn), "--resume", "--images-per-batch", "3"]) == 0
     assert _rows(torn) == _rows(ref)
     assert torn.read_text().splitlines()[1:3] == ref.read_text().splitlines()[1:3]  # kept as written
@@ -105,7 +109,7 @@ def test_predict_rows(ckpt, tmp_path):
 
     model, _ = load_model(ckpt, dataset="digits")
     x, y = load_split("digits", "test")[45]
-    pred = Smooth(model, 10, 0.25).predict(x, 200, 0.01, 100, make_generator(derive_seed(0, 45), "cpu"))
+    pred = Smooth(model, 10, 0.25).predict(x, 200, 0.01, 100, stream_generator(0, "certify.noise", 45))
     assert rows[1] == f"45\t{y}\t{pred}\t{int(pred == y)}"
 
 
@@ -118,12 +122,12 @@ def test_other_sigma_warns_once(ckpt, tmp_path, capsys):
 
 
 def _bad_ckpts(tmp_path, ckpt):
-    model = build_model("digits_cnn", dataset="digits")
-    nan = build_model("digits_cnn", dataset="digits")
+    model = build_model("digits_cnn", "digits")
+    nan = build_model("digits_cnn", "digits")
     with torch.no_grad():
         nan.net.fc.weight.fill_(float("nan"))
-    five = build_model("digits_cnn", 5, "digits")
-    chan = build_model("digits_cnn", 10, "digits", in_channels=3, mean=(0.3,), std=(0.4,))
+    five = build_model("digits_cnn", "digits", num_classes=5)
+    chan = build_model("digits_cnn", "digits", in_channels=3, mean=(0.3,), std=(0.4,))
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
     return {
         "missing": str(tmp_path / "nope.pt"),

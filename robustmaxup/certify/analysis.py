@@ -25,12 +25,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from robustmaxup.errors import UserError
+from robustmaxup.certify.smooth import ABSTAIN
+from robustmaxup.certify.tsv import read_certify
 from robustmaxup.registry import Registry
-from robustmaxup.utils import atomic_path
+from robustmaxup.runtime.io import atomic_path
 
-ABSTAIN = -1
-REQUIRED = ("idx", "label", "predict", "radius", "correct")
 THRESHOLD_NOTE = ("certified at radius r = correct, not abstained, and radius >= r; abstentions "
                   "count as not certified at every radius (r = 0 included); "
                   "ACR = mean of radius * correct over all rows")
@@ -40,7 +39,8 @@ THRESHOLD_NOTE = ("certified at radius r = correct, not abstained, and radius >=
 class CertifyResults:
     """The columns of one certify TSV (one entry per row) plus its run metadata, if any.
 
-    ``meta`` is the JSON sidecar ``FILE.tsv.json`` when it exists (subset, n, alpha, ...).
+    ``meta`` is the JSON sidecar ``FILE.tsv.json`` when it exists (subset, n, alpha, ...);
+    ``n_used`` holds the estimation samples per image of a sequential run (None otherwise).
     """
 
     name: str
@@ -51,6 +51,7 @@ class CertifyResults:
     radius: np.ndarray
     correct: np.ndarray
     meta: dict | None = None
+    n_used: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -60,44 +61,45 @@ class CertifyResults:
         meta = self.meta or {}
         split, size = meta.get("split"), meta.get("split_size")
         if meta.get("full_split") and len(self) == size:
-            return f"full {split} split ({len(self)} images)"
-        extra = f" (skip {meta['skip']}, max {meta['max']})" if "skip" in meta else ""
-        of = f" of {size} {split}" if size else ""
-        return f"{len(self)}{of} images{extra}"
+            note = f"full {split} split ({len(self)} images)"
+        else:
+            extra = f" (skip {meta['skip']}, max {meta['max']})" if "skip" in meta else ""
+            of = f" of {size} {split}" if size else ""
+            note = f"{len(self)}{of} images{extra}"
+        if self.n_used is not None and len(self):
+            note += f"; sequential, mean {float(np.mean(self.n_used)):.0f} samples/image"
+        return note
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    sidecar = Path(str(path) + ".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def read_certify_tsv(path: str | os.PathLike) -> CertifyResults:
-    """Read a certify TSV (a torn last line without newline is ignored); UserError if malformed."""
+    """Read a certify TSV, fixed-n or sequential, ours or Cohen et al.'s (a torn last line is
+    ignored; a malformed sidecar is ignored); UserError if the TSV is malformed."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
-    if not rows:
-        raise UserError(f"{path} is empty; expected a certify TSV with header {' '.join(REQUIRED)} time")
-    header = [h.strip() for h in rows[0]]
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; is it a certify (not predict) TSV?")
-    col = {c: header.index(c) for c in REQUIRED}
-    try:
-        data = {c: [r[col[c]] for r in rows[1:] if r] for c in REQUIRED}
-        ints = {c: np.array([int(v) for v in data[c]], dtype=np.int64) for c in ("idx", "label", "predict", "correct")}
-        radius = np.array([float(v) for v in data["radius"]], dtype=np.float64)
-    except (ValueError, IndexError) as e:
-        raise UserError(f"{path} has a malformed row ({e}); regenerate it or remove the row") from None
-    sidecar = Path(str(path) + ".json")
-    meta = None
-    if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError):
-            meta = None
-    return CertifyResults(path.name, str(path), ints["idx"], ints["label"], ints["predict"], radius,
-                          ints["correct"], meta)
+    rows, columns = read_certify(path)
+    col = lambda name, dtype: np.array([getattr(r, name) for r in rows], dtype=dtype)  # noqa: E731
+    n_used = col("n_used", np.int64) if "n_used" in columns else None
+    return CertifyResults(path.name, str(path), col("idx", np.int64), col("label", np.int64),
+                          col("predict", np.int64), col("radius", np.float64),
+                          col("correct", np.int64), _read_sidecar(path), n_used)
+
+
+def mean_samples(res: CertifyResults) -> float:
+    """Mean estimation samples per image: ``n_used`` of a sequential run, else the sidecar's n."""
+    if res.n_used is not None and len(res):
+        return float(np.mean(res.n_used))
+    n = (res.meta or {}).get("n")
+    return float(n) if isinstance(n, (int, float)) else float("nan")
 
 
 def _certified(res: CertifyResults) -> np.ndarray:
@@ -139,6 +141,8 @@ def summary_rows(results: Sequence[CertifyResults], radii: Sequence[float]) -> t
     body.append(["ACR"] + [f"{average_certified_radius(r):.3f}" for r in results])
     body.append(["abstain"] + [f"{abstain_rate(r):.3f}" for r in results])
     body.append(["images"] + [str(len(r)) for r in results])
+    if any(r.n_used is not None for r in results):
+        body.append(["samples/image"] + [f"{mean_samples(r):.0f}" for r in results])
     return header, body
 
 

@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "predict": "predict with a smoothed classifier (Cohen et al. PREDICT)",
     "analyze": "certified-accuracy tables and plots from certify TSV files",
     "attack": "empirical robust accuracy with PGD or AutoAttack",
+    "export": "write a checkpoint in a format other tools load (Cohen et al.'s, plain state_dict)",
 }
 
 

@@ -8,7 +8,9 @@ Example::
 One column per file (labelled by file name). A row is certified at radius r when it is correct,
 not abstained and its radius is >= r (abstentions never count, r = 0 included); ACR is the mean
 of radius * correct over all rows. The subset each file covers is printed, since ACR on a
-500-image subset and on the full test set differ.
+500-image subset and on the full test set differ. Sequential files (with ``n_used``) are read
+too, and their mean samples per image are reported. ``--quiet`` prints (and writes) only the
+table, so ``--quiet --format csv --out F`` gives a pure CSV file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Sequence
 from robustmaxup.certify import analysis
 from robustmaxup.cli.common import make_parser, run
 from robustmaxup.errors import UserError
-from robustmaxup.utils import atomic_write_text
+from robustmaxup.runtime.io import atomic_write_text
 
 log = logging.getLogger("robustmaxup")
 DEFAULT_RADII = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(args: argparse.Namespace) -> None:
-    if any(r < 0 for r in args.radii):
+    if any(not r >= 0 for r in args.radii):
         raise UserError("--radii must be >= 0")
     results = [analysis.read_certify_tsv(f) for f in args.files]
     for res in results:
@@ -51,9 +53,9 @@ def _body(args: argparse.Namespace) -> None:
         except OSError as e:
             raise UserError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
         log.info("wrote %s", args.plot)
-    lines = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
-    lines += [f"# {analysis.THRESHOLD_NOTE}", analysis.format_table(results, args.radii, args.format)]
-    text = "\n".join(lines)
+    table = analysis.format_table(results, args.radii, args.format)
+    notes = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
+    text = table if args.quiet else "\n".join([*notes, f"# {analysis.THRESHOLD_NOTE}", table])
     if args.out:
         try:
             atomic_write_text(args.out, text + "\n")

@@ -4,13 +4,15 @@ Example::
 
     robustmaxup certify runs/c10/last.pt --dataset cifar10 --data-root data/cifar10 \\
         --skip 20 --n 100000 --alpha 0.001 --out certify_sigma0.25.tsv
+    robustmaxup certify ... --sequential --radii 0.25 0.5 0.75 1.0 --n-max 100000
     torchrun --nproc_per_node 4 -m robustmaxup -- certify ...   # sharded by image index
 
 (The ``--`` stops torchrun from taking ``--n`` for an abbreviation of its own options.)
 
-Output: ``idx label predict radius correct time`` (Cohen's TSV; ``predict`` = -1 abstains) and
-the settings in ``FILE.tsv.json``. See :mod:`robustmaxup.cli._smoothing` for formats, resuming
-and sharding.
+Output: ``idx label predict radius correct time`` (Cohen's TSV; ``predict`` = -1 abstains; a
+sequential run adds ``n_used``) and the settings in ``FILE.tsv.json``. The work is done by
+:func:`robustmaxup.certify.runner.run_job`; see :mod:`robustmaxup.certify.runner` for
+formats, resuming and sharding.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from robustmaxup.cli._smoothing import CERTIFY, add_smoothing_args, run_smoothing
+from robustmaxup.certify.runner import run_job
+from robustmaxup.cli._smoothing import FLAGS, add_sequential_args, add_smoothing_args, job_from_args
 from robustmaxup.cli.common import make_parser, run
 
 
@@ -26,12 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("certify", "Certify L2 robustness radii of the Gaussian-smoothed classifier "
                                "(Cohen et al. 2019, CERTIFY) and write one TSV row per image.")
     add_smoothing_args(p, with_n0=True)
+    add_sequential_args(p)
     return p
 
 
 def _body(args: argparse.Namespace) -> None:
-    run_smoothing(args, CERTIFY)
+    run_job(job_from_args("certify", args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run("certify", _body, build_parser(), argv)
+    return run("certify", _body, build_parser(), argv, FLAGS)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import torch
 
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.checks import FieldError
 
 log = logging.getLogger("robustmaxup")
 
@@ -33,9 +34,27 @@ def setup_logging(quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
 
 
+def flag_for(field: str, flags: Mapping[str, str] | None = None) -> str:
+    """The command-line flag of a library field: ``flags[field]`` or ``--field-name``."""
+    if flags and field in flags:
+        return flags[field]
+    return "--" + field.replace("_", "-")
+
+
+def error_line(command: str, error: UserError, flags: Mapping[str, str] | None = None) -> str:
+    """The one stderr line for ``error``; a :class:`FieldError` is shown with its flag's name."""
+    text = error.renamed(flag_for(error.field, flags)) if isinstance(error, FieldError) else str(error)
+    text = " ".join(text.split())  # one line, whatever the message held
+    return f"robustmaxup {command}: error: {text}"
+
+
 def run(command: str, body: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
-        argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run ``body(args)``; a UserError becomes one line and exit 2."""
+        argv: Sequence[str] | None, flags: Mapping[str, str] | None = None) -> int:
+    """Parse ``argv`` and run ``body(args)``; a UserError becomes one line and exit 2.
+
+    ``flags`` maps library field names to this command's flags where they differ from
+    ``--field-name`` (e.g. ``{"batch_size": "--batch"}``), for :class:`FieldError` messages.
+    """
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed in one line
@@ -44,7 +63,7 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
     try:
         body(args)
     except UserError as e:
-        print(f"robustmaxup {command}: error: {e}", file=sys.stderr)
+        print(error_line(command, e, flags), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustmaxup {command}: interrupted", file=sys.stderr)
@@ -64,22 +83,6 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logging")
-
-
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
-                *, lo_open: bool = False, hi_open: bool = False) -> None:
-    """UserError unless ``value`` lies in the given interval (flags are named ``--name``)."""
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
-          (hi is not None and (value > hi or (hi_open and value == hi))) or value != value
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        raise UserError(f"--{name} must lie in {left}{'-inf' if lo is None else lo}, "
-                        f"{'inf' if hi is None else hi}{right}, got {value}")
-
-
-def torch_threads_note() -> str:
-    return f"{torch.get_num_threads()} CPU threads"
 
 
 def resolve_sigma(given: float | None, meta: dict[str, Any], *, verb: str, missing_hint: str) -> tuple[float, str]:

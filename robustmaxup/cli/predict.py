@@ -6,7 +6,7 @@ Example::
         --n 10000 --alpha 0.001 --out predict_sigma0.25.tsv
 
 Output: ``idx label predict correct time`` (``predict`` = -1 abstains) and the settings in
-``FILE.tsv.json``. See :mod:`robustmaxup.cli._smoothing` for formats, resuming and sharding.
+``FILE.tsv.json``; the work is done by :func:`robustmaxup.certify.runner.run_job`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from robustmaxup.cli._smoothing import PREDICT, add_smoothing_args, run_smoothing
+from robustmaxup.certify.runner import run_job
+from robustmaxup.cli._smoothing import FLAGS, add_smoothing_args, job_from_args
 from robustmaxup.cli.common import make_parser, run
 
 
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _body(args: argparse.Namespace) -> None:
-    run_smoothing(args, PREDICT)
+    run_job(job_from_args("predict", args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run("predict", _body, build_parser(), argv)
+    return run("predict", _body, build_parser(), argv, FLAGS)

@@ -1,0 +1,549 @@
+"""Certify or predict a whole dataset split: seeding, resumable TSV output, sharding, the ETA.
+
+Two levels, both plain Python:
+
+* :func:`certify_dataset` / :func:`predict_dataset` take a :class:`~robustmaxup.certify.Smooth`
+  and a split and return typed rows; with ``out`` they also write the TSV (one flushed row per
+  image) and its JSON sidecar, exactly as ``robustmaxup certify`` does.
+* :func:`run_job` starts from a checkpoint path (a :class:`SmoothingJob`): it validates every
+  input, loads model and data, trial-forwards, checks clean accuracy, then calls the above.
+  ``robustmaxup certify``/``predict`` only parse flags into a job and call it.
+
+Reproducibility: image ``idx`` draws its noise only from a generator seeded with
+``stream_seed(seed, "certify.noise", idx)``, so reruns, ``resume`` and sharded runs give
+identical rows (time aside), and any row can be recomputed alone with ``Smooth.certify``.
+
+Output safety: nothing is written until every input is validated; a new output is created
+exclusively and locked while written (a second run on the same file fails with one line); a
+resume refuses a file whose header is not exactly its own format, or whose sidecar records
+other settings, and then touches nothing.
+
+Example::
+
+    from robustmaxup.certify import Smooth
+    from robustmaxup.certify.runner import certify_dataset
+    rows = certify_dataset(Smooth(model, 10, 0.25), test_split, range(0, 10000, 20),
+                           n0=100, n=100_000, alpha=0.001, batch_size=1000, seed=0,
+                           out="certify.tsv")
+    rows[0].predict, rows[0].radius
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from robustmaxup.certify import bounds
+from robustmaxup.certify.smooth import ABSTAIN, PRECISIONS, Smooth
+from robustmaxup.certify.tsv import (
+    CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, Row, TsvFormat, format_time,
+    merge_rows, part_path, read_rows, write_rows,
+)
+from robustmaxup.errors import UserError
+from robustmaxup.runtime.checks import (
+    FieldError, check_alpha, check_choice, check_int, check_positive,
+)
+from robustmaxup.runtime.dist import Dist
+from robustmaxup.runtime.io import (
+    atomic_write_json, check_writable_location, ensure_writable_dir, open_locked,
+)
+from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance
+from robustmaxup.runtime.seeds import stream_generator
+
+log = logging.getLogger(__name__)
+
+ETA_AFTER_IMAGES = 5
+#: result-defining settings: a resume refuses to continue a file made with other values
+RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "mode", "n0", "n", "alpha",
+               "seed", "noise_chunk", "precision", "indices", "sequential")
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SequentialSettings:
+    """Sequential CERTIFY (:meth:`Smooth.certify_sequential_batch`): stop once every target
+    radius is decided (``radii``), or once the radius is known to ``radius_tol``."""
+
+    n_max: int = 100_000
+    radii: tuple[float, ...] | None = (0.25, 0.5, 0.75, 1.0)
+    radius_tol: float = 0.02
+
+    def check(self) -> None:
+        check_int("n_max", self.n_max, minimum=1)
+        for r in self.radii or ():
+            check_positive("radii", r, allow_zero=True)
+        check_positive("radius_tol", self.radius_tol)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What defines the rows: sample sizes, level, seed (``n0`` is None for PREDICT)."""
+
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    n0: int | None = None
+    images_per_batch: int = 1
+    sequential: SequentialSettings | None = None
+
+    def check(self) -> None:
+        if self.n0 is not None:
+            check_int("n0", self.n0, minimum=1)
+        check_int("n", self.n, minimum=1)
+        check_alpha(self.alpha)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("images_per_batch", self.images_per_batch, minimum=1)
+        check_int("seed", self.seed)
+        if self.sequential is not None:
+            self.sequential.check()
+
+
+# ----------------------------------------------------------------------------- modes
+@dataclass(frozen=True)
+class Mode:
+    """What differs between CERTIFY, sequential CERTIFY and PREDICT."""
+
+    name: str
+    fmt: TsvFormat
+    # (smooth, xs [k,C,H,W], labels, idxs, generators, settings, seconds per image) -> rows
+    run_group: Callable[..., list[Row]]
+    warn_too_few: Callable[[Smooth, Settings], None]
+
+
+def _certify_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs: Sequence[int],
+                  gens: Sequence[torch.Generator], s: Settings) -> list[Row]:
+    certs = smooth.certify_batch(xs, s.n0, s.n, s.alpha, s.batch_size, gens)
+    return [CertifyRow(i, y, c.prediction, c.radius, int(c.prediction == y))
+            for i, y, c in zip(idxs, labels, certs)]
+
+
+def _sequential_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs: Sequence[int],
+                     gens: Sequence[torch.Generator], s: Settings) -> list[Row]:
+    q = s.sequential
+    certs = smooth.certify_sequential_batch(xs, s.n0, q.n_max, s.alpha, s.batch_size, gens,
+                                            radii=q.radii, radius_tol=q.radius_tol)
+    return [CertifyRow(i, y, c.prediction, c.radius, int(c.prediction == y), n_used=c.n_used)
+            for i, y, c in zip(idxs, labels, certs)]
+
+
+def _predict_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs: Sequence[int],
+                  gens: Sequence[torch.Generator], s: Settings) -> list[Row]:
+    preds = smooth.predict_batch(xs, s.n, s.alpha, s.batch_size, gens)
+    return [PredictRow(i, y, p, int(p == y)) for i, y, p in zip(idxs, labels, preds)]
+
+
+def _warn_certify(smooth: Smooth, s: Settings) -> None:
+    smooth.warn_if_too_few(s.sequential.n_max if s.sequential else s.n, s.alpha)
+
+
+def _warn_predict(smooth: Smooth, s: Settings) -> None:
+    need = bounds.min_samples_to_predict(s.alpha)
+    if s.n < need:
+        log.warning("warning: n=%d samples can never pass PREDICT's test at alpha=%g (unanimous "
+                    "votes give p = %.3g); every image will abstain, use n >= %d",
+                    s.n, s.alpha, 2 * 0.5 ** s.n, need)
+
+
+MODES = {
+    "certify": Mode("certify", CERTIFY, _certify_rows, _warn_certify),
+    "certify_sequential": Mode("certify_sequential", CERTIFY_SEQUENTIAL, _sequential_rows, _warn_certify),
+    "predict": Mode("predict", PREDICT, _predict_rows, _warn_predict),
+}
+
+
+def mode_of(command: str, settings: Settings) -> Mode:
+    if command == "certify" and settings.sequential is not None:
+        return MODES["certify_sequential"]
+    return MODES[command]
+
+
+# ----------------------------------------------------------------------------- output files
+@dataclass
+class Output:
+    """Where this process writes: the final file, this rank's file, and the sidecar."""
+
+    final: Path
+    mine: Path
+    sidecar: Path
+    fmt: TsvFormat
+    dist: Dist
+
+    @classmethod
+    def at(cls, out: str | Path, fmt: TsvFormat, dist: Dist) -> "Output":
+        final = Path(out)
+        mine = final if not dist.distributed else part_path(final, dist.rank)
+        return cls(final, mine, Path(str(final) + ".json"), fmt, dist)
+
+    def parts(self) -> list[Path]:
+        return [part_path(self.final, r) for r in range(self.dist.world)]
+
+    def check(self, resume: bool, record: dict[str, Any]) -> None:
+        """Validate before anything is written: paths, existing files and their formats, and on
+        resume the sidecar's settings. UserError, with nothing touched, otherwise."""
+        for path in (self.final, self.sidecar):
+            check_writable_location(path)
+        if self.sidecar.is_dir():
+            raise UserError(f"the sidecar path {self.sidecar} is a directory; choose another output")
+        existing = [p for p in [self.final, *self.parts()] if p.exists()]
+        if not resume:
+            blocking = existing + ([self.sidecar] if self.sidecar.exists() else [])
+            if blocking:
+                raise UserError(f"{blocking[0]} already exists; pass --resume to continue it, or "
+                                "choose another output")
+            return
+        for path in existing:
+            read_rows(path, self.fmt)  # a foreign or other-format file is refused, untouched
+        if self.sidecar.exists():
+            check_resume(_read_sidecar(self.sidecar), record, RESUME_KEYS, what=str(self.final))
+        elif existing:
+            raise UserError(f"{self.final} has no sidecar {self.sidecar.name}; its settings are "
+                            "unknown, so it cannot be resumed; choose another output")
+
+    def done(self) -> set[int]:
+        """Indices already written (in the final file or this rank's part)."""
+        return set(merge_rows([self.final, self.mine], self.fmt))
+
+    def open(self):
+        """This rank's file, locked, positioned after its last complete row (a torn last line
+        is cut), with the header written if the file is new."""
+        f = open_locked(self.mine, append=self.mine.exists(), what="output")
+        contents = read_rows(self.mine, self.fmt)
+        f.truncate(contents.complete_bytes)
+        if contents.complete_bytes == 0:
+            f.write(self.fmt.header + "\n")
+            f.flush()
+        return f
+
+    def merge(self) -> int:
+        """Rank 0: the final file's rows plus every part, sorted by idx; parts removed."""
+        rows = merge_rows([self.final, *self.parts()], self.fmt)
+        write_rows(self.final, self.fmt, rows.values())
+        for part in self.parts():
+            part.unlink(missing_ok=True)
+        return len(rows)
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path} is not a readable JSON sidecar; cannot resume its TSV") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a robustmaxup sidecar; cannot resume its TSV")
+    return data
+
+
+# ----------------------------------------------------------------------------- the loop
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None: on only when stderr is a terminal, so logs don't fill with bar updates
+    return tqdm(total=total, unit="img", disable=None if enabled else True, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+@dataclass
+class _Eta:
+    """Logs the typical time per image and the ETA once, after a few images."""
+
+    total: int
+    enabled: bool
+    times: list[float] = field(default_factory=list)
+    logged: bool = False
+
+    def update(self, per_image: float, done: int) -> None:
+        self.times.append(per_image)
+        left = self.total - done
+        if self.logged or not self.enabled or not left or done < ETA_AFTER_IMAGES:
+            return
+        typical = float(sorted(self.times)[len(self.times) // 2])  # the median skips warm-up
+        log.info("%.3f s/image; ETA for the remaining %d images: %s", typical, left,
+                 format_time(typical * left))
+        self.logged = True
+
+
+def _compute(mode: Mode, smooth: Smooth, split: Any, todo: Sequence[int], s: Settings,
+             device: torch.device, write: Callable[[list[Row]], None], progress: bool) -> None:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    eta = _Eta(len(todo), progress)
+    k = s.images_per_batch
+    with _progress(len(todo), progress) as bar, logging_redirect_tqdm():
+        for start in range(0, len(todo), k):
+            group = list(todo[start:start + k])
+            t0 = time.perf_counter()
+            xs, ys = split.batch(group)
+            xs = xs.to(device, non_blocking=True)
+            gens = [stream_generator(s.seed, "certify.noise", i, device=device) for i in group]
+            rows = mode.run_group(smooth, xs, ys.tolist(), group, gens, s)
+            per_image = (time.perf_counter() - t0) / len(group)
+            write([dataclasses.replace(r, time=per_image) for r in rows])
+            bar.update(len(group))
+            eta.update(per_image, start + len(group))
+
+
+def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Settings, *,
+         out: str | Path | None, resume: bool, record: dict[str, Any] | None, progress: bool,
+         dist: Dist | None) -> list[Row]:
+    s.check()
+    mode = mode_of(command, s)
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise FieldError("indices", "select no image; check skip/max")
+    dist = dist or Dist()
+    device = _device_of(smooth, split, indices)
+    sidecar = {**(record or {}), **_settings_record(command, smooth, split, indices, s, dist, device)}
+    if out is None:
+        rows: list[Row] = []
+        _compute(mode, smooth, split, indices[dist.rank::dist.world], s, device, rows.extend, progress)
+        return sorted(rows, key=lambda r: r.idx)
+    output = Output.at(out, mode.fmt, dist)
+    output.check(resume, sidecar)
+    return _run_to_file(mode, smooth, split, indices, s, output, sidecar, device, progress)
+
+
+def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: Settings,
+                 output: Output, sidecar: dict[str, Any], device: torch.device,
+                 progress: bool) -> list[Row]:
+    dist = output.dist
+    ensure_writable_dir(output.final.parent)
+    mine = indices[dist.rank::dist.world]
+    t_start = time.perf_counter()
+    with dist.group(device, backend="gloo", long_wait=True):
+        done = output.done()
+        todo = [i for i in mine if i not in done]
+        if len(todo) < len(mine):
+            log.info("resuming: %d of this process's %d images already done", len(mine) - len(todo), len(mine))
+        with output.open() as f:
+            if dist.main:
+                atomic_write_json(output.sidecar, {**sidecar, "complete": False})
+
+            def write(rows: list[Row]) -> None:
+                f.write("".join(r.to_line() + "\n" for r in rows))
+                f.flush()
+
+            _compute(mode, smooth, split, todo, s, device, write, progress and dist.main)
+        dist.barrier()
+        if dist.main:
+            count = output.merge() if dist.distributed else len(read_rows(output.final, mode.fmt).rows)
+            elapsed = time.perf_counter() - t_start
+            atomic_write_json(output.sidecar, {**sidecar, "complete": count == len(indices),
+                                               "rows": count, "total_time_s": elapsed})
+            log.info("wrote %s (%d rows) in %s", output.final, count, format_time(elapsed))
+        dist.barrier()
+    return [r for r in read_rows(output.final, mode.fmt).rows.values()] if dist.main else []
+
+
+def _device_of(smooth: Smooth, split: Any, indices: Sequence[int]) -> torch.device:
+    p = next(iter(smooth.base_classifier.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int], s: Settings,
+                     dist: Dist, device: torch.device) -> dict[str, Any]:
+    mode = mode_of(command, s)
+    info = getattr(split, "info", None)
+    return {
+        "command": command, "mode": mode.name,
+        "dataset": getattr(info, "name", None), "split": getattr(split, "split", None),
+        "split_size": len(split), "indices": indices, "num_selected": len(indices),
+        "full_split": len(indices) == len(split),
+        "sigma": smooth.sigma, "n0": s.n0, "n": s.n, "alpha": s.alpha, "seed": s.seed,
+        "batch_size": s.batch_size, "images_per_batch": s.images_per_batch,
+        "sequential": dataclasses.asdict(s.sequential) if s.sequential else None,
+        "confidence_sequence": _sequence_name() if s.sequential else None,
+        "noise_chunk": smooth.noise_chunk, "precision": smooth.precision,
+        "autocast": str(smooth.autocast_dtype(device)),
+        "noise_seed_rule": "runtime.seeds.stream_generator(seed, 'certify.noise', idx, device)",
+        "world_size": dist.world,
+        "columns": list(mode.fmt.columns),
+        "time_column": "wall time per image, H:MM:SS.mmm",
+        "radius_threshold": "certified at r means radius >= r",
+        "provenance": provenance(device),
+    }
+
+
+def _sequence_name() -> str | None:
+    return getattr(bounds, "DEFAULT_CONFIDENCE_SEQUENCE", None)
+
+
+# ----------------------------------------------------------------------------- public API
+def certify_dataset(smooth: Smooth, split: Any, indices: Sequence[int], *, n0: int = 100,
+                    n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
+                    out: str | Path | None = None, resume: bool = False,
+                    images_per_batch: int = 1, sequential: SequentialSettings | None = None,
+                    record: dict[str, Any] | None = None, progress: bool = True,
+                    dist: Dist | None = None) -> list[CertifyRow]:
+    """Cohen et al.'s CERTIFY (or, with ``sequential``, sequential CERTIFY) on ``split[i]`` for
+    every ``i`` in ``indices``; one :class:`CertifyRow` per image, sorted by index.
+
+    Args:
+        smooth: the smoothed classifier (its model on the device the work runs on).
+        split: a dataset split (``split.batch(idx) -> (x [k,C,H,W] in [0,1], y [k])``).
+        indices: dataset indices to certify.
+        n0, n, alpha, batch_size: as in :meth:`Smooth.certify` (``n`` is unused when
+            ``sequential`` is given; its ``n_max`` caps the samples).
+        seed: image ``i``'s noise comes from ``stream_seed(seed, "certify.noise", i)``.
+        out: also write the TSV (and ``out + ".json"``, the sidecar) there; ``None``: don't.
+        resume: continue an interrupted ``out`` (same settings required).
+        images_per_batch: images whose noise shares a forward pass (speed only).
+        sequential: :class:`SequentialSettings` for sequential CERTIFY.
+        record: extra entries for the sidecar (e.g. the checkpoint's hash).
+        progress: a progress bar on a terminal, and the ETA log line.
+        dist: the process group for sharded runs (``None``: one process).
+
+    Returns:
+        the rows (under torchrun: all rows on rank 0, none elsewhere).
+    """
+    s = Settings(n=n, alpha=alpha, batch_size=batch_size, seed=seed, n0=n0,
+                 images_per_batch=images_per_batch, sequential=sequential)
+    return _run("certify", smooth, split, indices, s, out=out, resume=resume, record=record,
+                progress=progress, dist=dist)
+
+
+def predict_dataset(smooth: Smooth, split: Any, indices: Sequence[int], *, n: int = 100_000,
+                    alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
+                    out: str | Path | None = None, resume: bool = False,
+                    images_per_batch: int = 1, record: dict[str, Any] | None = None,
+                    progress: bool = True, dist: Dist | None = None) -> list[PredictRow]:
+    """Cohen et al.'s PREDICT on every ``split[i]``, ``i`` in ``indices``: one
+    :class:`PredictRow` per image (``predict`` = -1 abstains). Arguments as
+    :func:`certify_dataset`."""
+    s = Settings(n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                 images_per_batch=images_per_batch)
+    return _run("predict", smooth, split, indices, s, out=out, resume=resume, record=record,
+                progress=progress, dist=dist)
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
+@dataclass(frozen=True)
+class SmoothingJob:
+    """Everything ``robustmaxup certify``/``predict`` needs, as typed values."""
+
+    command: str
+    checkpoint: str
+    dataset: str
+    data_root: str | None = None
+    cache_dir: str | None = None
+    split: str = "test"
+    sigma: float | None = None
+    n0: int | None = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch_size: int = 1000
+    skip: int = 1
+    max_images: int = -1
+    out: str | None = None
+    resume: bool = False
+    images_per_batch: int = 1
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    quiet: bool = False
+    sequential: SequentialSettings | None = None
+
+    def settings(self) -> Settings:
+        return Settings(n=self.n, alpha=self.alpha, batch_size=self.batch_size, seed=self.seed,
+                        n0=self.n0 if self.command == "certify" else None,
+                        images_per_batch=self.images_per_batch, sequential=self.sequential)
+
+    def check(self) -> None:
+        """FieldError for any out-of-range value (before anything is loaded)."""
+        check_choice("command", self.command, ("certify", "predict"))
+        if self.sigma is not None:
+            check_positive("sigma", self.sigma)
+        check_int("skip", self.skip, minimum=1)
+        if self.max_images != -1:
+            check_int("max_images", self.max_images, minimum=1)
+        check_choice("precision", self.precision, ["auto", *PRECISIONS])
+        if self.sequential is not None and self.command != "certify":
+            raise FieldError("sequential", "applies to certify only")
+        self.settings().check()
+
+
+def select_indices(size: int, skip: int, max_images: int) -> list[int]:
+    """``range(0, size, skip)[:max]`` (``max = -1``: all)."""
+    idx = list(range(0, size, skip))
+    return idx if max_images == -1 else idx[:max_images]
+
+
+def default_out(job: SmoothingJob, sigma: float) -> Path:
+    """``<command>_<split>_sigma<S>.tsv`` in the current directory."""
+    return Path(f"{job.command}_{job.split}_sigma{sigma:g}.tsv")
+
+
+def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
+                   generator: torch.Generator) -> None:
+    """Forward one clean and a few noisy copies of an image; failures become UserErrors."""
+    x, _ = split[index]
+    x = x.to(device)
+    try:
+        with torch.no_grad():
+            logits = smooth.logits(x[None], compiled=False)
+            noisy = x[None] + smooth.sigma * torch.randn((8, *x.shape), generator=generator,
+                                                         device=device, dtype=x.dtype)
+            logits = torch.cat([logits, smooth.logits(noisy, compiled=False)])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"the model does not accept {split.info.name} images of shape "
+                        f"{tuple(x.shape)}: {first}; check --dataset and the checkpoint") from None
+    if logits.dim() != 2 or logits.shape[1] != smooth.num_classes:
+        raise UserError(f"the model returns logits of shape {tuple(logits.shape[1:])} per image, "
+                        f"expected [{smooth.num_classes}]; check --dataset and the checkpoint")
+    if not torch.isfinite(logits.float()).all():
+        raise UserError("the model returns non-finite logits (NaN/inf) on a trial batch; the "
+                        "checkpoint is broken, or try --precision fp32")
+
+
+def run_job(job: SmoothingJob) -> list[Row]:
+    """Validate ``job``, load model and data, check them, then certify or predict (see module
+    docstring); no output file is touched before every check has passed."""
+    from robustmaxup.checkpoints import load_model, resolve_sigma
+    from robustmaxup.data import get_info, load_split, spread_indices
+    from robustmaxup.models.probe import clean_accuracy, log_clean_accuracy
+
+    job.check()
+    dist = Dist.from_env()
+    device = dist.device(job.device)
+    info = get_info(job.dataset)
+    # loaded outside inference mode: the weights stay ordinary tensors (backward works later)
+    model, meta = load_model(job.checkpoint, dataset=job.dataset, num_classes=info.num_classes,
+                             device=device)
+    sigma, source = resolve_sigma(job.sigma, meta, verb="certifying",
+                                  missing_hint="pass --sigma (e.g. --sigma 0.25)")
+    out = Path(job.out) if job.out else default_out(job, sigma)
+    check_writable_location(out)
+    split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
+    indices = select_indices(len(split), job.skip, job.max_images)
+    if not indices:
+        raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
+                        "check --skip/--max")
+    smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile)
+    _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
+    chosen = [indices[i] for i in spread_indices(len(indices), 100).tolist()]
+    acc, n_check = clean_accuracy(lambda b: smooth.logits(b, compiled=False), split, chosen,
+                                  job.batch_size, device)
+    if dist.main:
+        log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier")
+    s = job.settings()
+    mode_of(job.command, s).warn_too_few(smooth, s)
+    record = {
+        "config": dataclasses.asdict(job), **checkpoint_record(job.checkpoint, meta),
+        "skip": job.skip, "max": job.max_images, "sigma_source": source,
+        "clean_accuracy": {"images": n_check, "accuracy": acc},
+    }
+    return _run(job.command, smooth, split, indices, s, out=out, resume=job.resume,
+                record=record, progress=not job.quiet, dist=dist)
+
+
+__all__ = ["ABSTAIN", "SequentialSettings", "Settings", "SmoothingJob", "certify_dataset",
+           "predict_dataset", "run_job", "select_indices", "default_out"]

@@ -1,0 +1,91 @@
+"""Value checks whose errors name the *field*, not a command-line flag.
+
+Library code checks its arguments with these functions; a failure raises :class:`FieldError`,
+a :class:`~robustmaxup.errors.UserError` that knows which field was wrong. The command line maps
+a field to its flag (``batch_size`` -> ``--batch``) when it prints the one-line error, so a
+Python user reads ``n0 must be >= 1`` and a CLI user reads ``--n0 must be >= 1``.
+
+Example::
+
+    check_int("n0", 0, minimum=1)        # FieldError: n0 must be an integer >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, Iterable
+
+from robustmaxup.errors import UserError
+
+
+class FieldError(UserError):
+    """A bad value of one named field: ``str(e)`` is ``"<field> <problem>"``."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}")
+
+    def renamed(self, name: str) -> str:
+        """The message with the field shown as ``name`` (e.g. its command-line flag)."""
+        return f"{name} {self.problem}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_range(field: str, value: float, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> float:
+    """``value`` if it is a finite number in the interval, else FieldError."""
+    if not _is_number(value) or math.isnan(value):
+        raise FieldError(field, f"must be a number, got {value!r}")
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
+          (hi is not None and (value > hi or (hi_open and value == hi)))
+    if bad or (math.isinf(value) and (lo is not None and hi is not None)):
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise FieldError(field, f"must lie in {left}{'-inf' if lo is None else lo}, "
+                                f"{'inf' if hi is None else hi}{right}, got {value}")
+    return value
+
+
+def check_positive(field: str, value: float, *, allow_zero: bool = False) -> float:
+    """``value`` if it is a finite number > 0 (``>= 0`` with ``allow_zero``), else FieldError."""
+    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise FieldError(field, f"must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+    return value
+
+
+def check_int(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int if it is an integer within bounds, else FieldError."""
+    if not _is_number(value) or not math.isfinite(value) or int(value) != value:
+        raise FieldError(field, f"must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise FieldError(field, f"must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise FieldError(field, f"must be an integer <= {maximum}, got {value}")
+    return int(value)
+
+
+def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else FieldError listing them."""
+    options = list(choices)
+    if value not in options:
+        raise FieldError(field, f"must be one of {', '.join(map(str, options))}, got {value!r}")
+    return value
+
+
+def check_alpha(alpha: float, field: str = "alpha") -> float:
+    """A failure probability in (0, 1)."""
+    return check_range(field, alpha, 0.0, 1.0, lo_open=True, hi_open=True)
+
+
+def parse_fraction(text: str, field: str = "value") -> float:
+    """Parse ``"8/255"``, ``"0.5"`` or ``"1e-3"`` to a finite float; FieldError otherwise."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise FieldError(field, f"cannot be read as a number: {text!r} (examples: 0.5, 8/255)") from None
+    if not math.isfinite(value):
+        raise FieldError(field, f"must be finite, got {text!r}")
+    return value

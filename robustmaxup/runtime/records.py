@@ -1,0 +1,121 @@
+"""What a result carries about how it was made, and the one rule for continuing a run.
+
+* :func:`provenance`: package versions (torch, numpy, scipy, statsmodels, pyautoattack, CUDA),
+  git SHA with a dirty-tree flag, Python, host and device.
+* :func:`checkpoint_record`: a checkpoint's path, hash and metadata, for result sidecars.
+* :func:`check_resume`: certify, attack and train all refuse to continue an output made with
+  other result-defining settings, through this one function.
+
+Example::
+
+    check_resume({"n": 1000, "alpha": 0.001}, {"n": 100, "alpha": 0.001}, ["n", "alpha"], what="r.tsv")
+    # UserError: cannot resume r.tsv: it was made with different n (1000, now 100); ...
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+import robustmaxup
+from robustmaxup.errors import UserError
+
+_VERSIONED = ("numpy", "scipy", "statsmodels", "pyautoattack", "torchvision")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    root = Path(robustmaxup.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_sha() -> str | None:
+    """The git commit of the source tree this package was imported from, or None."""
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out else None
+
+
+def git_dirty() -> bool | None:
+    """Whether that tree has uncommitted changes to tracked files (None outside git)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
+
+
+@functools.lru_cache(maxsize=None)
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape results (None where absent)."""
+    out: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_description(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Versions, git SHA and dirty flag, and hardware, for result sidecars and checkpoints."""
+    info: dict[str, Any] = {
+        "robustmaxup": robustmaxup.__version__,
+        "git_sha": git_sha(),
+        "git_dirty": git_dirty(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        **package_versions(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+    if device is not None:
+        info["device"] = device_description(device)
+    return info
+
+
+def checkpoint_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"checkpoint", "checkpoint_sha256", "checkpoint_meta"}`` for a result sidecar."""
+    path = Path(path)
+    return {"checkpoint": str(path.resolve()), "checkpoint_sha256": sha256_file(path),
+            "checkpoint_meta": dict(meta)}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str], *,
+                 what: str) -> None:
+    """UserError unless ``saved`` and ``current`` agree on every key of ``keys`` that ``saved``
+    records: a run is continued only under the settings that made it."""
+    diff = [k for k in keys if k in saved and saved[k] != current.get(k)]
+    if diff:
+        detail = ", ".join("the image/example selection" if k == "indices"
+                           else f"{k} ({_show(saved[k])}, now {_show(current.get(k))})" for k in diff)
+        raise UserError(f"cannot resume {what}: it was made with different {detail}; use the same "
+                        "settings or another output")

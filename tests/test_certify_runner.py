@@ -1,0 +1,141 @@
+"""The certify runner as Python users call it: the same rows as the CLI, typed TSV rows, output
+safety (foreign files, locks), and models that still train after being certified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustmaxup.certify import Smooth
+from robustmaxup.certify.runner import certify_dataset, predict_dataset, select_indices
+from robustmaxup.certify.tsv import (
+    CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, read_rows, write_rows,
+)
+from robustmaxup.checkpoints import build_model_for, load_model, save_checkpoint
+from robustmaxup.cli import main
+from robustmaxup.data import load_split
+from robustmaxup.errors import UserError
+from robustmaxup.runtime.io import open_locked
+
+FAST = ["--dataset", "digits", "--n0", "20", "--n", "200", "--batch", "100", "--alpha", "0.01",
+        "--skip", "45", "--max", "6", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    split = load_split("digits", "train")
+    x, y = split.batch(list(range(len(split))))
+    model = build_model_for("digits_cnn", "digits")
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(15):
+        i = torch.randint(0, len(x), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[i] + 0.25 * torch.randn_like(x[i])), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
+                           "model": model.state_dict(), "method": "gaussian",
+                           "hparams": {"sigma": 0.25}, "epoch": 1})
+    return str(path)
+
+
+def _lines(path):
+    return [line.rsplit("\t", 1)[0] for line in Path(path).read_text().splitlines()]
+
+
+def test_certify_dataset_equals_the_cli(ckpt, tmp_path):
+    out = tmp_path / "cli.tsv"
+    assert main(["certify", ckpt, *FAST, "--out", str(out)]) == 0
+    model, _ = load_model(ckpt, dataset="digits")
+    split = load_split("digits", "test")
+    indices = select_indices(len(split), 45, 6)
+    rows = certify_dataset(Smooth(model, 10, 0.25), split, indices, n0=20, n=200, alpha=0.01,
+                           batch_size=100, seed=0, progress=False)
+    assert [r.to_line().rsplit("\t", 1)[0] for r in rows] == _lines(out)[1:]
+    assert all(isinstance(r, CertifyRow) and r.n_used is None for r in rows)
+    # with out=, the Python API writes what the CLI writes (the time column aside)
+    api = tmp_path / "api.tsv"
+    certify_dataset(Smooth(model, 10, 0.25), split, indices, n0=20, n=200, alpha=0.01,
+                    batch_size=100, seed=0, out=api, progress=False)
+    assert _lines(api) == _lines(out)
+    meta = json.loads(Path(str(api) + ".json").read_text())
+    assert meta["complete"] and meta["indices"] == indices and meta["mode"] == "certify"
+
+
+def test_predict_dataset_equals_the_cli(ckpt, tmp_path):
+    out = tmp_path / "p.tsv"
+    argv = [a for a in FAST if a not in ("--n0", "20")]
+    assert main(["predict", ckpt, *argv, "--out", str(out)]) == 0
+    model, _ = load_model(ckpt, dataset="digits")
+    split = load_split("digits", "test")
+    rows = predict_dataset(Smooth(model, 10, 0.25), split, select_indices(len(split), 45, 6),
+                           n=200, alpha=0.01, batch_size=100, seed=0, progress=False)
+    assert all(isinstance(r, PredictRow) for r in rows)
+    assert [r.to_line().rsplit("\t", 1)[0] for r in rows] == _lines(out)[1:]
+
+
+def test_model_still_trains_after_certify(ckpt, tmp_path, monkeypatch):
+    """The job loads the model outside inference mode: a backward pass works afterwards."""
+    import robustmaxup.checkpoints as checkpoints
+
+    seen = {}
+    real = checkpoints.load_model
+
+    def spy(*args, **kwargs):
+        seen["model"], meta = real(*args, **kwargs)
+        return seen["model"], meta
+
+    monkeypatch.setattr(checkpoints, "load_model", spy)
+    assert main(["certify", ckpt, *FAST, "--max", "1", "--out", str(tmp_path / "o.tsv")]) == 0
+    model = seen["model"]
+    loss = model(torch.rand(2, 1, 8, 8)).logsumexp(1).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_resume_refuses_a_foreign_file_and_touches_nothing(ckpt, tmp_path, capsys):
+    foreign = tmp_path / "r.json"
+    foreign.write_text('{"acc":0.93}')
+    assert main(["certify", ckpt, *FAST, "--out", str(foreign), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a certify output" in err[0]
+    assert foreign.read_text() == '{"acc":0.93}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no sidecar either
+    # a predict file is not a certify file either
+    pred = tmp_path / "p.tsv"
+    pred.write_text(PREDICT.header + "\n")
+    assert main(["certify", ckpt, *FAST, "--out", str(pred), "--resume"]) == 2
+    assert pred.read_text() == PREDICT.header + "\n"
+
+
+def test_rows_round_trip_and_torn_lines(tmp_path):
+    rows = [CertifyRow(3, 1, 1, 0.5, 1, 1.25), CertifyRow(1, 2, -1, 0.0, 0, 0.5)]
+    path = tmp_path / "c.tsv"
+    write_rows(path, CERTIFY, rows)
+    with open(path, "a") as f:
+        f.write("7\t1\t1\t0.2")  # torn last line
+    got = read_rows(path, CERTIFY)
+    assert sorted(got.rows) == [1, 3] and got.rows[3] == rows[0]
+    assert got.complete_bytes == len(path.read_bytes()) - len("7\t1\t1\t0.2")
+    seq = CertifyRow(4, 1, 1, 0.25, 1, 2.0, n_used=3000)
+    assert CertifyRow.from_line(seq.to_line(), CERTIFY_SEQUENTIAL) == seq
+    with pytest.raises(UserError, match="header"):
+        read_rows(path, CERTIFY_SEQUENTIAL)
+
+
+def test_a_locked_output_refuses_a_second_writer(tmp_path):
+    path = tmp_path / "o.tsv"
+    first = open_locked(path, append=False)
+    try:
+        with pytest.raises(UserError, match="already exists"):
+            open_locked(path, append=False)
+        with pytest.raises(UserError, match="another run"):
+            open_locked(path, append=True)
+    finally:
+        first.close()
+    open_locked(path, append=True).close()  # free again once the first writer is gone
