@@ -38,8 +38,10 @@ import torch
 from torch import nn
 
 from robustmaxup.attacks import pgd, run_autoattack
-from robustmaxup.models import build_model
-from robustmaxup.utils import atomic_write_json, provenance, resolve_device
+from robustmaxup.checkpoints import build_model_for
+from robustmaxup.runtime.dist import resolve_device
+from robustmaxup.runtime.io import atomic_write_json
+from robustmaxup.runtime.records import provenance
 
 log = logging.getLogger("bench_attack")
 
@@ -128,7 +130,7 @@ def main() -> None:
         args.device, args.batch, args.repeats, args.aa_images = "cpu", 32, 5, 4
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = build_model(args.arch, 10, "cifar10").to(device).eval()
+    model = build_model_for(args.arch, "cifar10", num_classes=10).to(device).eval()
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     result = {

@@ -39,8 +39,10 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from robustmaxup.certify import Smooth
-from robustmaxup.models import build_model
-from robustmaxup.utils import atomic_write_json, provenance, resolve_device
+from robustmaxup.checkpoints import build_model_for
+from robustmaxup.runtime.dist import resolve_device
+from robustmaxup.runtime.io import atomic_write_json
+from robustmaxup.runtime.records import provenance
 
 log = logging.getLogger("bench_certify")
 
@@ -103,7 +105,7 @@ def time_ours(smooth, xs, cfg, device):
 
 def bench_one(cfg, device, args):
     torch.manual_seed(0)
-    model = build_model(cfg["arch"], dataset=cfg["dataset"]).to(device).eval()
+    model = build_model_for(cfg["arch"], cfg["dataset"]).to(device).eval()
     shape = cfg["shape"]
     xs = torch.rand(cfg["images"], *shape, device=device)
     warm = {**cfg, "n": min(cfg["n"], 2 * cfg["batch"])}

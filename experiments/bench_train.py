@@ -9,7 +9,7 @@ Evidence: this script prints, for each configuration, img/s, step time relative 
 step, and (on CUDA) peak memory relative to it, measured on the same random CIFAR-shaped data in
 the same process. The reference is written out below as Cohen et al.'s train loop does it: fp32,
 per-image host-side crop/flip in DataLoader workers, a host->device copy per batch, noise drawn
-with ``randn_like``, and ``loss.item()`` every step. Ours is ``robustmaxup.engine.train_step`` with
+with ``randn_like``, and ``loss.item()`` every step. Ours is ``robustmaxup.train.train_step`` with
 the device-resident loader, bf16 autocast and channels_last on CUDA. Results are written as JSON
 with the config, git SHA and hardware (``--out``). ``--quick`` runs a small CPU configuration.
 
@@ -33,11 +33,13 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset
 
+from robustmaxup.checkpoints import build_model_for
 from robustmaxup.data import ImageSplit, get_info
-from robustmaxup.engine import TrainConfig, setup, train_step
+from robustmaxup.train import TrainConfig, setup, train_step
 from robustmaxup.methods import METHODS
-from robustmaxup.models import build_model
-from robustmaxup.utils import atomic_write_json, provenance, resolve_device
+from robustmaxup.runtime.dist import resolve_device
+from robustmaxup.runtime.io import atomic_write_json
+from robustmaxup.runtime.records import provenance
 
 log = logging.getLogger("bench_train")
 
@@ -89,7 +91,7 @@ class _HostDataset(Dataset):
 
 def reference_step_factory(split: ImageSplit, arch: str, batch: int, sigma: float, device: torch.device,
                            workers: int) -> Callable[[], None]:
-    model = build_model(arch, dataset="cifar10").to(device).train()
+    model = build_model_for(arch, "cifar10").to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loader = DataLoader(_HostDataset(split), batch_size=batch, shuffle=True, num_workers=workers,
                         drop_last=True, persistent_workers=workers > 0)

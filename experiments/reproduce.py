@@ -29,7 +29,9 @@ from pathlib import Path
 
 from robustmaxup.certify.bounds import certified_radius, clopper_pearson_lower
 from robustmaxup.cli import main as cli
-from robustmaxup.utils import atomic_write_json, atomic_write_text, provenance, resolve_device
+from robustmaxup.runtime.dist import resolve_device
+from robustmaxup.runtime.io import atomic_write_json, atomic_write_text
+from robustmaxup.runtime.records import provenance
 
 # method label -> (method flags)
 METHOD_RUNS: dict[str, list[str]] = {

@@ -9,7 +9,13 @@ A robustmaxup checkpoint is a plain dict (no pickled code) with::
     config, metrics, version, git_sha, created               -> provenance
 
 Foreign formats are mapped here and nowhere else: Cohen et al.'s ``{'arch', 'state_dict'}``
-files (keys under a normalise layer ``1.`` and ``module.``) load into our models, strictly.
+files (keys under a normalise layer ``1.`` and ``module.``) load into our models, strictly. Such
+files do not record their dataset: it defaults to the ``DATASETS`` entry whose ``foreign_archs``
+names the architecture (ImageNet for ``resnet50``, CIFAR-10 for the CIFAR networks), and the
+caller's ``dataset`` overrides it.
+
+This room sits above both ``models`` and ``data``, so it is also where a dataset name becomes a
+model: :func:`build_model_for`.
 """
 
 from __future__ import annotations
@@ -20,20 +26,46 @@ import pickle
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 import robustmaxup
-from robustmaxup.data.info import DATASET_INFO, get_info
+from robustmaxup.data import DATASETS, foreign_dataset, get_info
 from robustmaxup.errors import UserError
 from robustmaxup.models import MODELS, NormalizedModel, build_model
-from robustmaxup.utils import atomic_torch_save, git_sha
+from robustmaxup.registry import Registry
+from robustmaxup.runtime.io import atomic_torch_save, check_writable_location
+from robustmaxup.runtime.records import git_sha
 
 log = logging.getLogger(__name__)
 
 FORMAT = "robustmaxup/1"
 _STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng")
+
+
+def build_model_for(
+    arch: str,
+    dataset: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> NormalizedModel:
+    """Build ``arch`` for dataset ``dataset``: class count, input channels and normalisation come
+    from its ``DATASETS`` entry; explicit (non-None, non-zero) arguments override them.
+    Unknown ``arch`` or ``dataset`` raises a UserError listing the known ones.
+
+    Example::
+
+        model = build_model_for("cifar_resnet110", "cifar10")     # 10 classes, CIFAR-10 mean/std
+    """
+    spec = get_info(dataset)
+    return build_model(
+        arch, num_classes or spec.num_classes, in_channels=in_channels or spec.in_channels,
+        mean=mean if mean is not None else spec.mean, std=std if std is not None else spec.std,
+    )
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
@@ -95,13 +127,13 @@ def _from_cohen(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     state = _strip_prefixes(obj["state_dict"])
     fc = state.get("fc.weight")
     num_classes = int(fc.shape[0]) if fc is not None else None
-    dataset = "imagenet" if arch == "resnet50" else "cifar10"
+    dataset = foreign_dataset(arch)
     return {
         "format": "cohen",
         "arch": arch,
         "dataset": dataset,
         "num_classes": num_classes,
-        "in_channels": 3,
+        "in_channels": get_info(dataset).in_channels if dataset is not None else None,
         "net_state": state,
         "method": "gaussian (Cohen et al. 2019)",
         "hparams": {},
@@ -129,8 +161,9 @@ def model_from_checkpoint(
     raises a UserError rather than silently producing shifted labels.
     """
     if dataset is not None and dataset != ckpt["dataset"]:
-        if ckpt.get("format") == "cohen" and dataset in DATASET_INFO:
-            ckpt = {**ckpt, "dataset": dataset}  # Cohen files do not record their dataset
+        if ckpt.get("format") == "cohen" and dataset in DATASETS:
+            # Cohen files do not record their dataset: the caller's one decides.
+            ckpt = {**ckpt, "dataset": dataset, "in_channels": get_info(dataset).in_channels}
         else:
             raise UserError(
                 f"checkpoint was trained on {ckpt['dataset']!r}, not {dataset!r}; pass --dataset {ckpt['dataset']}"
@@ -139,9 +172,11 @@ def model_from_checkpoint(
         raise UserError(
             f"checkpoint has {ckpt['num_classes']} classes but dataset {dataset or ckpt['dataset']!r} has {num_classes}"
         )
-    info = get_info(ckpt["dataset"])
-    model = build_model(
-        ckpt["arch"], ckpt["num_classes"] or info.num_classes, ckpt["dataset"],
+    if ckpt["dataset"] is None:
+        raise UserError(f"{ckpt.get('format')} checkpoint of arch {ckpt['arch']!r} does not record "
+                        f"its dataset and no dataset claims that arch; pass --dataset")
+    model = build_model_for(
+        ckpt["arch"], ckpt["dataset"], num_classes=ckpt["num_classes"],
         in_channels=ckpt.get("in_channels"), mean=ckpt.get("mean"), std=ckpt.get("std"),
     )
     try:
@@ -165,3 +200,65 @@ def load_model(
     if dataset is not None:
         meta["dataset"] = dataset
     return model, meta
+
+
+def resolve_sigma(given: float | None, meta: dict[str, Any], *, verb: str,
+                  missing_hint: str) -> tuple[float, str]:
+    """σ from the caller, else the checkpoint's training σ: ``(sigma, "flag" | "checkpoint")``.
+    A given σ that differs from the training σ is allowed, with a one-line warning."""
+    trained = checkpoint_sigma(meta)
+    if given is None:
+        if trained is None:
+            raise UserError(f"the checkpoint records no training sigma; {missing_hint}")
+        return trained, "checkpoint"
+    if trained is not None and abs(given - trained) > 1e-12:
+        log.warning("warning: %s with --sigma %g, but the checkpoint was trained with sigma %g",
+                    verb, given, trained)
+    return float(given), "flag"
+
+
+# --- export: formats other tools load ----------------------------------------------------------
+
+# locuslab/smoothing code/architectures.py, get_architecture: the ImageNet ResNet-50 is wrapped in
+# torch.nn.DataParallel (keys "1.module.*"), the CIFAR ResNets are not (keys "1.*"); the
+# NormalizeLayer at index 0 keeps its constants as plain attributes, so it has no state keys.
+_COHEN_DATAPARALLEL = frozenset({"resnet50"})
+
+#: format name -> ``(checkpoint dict, model) -> object to torch.save``
+EXPORT_FORMATS: Registry[Any] = Registry("export format")
+
+
+@EXPORT_FORMATS.register("cohen")
+def _export_cohen(ckpt: dict[str, Any], model: NormalizedModel) -> dict[str, Any]:
+    prefix = "1.module." if ckpt["arch"] in _COHEN_DATAPARALLEL else "1."
+    state = {prefix + k: v for k, v in model.net.state_dict().items()}
+    return {"arch": ckpt["arch"], "state_dict": state, "epoch": ckpt.get("epoch")}
+
+
+@EXPORT_FORMATS.register("state_dict")
+def _export_state_dict(ckpt: dict[str, Any], model: NormalizedModel) -> dict[str, torch.Tensor]:
+    return model.state_dict()
+
+
+def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, fmt: str) -> Path:
+    """Write checkpoint ``path`` to ``out`` in format ``fmt`` (a key of :data:`EXPORT_FORMATS`):
+
+    * ``cohen``: ``{"arch", "state_dict", "epoch"}`` whose keys fit locuslab/smoothing's
+      ``Sequential(NormalizeLayer, net)`` (that code re-creates the normalisation from the
+      dataset name; CIFAR/ImageNet constants are the ones it uses);
+    * ``state_dict``: our model's plain ``state_dict`` (normalisation buffers included).
+
+    ``out`` must not exist and must not be ``path`` itself. Returns ``out``.
+    """
+    exporter = EXPORT_FORMATS.get(fmt)
+    src, dst = Path(path), Path(out)
+    if dst.exists():
+        if src.exists() and dst.resolve() == src.resolve():
+            raise UserError(f"--out {dst} is the checkpoint itself; choose another file")
+        raise UserError(f"--out {dst} already exists; choose another file")
+    check_writable_location(dst)
+    ckpt = read_checkpoint(src)
+    model = model_from_checkpoint(ckpt)
+    atomic_torch_save(exporter(ckpt, model), dst)
+    log.info("wrote %s (%s format, arch %s)", dst, fmt, ckpt["arch"])
+    return dst

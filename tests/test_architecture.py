@@ -14,8 +14,8 @@ PKG = Path(__file__).resolve().parent.parent / "robustmaxup"
 #: room -> layer; a module may import only rooms of a LOWER layer, or its own room
 LAYERS = {
     "__main__": 7, "cli": 6, "train": 5, "methods": 4, "attacks": 3, "certify": 3,
-    "checkpoints": 2, "models": 1, "data": 1, "runtime": 0, "errors": 0, "registry": 0,
-    "__init__": 0,
+    "checkpoints": 2, "models": 1, "data": 1, "runtime": 0, "registry": -1, "errors": -2,
+    "__init__": -2,  # the package's __init__ holds only __version__
 }
 
 

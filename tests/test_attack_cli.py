@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustmaxup.checkpoints import save_checkpoint
+from robustmaxup.checkpoints import build_model_for, save_checkpoint
 from robustmaxup.cli.attack import main
-from robustmaxup.models import build_model
 
 
 def _trained_digits_model() -> nn.Module:
@@ -20,7 +19,7 @@ def _trained_digits_model() -> nn.Module:
     torch.manual_seed(0)
     split = load_split("digits", "train")
     x, y = split.batch(list(range(len(split))))
-    model = build_model("digits_cnn", 10, "digits")
+    model = build_model_for("digits_cnn", "digits")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -68,6 +67,13 @@ def test_errors_are_one_line_exit_2_and_write_nothing(ckpt, tmp_path, capsys):
         (["--eps", "0.1", "--n-examples", "0"], "--n-examples"),
         (["--eps", "0.1", "--smoothed", "--sigma", "-0.5"], "--sigma"),
         (["--eps", "0.1", "--sigma", "0.5"], "--smoothed"),
+        # library FieldErrors come out under the flag's name
+        (["--eps", "0.1", "--batch", "0"], "--batch must be"),
+        (["--eps", "0.1", "--attack", "pgd", "--step-size", "0"], "--step-size must be"),
+        (["--eps", "0.1", "--rescores", "0"], "--rescores must be"),
+        (["--eps", "0.1", "--smoothed", "--m", "0"], "--m must be"),
+        (["--eps", "0.1", "--attack", "pgd", "--steps", "0"], "--steps must be"),
+        (["--eps", "0.1", "--attack", "cw"], "--attack must be"),
     ]
     for extra, word in cases:
         _fail(base + extra, capsys, word)
@@ -76,7 +82,7 @@ def test_errors_are_one_line_exit_2_and_write_nothing(ckpt, tmp_path, capsys):
     _fail([str(ckpt), "--dataset", "cifar10", "--eps", "0.1", "--out", out], capsys, "digits")
     c10 = tmp_path / "c10.pt"
     save_checkpoint(c10, {"arch": "cifar_resnet20", "dataset": "cifar10", "num_classes": 10,
-                          "model": build_model("cifar_resnet20", 10, "cifar10").state_dict()})
+                          "model": build_model_for("cifar_resnet20", "cifar10").state_dict()})
     _fail([str(c10), "--dataset", "cifar10", "--data-root", str(tmp_path / "nope"), "--eps", "0.1",
            "--out", out], capsys, "nope")
     assert _files(tmp_path) == {"c10.pt"}
@@ -139,7 +145,7 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
 
 
 def test_resume_equals_uninterrupted_run(ckpt, tmp_path, capsys, monkeypatch):
-    import robustmaxup.cli.attack as cli
+    import robustmaxup.attacks.runner as runner
 
     args = [str(ckpt), "--dataset", "digits", "--attack", "pgd", "--norm", "L2", "--eps", "0.5",
             "--steps", "3", "--smoothed", "--m", "4", "--n-examples", "24", "--batch", "8",
@@ -147,18 +153,18 @@ def test_resume_equals_uninterrupted_run(ckpt, tmp_path, capsys, monkeypatch):
     full, part = tmp_path / "full.json", tmp_path / "part.json"
     assert main(args + ["--out", str(full), "--save-adv", str(tmp_path / "full.pt")]) == 0
 
-    real, calls = cli._run_chunk, []
+    real, calls = runner._run_chunk, []
 
-    def interrupted(r, c, idx):
-        calls.append(c)
+    def interrupted(*args, **kwargs):
+        calls.append(args[2])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(r, c, idx)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "_run_chunk", interrupted)
+    monkeypatch.setattr(runner, "_run_chunk", interrupted)
     assert main(args + ["--out", str(part), "--save-adv", str(tmp_path / "part.pt")]) == 130
     assert not part.exists() and (tmp_path / "part.json.state.pt").exists()
-    monkeypatch.setattr(cli, "_run_chunk", real)
+    monkeypatch.setattr(runner, "_run_chunk", real)
     capsys.readouterr()
     _fail(args[:-2] + ["--seed", "4", "--out", str(part), "--resume"], capsys, "seed")
     assert main(args + ["--out", str(part), "--save-adv", str(tmp_path / "part.pt"), "--resume"]) == 0

@@ -11,8 +11,8 @@ from torch import nn
 
 from robustmaxup.attacks import ATTACKS, SoftSmoothed, pgd, smooth_pgd
 from robustmaxup.attacks._core import margin_loss, project
+from robustmaxup.checkpoints import build_model_for
 from robustmaxup.errors import UserError
-from robustmaxup.models import build_model
 
 TOL = 1e-6
 
@@ -50,7 +50,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, *,
 def digits_model() -> nn.Module:
     torch.manual_seed(0)
     x, y = _digits(1200)
-    return _train(build_model("digits_cnn", 10, "digits"), x, y, epochs=4)
+    return _train(build_model_for("digits_cnn", "digits"), x, y, epochs=4)
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +204,43 @@ def test_soft_smoothed_is_randomized_and_normalized(digits_model, test_batch):
     assert a.shape == (8, 10)
     assert torch.allclose(a.exp().sum(1), torch.ones(8), atol=1e-5)
     assert not torch.equal(a, b)
+
+
+def test_soft_smoothed_per_example_noise_ignores_the_batch(digits_model, test_batch):
+    x = test_batch[0][:5]
+    sm = SoftSmoothed(digits_model, sigma=0.25, m=3)
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(5)]  # noqa: E731
+    with sm.per_example(gens()):
+        whole = sm.noise(x)
+    g = gens()
+    with sm.per_example(g[:2]):
+        first = sm.noise(x[:2])
+    with sm.per_example(g[2:]):
+        rest = sm.noise(x[2:])
+    assert whole.shape == (3, 5, 1, 8, 8)
+    assert torch.equal(whole, torch.cat([first, rest], 1))
+    assert sm._rows is None  # the context is left
+    with sm.per_example(gens()), pytest.raises(ValueError, match="rows"):
+        sm(x[:4])
+
+
+def test_evaluate_draws_every_random_number_per_example(digits_model, test_batch):
+    from robustmaxup.attacks import AttackConfig, evaluate
+
+    x, y = test_batch[0][:12], test_batch[1][:12]
+    idx = list(range(100, 112))
+    for cfg in ({"eps": 0.1}, {"eps": 0.5, "norm": "L2", "sigma": 0.25, "m": 4}):
+        whole = evaluate(digits_model, x, y, AttackConfig(attack="pgd", steps=3, batch_size=12, **cfg),
+                         seed=3, indices=idx)
+        small = AttackConfig(attack="pgd", steps=3, batch_size=4, **cfg)
+        parts = [evaluate(digits_model, x[s], y[s], small, seed=3, indices=idx[s])
+                 for s in (slice(0, 5), slice(5, 12))]
+        assert torch.equal(whole.x_adv, torch.cat([p.x_adv for p in parts]))
+        assert torch.equal(whole.rescored, torch.cat([p.rescored for p in parts], 1))
+        assert torch.equal(whole.robust, torch.cat([p.robust for p in parts]))
+        other = evaluate(digits_model, x, y, AttackConfig(attack="pgd", steps=3, batch_size=12, **cfg),
+                         seed=3, indices=[i + 1 for i in idx])
+        assert not torch.equal(other.x_adv, whole.x_adv)  # the index, not the position, seeds
 
 
 def test_registry_lists_attacks():
@@ -371,7 +408,7 @@ def test_pgd_at_model_is_more_robust_than_standard_one():
     accs = {}
     for name, adv_eps in (("standard", 0.0), ("pgd_at", 0.15)):
         torch.manual_seed(0)
-        model = _train(build_model("digits_cnn", 10, "digits"), x, y, epochs=3, adv_eps=adv_eps)
+        model = _train(build_model_for("digits_cnn", "digits"), x, y, epochs=3, adv_eps=adv_eps)
         x_adv = pgd(model, xt, yt, eps=0.15, steps=10, generator=torch.Generator().manual_seed(0))
         accs[name] = (_accuracy(model, xt, yt), _accuracy(model, x_adv, yt))
     assert accs["standard"][0] > 0.8 and accs["pgd_at"][0] > 0.7

@@ -55,10 +55,10 @@ def test_certify_rows_sidecar_and_recompute_one_row(ckpt, tmp_path):
     assert main(["certify", ckpt, *FAST, "--out", str(out)]) == 0
     header, rows = _rows(out)
     assert header == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
-    assert [int(r.split("\t")[0]) for r in rows] == [0, 45, 90, 135, 180, 225]
+    assert [int(r.split("\t")[0]) for r in rows] == [0, 45, 90, 180, 225, 270]
     assert all(len(line.split("\t")) == 6 for line in out.read_text().splitlines())
     meta = json.loads((tmp_path / "c.tsv.json").read_text())
-    assert meta["complete"] and meta["rows"] == 6 and meta["indices"] == [0, 45, 90, 135, 180, 225]
+    assert meta["complete"] and meta["rows"] == 6 and meta["indices"] == [0, 45, 90, 180, 225, 270]
     assert meta["sigma"] == 0.25 and meta["sigma_source"] == "checkpoint"
     assert (meta["n0"], meta["n"], meta["alpha"], meta["seed"]) == (20, 200, 0.01, 0)
     assert meta["full_split"] is False and meta["split_size"] == len(load_split("digits", "test"))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from robustmaxup.certify import Smooth
-from robustmaxup.certify.runner import certify_dataset, predict_dataset, select_indices
+from robustmaxup.certify.runner import certify_dataset, predict_dataset
+from robustmaxup.data import select_indices
 from robustmaxup.certify.tsv import (
     CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, read_rows, write_rows,
 )
@@ -139,3 +140,39 @@ def test_a_locked_output_refuses_a_second_writer(tmp_path):
     finally:
         first.close()
     open_locked(path, append=True).close()  # free again once the first writer is gone
+
+
+def test_max_spreads_over_a_class_sorted_split():
+    labels = [c for c in range(10) for _ in range(36)]  # class-sorted, like an ImageFolder tree
+    chosen = select_indices(len(labels), 1, 10)
+    assert len(chosen) == 10 and len({labels[i] for i in chosen}) == 10
+    assert len({labels[i] for i in range(10)}) == 1  # what an index bound would have kept
+    assert select_indices(360, 45, 6) == [0, 45, 90, 180, 225, 270]
+    assert select_indices(360, 45, -1) == list(range(0, 360, 45))
+    assert select_indices(360, 45, 100) == list(range(0, 360, 45))
+
+
+def test_cohen_flag_aliases(ckpt, tmp_path):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    argv = [x for x in FAST if x not in ("--n0", "20", "--n", "200")]
+    assert main(["certify", ckpt, *argv, "--max", "2", "--N0", "20", "--N", "200", "--out", str(a)]) == 0
+    assert main(["certify", ckpt, *argv, "--max", "2", "--n0", "20", "--n", "200", "--out", str(b)]) == 0
+    assert _lines(a) == _lines(b)
+
+
+def test_analyze_warns_once_when_files_differ(ckpt, tmp_path, capsys):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    assert main(["certify", ckpt, *FAST, "--max", "2", "--out", str(a)]) == 0
+    assert main(["certify", ckpt, *FAST, "--max", "3", "--sigma", "0.5", "--out", str(b)]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(a), str(a), "--radii", "0"]) == 0
+    assert "differ" not in capsys.readouterr().err
+    assert main(["analyze", str(a), str(b), "--radii", "0"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "differ" in line]
+    assert len(err) == 1 and "images" in err[0] and "sigma (a.tsv 0.25, b.tsv 0.5)" in err[0]
+
+
+def test_leading_double_dash_is_accepted(capsys):
+    """`torchrun ... -m robustmaxup -- train ...` hands the `--` on to us."""
+    assert main(["--", "analyze", "--help"]) == 0
+    assert "usage: robustmaxup analyze" in capsys.readouterr().out

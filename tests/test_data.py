@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from robustmaxup.data import (
-    CropFlip, DeviceLoader, ImageSplit, crop_flip, epoch_indices, get_info, load_split,
-    make_loader, train_val_split,
+    DATASETS, CropFlip, DatasetSpec, DeviceLoader, ImageSplit, crop_flip, epoch_indices, get_info,
+    load_split, make_loader, train_val_split,
 )
 from robustmaxup.errors import UserError
 
@@ -19,6 +19,65 @@ from robustmaxup.errors import UserError
 def _private_cache(tmp_path, monkeypatch):
     """Never write to the user's real cache directory."""
     monkeypatch.setenv("ROBUSTMAXUP_CACHE", str(tmp_path / "default-cache"))
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset registry: one complete, consistent entry per dataset
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_spec_is_complete_and_consistent(name):
+    spec = DATASETS.get(name)
+    assert isinstance(spec, DatasetSpec) and spec.name == name and get_info(name) is spec
+    assert isinstance(spec.num_classes, int) and spec.num_classes >= 2
+    assert len(spec.image_shape) == 3 and all(isinstance(d, int) and d > 0 for d in spec.image_shape)
+    channels = spec.image_shape[0]
+    assert spec.in_channels == channels
+    assert len(spec.mean) == len(spec.std) == channels
+    assert all(0.0 <= m <= 1.0 for m in spec.mean) and all(0.0 < v <= 1.0 for v in spec.std)
+    assert callable(spec.reader)
+    assert spec.augment is None or isinstance(spec.augment, CropFlip)
+    assert isinstance(spec.device_resident, bool)
+    assert spec.device_resident or spec.augment is None, "the crop policy runs on device-resident data"
+    assert all(isinstance(a, str) and a for a in spec.foreign_archs)
+    assert spec.resolve_split("train") == "train" and spec.resolve_split("test") == "test"
+    assert all(dst in ("train", "test") for _, dst in spec.split_aliases)
+    hash(spec)  # frozen and hashable: safe to share between splits
+
+
+def test_foreign_architectures_are_claimed_at_most_once():
+    claims = [a for name in DATASETS for a in DATASETS.get(name).foreign_archs]
+    assert len(claims) == len(set(claims)), claims
+    assert "resnet50" in get_info("imagenet").foreign_archs
+    assert "cifar_resnet110" in get_info("cifar10").foreign_archs
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_reader_loads_or_names_the_missing_root(name, tmp_path):
+    """digits is bundled and loads through its reader; every other dataset needs a root and says
+    so in one UserError (nothing is downloaded)."""
+    spec = DATASETS.get(name)
+    if name != "digits":
+        with pytest.raises(UserError, match="--data-root"):
+            spec.reader(spec, "train", None, tmp_path)
+        return
+    for split in ("train", "test"):
+        s = spec.reader(spec, split, None, tmp_path)
+        assert s.info is spec and s.split == split and len(s) > 0
+        assert tuple(s.images.shape[1:]) == spec.image_shape
+        assert len(s.classes) == spec.num_classes and int(s.labels.max()) < spec.num_classes
+    assert not list(tmp_path.iterdir()), "digits needs no cache"
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if DATASETS.get(n).device_resident])
+def test_training_loader_uses_the_dataset_policy(name):
+    spec = get_info(name)
+    images = torch.zeros((4, *spec.image_shape), dtype=torch.uint8)
+    split = ImageSplit(spec, "train", images, torch.arange(4) % spec.num_classes,
+                       [str(i) for i in range(spec.num_classes)])
+    assert make_loader(split, 2, "cpu", train=True, seed=0).augment == spec.augment
+    assert make_loader(split, 2, "cpu", train=False, seed=0).augment is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +476,7 @@ def test_cifar10_image_folder_png_round_trip(tmp_path):
 def test_image_folder_cached_and_invalidated_by_changes(tmp_path, monkeypatch):
     from PIL import Image
 
-    import robustmaxup.data.datasets as ds
+    import robustmaxup.data.readers.cifar as ds
 
     ref = _write_tree(tmp_path / "data", CIFAR10, per_class=1)
     cache = tmp_path / "cache"
@@ -492,7 +551,7 @@ def test_tarball_cache_default_dir_from_env(tmp_path, monkeypatch):
 
 
 def test_killed_decode_leaves_no_cache(tmp_path, monkeypatch):
-    import robustmaxup.data.datasets as ds
+    import robustmaxup.data.readers.cifar as ds
 
     _write_tree(tmp_path / "tree", CIFAR10, per_class=1)
     tar = _make_tar(tmp_path / "tree", tmp_path / "c10.tar.gz", "t")

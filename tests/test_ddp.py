@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from robustmaxup.engine import TrainConfig, train
+from robustmaxup.train import TrainConfig, train
 from robustmaxup.models import MODELS
 
 def _register_mlp() -> None:

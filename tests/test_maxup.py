@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robustmaxup.checkpoints import build_model_for
 from robustmaxup.errors import UserError
 from robustmaxup.methods import build_method
 from robustmaxup.methods.maxup import naive_maxup_loss, per_example_loss
-from robustmaxup.models import build_model
 
 
 def _setup(m: int, seed: int = 0):
     torch.manual_seed(seed)
-    model = build_model("digits_cnn", dataset="digits").double()
+    model = build_model_for("digits_cnn", "digits").double()
     x = torch.rand(12, 1, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 10, (12,))
     method = build_method("maxup", sigma=0.5, m=m)

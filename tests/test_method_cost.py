@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robustmaxup.checkpoints import build_model_for
 from robustmaxup.methods import build_method
-from robustmaxup.models import build_model
 
 B, M, STEPS = 8, 3, 2
 
@@ -15,7 +15,7 @@ B, M, STEPS = 8, 3, 2
 def _count_examples(name: str, **hp) -> int:
     method = build_method(name, **hp)
     method.setup(num_classes=10)
-    model = build_model("digits_cnn", dataset="digits").train()
+    model = build_model_for("digits_cnn", "digits").train()
     seen = []
     model.net.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
     x, y = torch.rand(B, 1, 8, 8), torch.randint(0, 10, (B,))

@@ -1,18 +1,19 @@
-"""Contract tests parametrized over the method and weight-perturbation registries: finite loss,
-every parameter gets a gradient, the model's mode and weights are left as they were."""
+"""Contract tests parametrized over the method, weight-perturbation and augmentation registries:
+finite loss, every parameter gets a gradient, the model's mode, ``requires_grad`` flags and weights
+are left as they were; augmentations keep shapes and give valid targets."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from robustmaxup.methods import METHODS, PERTURBATIONS, build_method
-from robustmaxup.models import build_model
+from robustmaxup.checkpoints import build_model_for
+from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS, build_method
 
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model("digits_cnn", dataset="digits")
+    return build_model_for("digits_cnn", "digits")
 
 
 def _snapshot(model):
@@ -37,8 +38,33 @@ def test_method_contract(name, digits_batch):
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"{name}: parameters without a finite gradient: {missing[:5]}"
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+    assert model.training and all(p.requires_grad for p in model.parameters())
     if out.logits is not None:
         assert out.logits.shape[0] == out.targets.shape[0] and out.targets.dim() == 1
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_prepare_restores_each_submodule_mode_and_requires_grad(name, digits_batch):
+    """Attacks inside ``prepare`` switch the model to eval mode and freeze its parameters; every
+    submodule's own mode and every parameter's flag must come back exactly as they were."""
+    x, y = digits_batch
+    method = build_method(name)
+    method.setup(num_classes=10)
+    model = _model().train()
+    model.net.features[1].eval()                  # a submodule with its own mode
+    model.net.fc.bias.requires_grad_(False)       # a frozen parameter
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert all(m.training == mode for m, mode in modes), f"{name}: prepare changed a module's mode"
+    assert all(p.requires_grad == flag for p, flag in flags), f"{name}: prepare changed requires_grad"
+
+
+@pytest.mark.parametrize("registry", [METHODS, PERTURBATIONS, AUGMENTATIONS], ids=lambda r: r.kind)
+def test_registry_entries_are_registered_under_their_own_name(registry):
+    assert len(registry) > 0
+    for name in registry:
+        assert registry.get(name).name == name
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -76,3 +102,46 @@ def test_weight_perturbation_contract(name, digits_batch):
     for k, v in model.named_buffers():
         if k.endswith("num_batches_tracked"):
             assert v.item() == buffers[k].item() + 1, f"{name}: BN statistics updated by the search"
+
+
+@pytest.mark.parametrize("name", PERTURBATIONS.names())
+def test_weight_perturbation_warmup_leaves_weights_alone(name, digits_batch):
+    """During ``warmup`` epochs the wrapper is inactive: no perturbation, nothing to restore."""
+    x, y = digits_batch
+    method = build_method("gaussian")
+    method.setup(num_classes=10)
+    model = _model().train()
+    prepared = method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+    wrapper = PERTURBATIONS.get(name)(warmup=2)
+    assert set(wrapper.hparams()) >= {"warmup"}
+    wrapper.on_epoch_start(0, 10)
+    params = _snapshot(model)
+    with wrapper.perturbed(model, lambda: method.loss(model, prepared).loss) as deltas:
+        assert deltas == []
+        assert all(torch.equal(params[k], v) for k, v in model.named_parameters())
+    wrapper.on_epoch_start(2, 10)
+    with wrapper.perturbed(model, lambda: method.loss(model, prepared).loss) as deltas:
+        assert len(deltas) > 0
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS.names())
+def test_augmentation_contract(name, digits_batch):
+    x, y = digits_batch
+    x_before = x.clone()
+    aug = AUGMENTATIONS.get(name)()
+    x_aug, target = aug(x, y, num_classes=10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x_before), f"{name} changed its input in place"
+    assert x_aug.shape == x.shape and x_aug.dtype == x.dtype and torch.isfinite(x_aug).all()
+    if aug.mixes_labels:
+        assert target.shape == (x.shape[0], 10) and target.dtype == x.dtype
+        assert (target >= 0).all() and torch.allclose(target.sum(1), torch.ones(x.shape[0]))
+        assert torch.equal(target.sum(0).round(), torch.bincount(y, minlength=10).to(x.dtype)), \
+            "a permutation pairing conserves the label mass per class"
+    else:
+        assert torch.equal(target, y)
+    again = aug(x, y, num_classes=10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], x_aug) and torch.equal(again[1], target), "not seeded by the generator"
+    # A single draw may leave the batch as it was (e.g. an empty CutMix box); a few may not.
+    draws = [aug(x, y, num_classes=10, generator=torch.Generator().manual_seed(s))[0] for s in range(1, 5)]
+    assert any(not torch.equal(d, x) for d in draws), f"{name} never changes the batch"
+    assert any(not torch.equal(d, x_aug) for d in draws), "fresh randomness per generator state"

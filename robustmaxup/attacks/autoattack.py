@@ -15,54 +15,21 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from robustmaxup.attacks.result import AttackResult, predict
 from robustmaxup.errors import UserError
 from robustmaxup.models.state import model_state
+from robustmaxup.runtime.checks import FieldError, check_choice
 
 log = logging.getLogger(__name__)
 
 AA_NORMS = ("Linf", "L2", "L1")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-
-
-@dataclass
-class AttackResult:
-    """Per-example outcome of an attack evaluation on ``B`` examples.
-
-    Attributes:
-        x_adv: adversarial inputs ``[B, C, H, W]`` (``x`` itself where no attack succeeded).
-        clean: bool ``[B]``, correctly classified before any attack.
-        stages: ordered ``attack name -> bool [B]``: robust after this attack AND every earlier
-            one (cumulative, pointwise worst case). The last stage is the overall verdict.
-        rescored: bool ``[R, B]`` or None: ``model(x_adv)`` correct in each of ``R`` independent
-            re-scorings (several for randomized models, one for deterministic ones).
-        seconds: wall time of each attack (same keys as ``stages``).
-    """
-
-    x_adv: Tensor
-    clean: Tensor
-    stages: dict[str, Tensor] = field(default_factory=dict)
-    rescored: Tensor | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def attack_robust(self) -> Tensor:
-        """bool [B]: survived every attack (as judged during the attacks)."""
-        return list(self.stages.values())[-1] if self.stages else self.clean
-
-    @property
-    def robust(self) -> Tensor:
-        """bool [B]: survived every attack and every re-scoring of ``x_adv`` (the verdict)."""
-        flags = self.attack_robust
-        if self.rescored is not None:
-            flags = flags & self.rescored.all(0)
-        return flags
 
 
 def check_unit_range(x: Tensor) -> None:
@@ -74,17 +41,15 @@ def check_unit_range(x: Tensor) -> None:
 
 
 def check_aa_options(norm: str, version: str, attacks: list[str] | None) -> None:
-    if norm not in AA_NORMS:
-        raise UserError(f"unknown norm {norm!r} for AutoAttack; choose from {', '.join(AA_NORMS)}")
-    if version not in AA_VERSIONS:
-        raise UserError(f"unknown AutoAttack version {version!r}; choose from {', '.join(AA_VERSIONS)}")
+    """FieldError (field ``norm``, ``version`` or ``attacks``) for options AutoAttack lacks."""
+    check_choice("norm", norm, AA_NORMS)
+    check_choice("version", version, AA_VERSIONS)
     if version == "custom" and not attacks:
-        raise UserError("version 'custom' needs a list of attacks, e.g. --attacks apgd-ce apgd-t")
+        raise FieldError("attacks", "must list the attacks of version 'custom', e.g. apgd-ce apgd-t")
     if attacks and version != "custom":
-        raise UserError(f"a list of attacks needs version 'custom', not {version!r}")
+        raise FieldError("version", f"must be 'custom' with a list of attacks, got {version!r}")
     for name in attacks or ():
-        if name not in AA_ATTACKS:
-            raise UserError(f"unknown AutoAttack attack {name!r}; choose from {', '.join(AA_ATTACKS)}")
+        check_choice("attacks", name, AA_ATTACKS)
 
 
 class _Forward(logging.Handler):
@@ -127,12 +92,6 @@ def _keep_global_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """argmax of ``model`` on ``x`` in batches: int64 ``[B]`` (one host sync at the end)."""
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
 def run_autoattack(
     model: nn.Module,
     x: Tensor,
@@ -157,14 +116,18 @@ def run_autoattack(
             ``"custom"`` (with ``attacks``, a list from apgd-ce, apgd-dlr, fab, square, apgd-t,
             fab-t).
         batch_size: examples per attack batch.
-        seed: the package's seed (each attack reseeds with it).
+        seed: the package's one seed knob: every attack reseeds torch's global RNG with it for
+            every inner batch of still-robust examples (``batch_size`` at a time) and draws that
+            batch's random starts from it, so an example's start depends on which examples
+            share the call and their order, not on the example alone. The caller's global RNG
+            state is restored afterwards.
         log_file: where the package's log is appended (None: not kept).
         configure: called with the ``AutoAttack`` object before running (e.g. to shorten
             ``adversary.apgd.n_iter`` in tests).
 
     Returns:
-        :class:`AttackResult` with ``stages`` in the package's attack order; ``rescored`` is
-        None (see :func:`rescore`).
+        :class:`~robustmaxup.attacks.result.AttackResult` with ``stages`` in the package's
+        attack order; ``rescored`` is None (see :func:`~robustmaxup.attacks.result.rescore`).
 
     Example::
 
@@ -203,18 +166,6 @@ def run_autoattack(
             log.debug("robust accuracy after %s: %.2f%%", name, 100 * robust.float().mean().item())
         adversary.attacks_to_run = order
     return result
-
-
-@torch.no_grad()
-def rescore(model: nn.Module, x_adv: Tensor, y: Tensor, *, repeats: int = 1,
-            batch_size: int = 250) -> Tensor:
-    """Classify ``x_adv`` ``repeats`` times (eval mode): bool ``[repeats, B]``, True = correct.
-
-    For a randomized model (e.g. :class:`~robustmaxup.attacks.SoftSmoothed`) each repeat draws
-    fresh randomness; a single evaluation overstates robustness, so report the spread.
-    """
-    with model_state(model, train=False):
-        return torch.stack([predict(model, x_adv, batch_size) == y for _ in range(repeats)])
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "Linf",

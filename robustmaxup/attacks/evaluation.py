@@ -1,8 +1,24 @@
-"""Robust-accuracy evaluation: one entry point over every attack, used by ``robustmaxup attack``.
+"""Robust-accuracy evaluation of one batch: one entry point over every attack.
 
-``EVALUATORS`` maps an attack name to ``(model, x, y, config, *, seed, log_file) -> AttackResult``;
-``evaluate`` wraps a smoothed model when asked and re-scores ``x_adv`` (several times for
-randomized models, since one evaluation overstates their robustness).
+``EVALUATORS`` maps an attack name to
+``(model, x, y, config, *, seed, indices, log_file) -> AttackResult``; :func:`evaluate` wraps a
+smoothed model when asked and re-scores ``x_adv`` (several times for randomized models, since
+one evaluation overstates their robustness). The dataset-level run (chunks, resume, files) is
+:func:`robustmaxup.attacks.runner.evaluate_dataset`.
+
+Seeding (``seed`` and each example's ``index``, see :data:`robustmaxup.runtime.seeds.STREAMS`):
+
+* per example, independent of the batch: PGD's random start and the smoothing noise the
+  smoothed model draws during PGD and its clean/final predictions (stream ``attack.example``,
+  one generator per example), and the re-scoring noise of ``x_adv`` (stream
+  ``attack.rescore``, one generator per example);
+* per call (AutoAttack only): ``pyautoattack`` takes one integer seed per call and draws its
+  random starts from torch's global RNG, reseeded with it for every attack and every inner
+  batch of still-robust examples, so an example's start depends on which examples share the
+  call and their order; the smoothing noise of a smoothed model attacked by AutoAttack comes
+  from one generator per call. Both are seeded by stream ``attack.batch`` from the call's first
+  example index. AutoAttack's ``x_adv`` (and so its verdicts) therefore depend on the batch;
+  the re-scoring of a given ``x_adv`` does not.
 """
 
 from __future__ import annotations
@@ -11,21 +27,20 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from robustmaxup.attacks._core import check_norm
-from robustmaxup.attacks.autoattack import (
-    AttackResult, check_aa_options, check_unit_range, predict, rescore, run_autoattack,
-)
+from robustmaxup.attacks._core import NORMS, random_init, work_dtype
+from robustmaxup.attacks.autoattack import check_aa_options, check_unit_range, run_autoattack
 from robustmaxup.attacks.pgd import pgd
-from robustmaxup.attacks.smoothed import SoftSmoothed
-from robustmaxup.errors import UserError
+from robustmaxup.attacks.result import AttackResult, predict, rescore
+from robustmaxup.attacks.smoothed import SoftSmoothed, per_example_noise
 from robustmaxup.models.state import model_state
 from robustmaxup.registry import Registry
-from robustmaxup.utils import derive_seed, make_generator
+from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
+from robustmaxup.runtime.seeds import make_generator, stream_generator, stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -74,65 +89,98 @@ Evaluator = Callable[..., AttackResult]
 EVALUATORS: Registry[Evaluator] = Registry("attack")
 
 
+def example_generators(seed: int, stream: str, indices: Sequence[int],
+                       device: torch.device | str) -> list[torch.Generator]:
+    """One generator per example on ``device``: ``stream_generator(seed, stream, index)``."""
+    return [stream_generator(seed, stream, int(i), device=device) for i in indices]
+
+
+def batch_seed(seed: int, indices: Sequence[int], use: int) -> int:
+    """The seed of randomness drawn once per call, not per example (AutoAttack): stream
+    ``attack.batch`` refined by the call's first example index and ``use`` (0: pyautoattack's
+    seed, 1: the smoothing noise during AutoAttack)."""
+    return stream_seed(seed, "attack.batch", int(indices[0]) if len(indices) else 0, use)
+
+
 @EVALUATORS.register("autoattack")
 def _evaluate_autoattack(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *,
-                         seed: int, log_file: str | os.PathLike | None = None) -> AttackResult:
+                         seed: int, indices: Sequence[int],
+                         log_file: str | os.PathLike | None = None) -> AttackResult:
     return run_autoattack(model, x, y, eps=config.eps, norm=config.norm, version=config.version,
                           attacks=list(config.attacks) if config.attacks else None,
-                          batch_size=config.batch_size, seed=seed % 2**31, log_file=log_file)
+                          batch_size=config.batch_size, seed=batch_seed(seed, indices, 0) % 2**31,
+                          log_file=log_file)
 
 
 @EVALUATORS.register("pgd")
 def _evaluate_pgd(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, seed: int,
-                  log_file: str | os.PathLike | None = None) -> AttackResult:
+                  indices: Sequence[int], log_file: str | os.PathLike | None = None) -> AttackResult:
+    """PGD from a random start, everything random drawn per example: example ``i``'s generator
+    (stream ``attack.example``) gives, in this order, the noise of its clean prediction, its
+    random start, the noise of each PGD step and that of its final prediction (the noise only
+    for a randomized model)."""
     check_unit_range(x)
-    generator = make_generator(derive_seed(seed, 0), x.device)
+    gens = example_generators(seed, "attack.example", indices, x.device)
     bs = config.batch_size
     with model_state(model, train=False):
-        clean = predict(model, x, bs) == y
+        clean = predict(model, x, bs, gens) == y
     start = time.perf_counter()
-    x_adv = torch.cat([
-        pgd(model, x[i:i + bs], y[i:i + bs], eps=config.eps, norm=config.norm, steps=config.steps,
-            step_size=config.step_size, generator=generator)
-        for i in range(0, len(x), bs)
-    ])
+    parts = []
+    for i in range(0, len(x), bs):
+        xb, rows = x[i:i + bs], gens[i:i + bs]
+        x_work = xb.detach().to(work_dtype(xb))
+        delta = torch.cat([random_init(x_work[j:j + 1], config.eps, config.norm, g)
+                           for j, g in enumerate(rows)])
+        with per_example_noise(model, rows):
+            parts.append(pgd(model, xb, y[i:i + bs], eps=config.eps, norm=config.norm,
+                             steps=config.steps, step_size=config.step_size, delta_init=delta))
+    x_adv = torch.cat(parts)
     with model_state(model, train=False):
-        still = predict(model, x_adv, bs) == y
+        still = predict(model, x_adv, bs, gens) == y
     return AttackResult(x_adv=x_adv, clean=clean, stages={"pgd": clean & still},
                         seconds={"pgd": time.perf_counter() - start})
 
 
 def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
-    """UserError for an unknown attack/norm/version or an eps that is absurd for the norm."""
-    EVALUATORS.get(config.attack)
+    """FieldError (naming the config field) for an unknown attack/norm/version, a count below
+    one, or an eps that is absurd for the norm."""
+    check_choice("attack", config.attack, EVALUATORS.names())
     if config.attack == "autoattack":
         check_aa_options(config.norm, config.version,
                          list(config.attacks) if config.attacks else None)
     else:
-        check_norm(config.norm)
+        check_choice("norm", config.norm, NORMS)
     d = 1
     for s in image_shape:
         d *= s
     limit = {"Linf": 1.0, "L2": d ** 0.5, "L1": float(d)}[config.norm]
     if not 0 < config.eps <= limit:
-        raise UserError(f"--eps must lie in (0, {limit:.4g}] for {config.norm} on "
-                        f"{'x'.join(map(str, image_shape))} images in [0, 1], got {config.eps:.6g}")
-    if config.sigma is not None and not config.sigma > 0:
-        raise UserError(f"--sigma must be positive, got {config.sigma}")
-    if config.m < 1 or config.steps < 1 or config.batch_size < 1:
-        raise UserError("--m, --steps and --batch must be positive integers")
+        raise FieldError("eps", f"must lie in (0, {limit:.4g}] for {config.norm} on "
+                                f"{'x'.join(map(str, image_shape))} images in [0, 1], got {config.eps:.6g}")
+    if config.sigma is not None:
+        check_positive("sigma", config.sigma)
+    for name in ("m", "steps", "batch_size"):
+        check_int(name, getattr(config, name), minimum=1)
+    if config.rescores is not None:
+        check_int("rescores", config.rescores, minimum=1)
+    if config.step_size is not None:
+        check_positive("step_size", config.step_size)
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, seed: int,
+             indices: Sequence[int] | None = None,
              log_file: str | os.PathLike | None = None) -> AttackResult:
     """Attack ``model`` (or its soft smoothed version) on ``x`` and re-score ``x_adv``.
 
-    All randomness (PGD starts, AutoAttack's seed, smoothing noise) is a function of ``seed``
-    alone, so a chunked or resumed run reproduces an uninterrupted one chunk by chunk.
+    All randomness is a function of ``seed`` and the examples' ``indices`` (see the module
+    docstring): PGD's starts and smoothing noise and the re-scoring noise are drawn per example,
+    so an example's PGD result does not depend on the batch it is evaluated in; AutoAttack is
+    seeded once per call from ``indices[0]``.
 
     Args:
         model: classifier on [0, 1] pixels; x: ``[B, C, H, W]`` in [0, 1]; y: ``[B]``.
-        config: :class:`AttackConfig`; seed: integer seed for this batch of examples.
+        config: :class:`AttackConfig`; seed: the run's seed.
+        indices: each example's identity for seeding (its dataset index); default ``0..B-1``.
         log_file: AutoAttack's log is appended here.
 
     Returns:
@@ -144,16 +192,21 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, se
         robust_accuracy = res.robust.float().mean().item()
     """
     check_config(config, tuple(x.shape[1:]))
+    idx = list(range(len(x))) if indices is None else [int(i) for i in indices]
+    if len(idx) != len(x):
+        raise ValueError(f"{len(x)} examples but {len(idx)} indices")
     target = model
     if config.randomized:
-        gen = make_generator(derive_seed(seed, 1), x.device)
+        gen = make_generator(batch_seed(seed, idx, 1), x.device)
         target = SoftSmoothed(model, config.sigma, config.m, generator=gen)
         if config.attack == "autoattack" and config.version != "rand":
             log.warning("attacking a randomized (smoothed) model with AutoAttack version %r; "
                         "version 'rand' (EOT) is meant for randomized models", config.version)
-    result = EVALUATORS.get(config.attack)(target, x, y, config, seed=seed, log_file=log_file)
+    result = EVALUATORS.get(config.attack)(target, x, y, config, seed=seed, indices=idx,
+                                           log_file=log_file)
     result.rescored = rescore(target, result.x_adv, y, repeats=config.n_rescores,
-                              batch_size=config.batch_size)
+                              batch_size=config.batch_size,
+                              generators=example_generators(seed, "attack.rescore", idx, x.device))
     if not config.randomized and not torch.equal(result.rescored[0] | ~result.attack_robust,
                                                  torch.ones_like(result.clean)):
         log.warning("re-scoring x_adv disagrees with the attack's verdict on %d examples "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -32,7 +35,11 @@ class SoftSmoothed(nn.Module):
 
     ``forward(x)`` draws ``m`` fresh Gaussian noise samples per input and returns the log of the
     mean softmax, ``[B, K]``; argmax gives the soft smoothed prediction. Attacks see a randomized
-    model, so evaluate ``x_adv`` several times (see :func:`robustmaxup.attacks.autoattack`).
+    model, so evaluate ``x_adv`` several times (see :func:`robustmaxup.attacks.rescore`).
+
+    Noise comes from ``generator`` (one stream for every row of every call), or, inside
+    ``with smoothed.per_example(generators):``, row ``j``'s noise comes from ``generators[j]``
+    alone: then what an example sees does not depend on the other examples of its batch.
 
     Args:
         model: base classifier on [0, 1] pixels.
@@ -44,6 +51,9 @@ class SoftSmoothed(nn.Module):
 
         smoothed = SoftSmoothed(model, sigma=0.25, m=32)
         log_probs = smoothed(x)          # [B, K]
+        gens = [torch.Generator().manual_seed(i) for i in range(len(x))]
+        with smoothed.per_example(gens):
+            log_probs = smoothed(x)      # row j's noise from gens[j]
     """
 
     def __init__(self, model: nn.Module, sigma: float, m: int,
@@ -57,8 +67,37 @@ class SoftSmoothed(nn.Module):
         self.sigma = float(sigma)
         self.m = int(m)
         self.generator = generator
+        self._rows: Sequence[torch.Generator] | None = None
+
+    @contextlib.contextmanager
+    def per_example(self, generators: Sequence[torch.Generator] | None) -> Iterator[None]:
+        """Inside the block every call gets ``len(generators)`` rows and row ``j``'s noise is
+        drawn from ``generators[j]`` (``None``: the shared ``generator``, as outside)."""
+        saved, self._rows = self._rows, (list(generators) if generators is not None else None)
+        try:
+            yield
+        finally:
+            self._rows = saved
+
+    def noise(self, x: Tensor) -> Tensor:
+        """Scaled noise ``[m, B, C, H, W]`` for the inputs ``x`` ``[B, C, H, W]``."""
+        if self._rows is None:
+            return torch.randn((self.m, *x.shape), generator=self.generator, device=x.device,
+                               dtype=x.dtype) * self.sigma
+        if len(self._rows) != len(x):
+            raise ValueError(f"per-example noise for {len(self._rows)} rows, but the call has {len(x)}")
+        buf = torch.empty((len(x), self.m, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        for j, g in enumerate(self._rows):
+            buf[j].normal_(generator=g)
+        return buf.transpose(0, 1).mul_(self.sigma)
 
     def forward(self, x: Tensor) -> Tensor:
-        noise = torch.randn((self.m, *x.shape), generator=self.generator, device=x.device,
-                            dtype=x.dtype) * self.sigma
-        return soft_smoothed_log_probs(self.model, x, noise)
+        return soft_smoothed_log_probs(self.model, x, self.noise(x))
+
+
+def per_example_noise(model: nn.Module, generators: Sequence[torch.Generator] | None):
+    """``model.per_example(generators)`` for a model that has it (:class:`SoftSmoothed`), else a
+    no-op context (deterministic models draw no noise)."""
+    if generators is not None and hasattr(model, "per_example"):
+        return model.per_example(generators)
+    return contextlib.nullcontext()

@@ -102,6 +102,31 @@ def mean_samples(res: CertifyResults) -> float:
     return float(n) if isinstance(n, (int, float)) else float("nan")
 
 
+def _setting(res: CertifyResults, key: str):
+    meta = res.meta or {}
+    if key == "n" and meta.get("sequential"):
+        return f"n_max {meta['sequential'].get('n_max')}"
+    return meta.get(key)
+
+
+def differences(results: Sequence[CertifyResults]) -> list[str]:
+    """What makes the files' columns incomparable: different images, or (from their sidecars)
+    a different sigma, n or alpha; e.g. ``["images", "sigma (a.tsv 0.25, b.tsv 0.5)"]``."""
+    if len(results) < 2:
+        return []
+    out = []
+    if len({tuple(np.sort(r.idx)) for r in results}) > 1:
+        out.append("images")
+    names = column_names(results)
+    for key in ("sigma", "n", "alpha"):
+        values = [_setting(r, key) for r in results]
+        known = [v for v in values if v is not None]
+        if len({str(v) for v in known}) > 1:
+            shown = ", ".join(f"{name} {v}" for name, v in zip(names, values) if v is not None)
+            out.append(f"{key} ({shown})")
+    return out
+
+
 def _certified(res: CertifyResults) -> np.ndarray:
     return (res.correct == 1) & (res.predict != ABSTAIN)
 

@@ -470,12 +470,6 @@ class SmoothingJob:
         self.settings().check()
 
 
-def select_indices(size: int, skip: int, max_images: int) -> list[int]:
-    """``range(0, size, skip)[:max]`` (``max = -1``: all)."""
-    idx = list(range(0, size, skip))
-    return idx if max_images == -1 else idx[:max_images]
-
-
 def default_out(job: SmoothingJob, sigma: float) -> Path:
     """``<command>_<split>_sigma<S>.tsv`` in the current directory."""
     return Path(f"{job.command}_{job.split}_sigma{sigma:g}.tsv")
@@ -508,7 +502,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     """Validate ``job``, load model and data, check them, then certify or predict (see module
     docstring); no output file is touched before every check has passed."""
     from robustmaxup.checkpoints import load_model, resolve_sigma
-    from robustmaxup.data import get_info, load_split, spread_indices
+    from robustmaxup.data import get_info, load_split, select_indices, spread_indices
     from robustmaxup.models.probe import clean_accuracy, log_clean_accuracy
 
     job.check()
@@ -539,6 +533,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     record = {
         "config": dataclasses.asdict(job), **checkpoint_record(job.checkpoint, meta),
         "skip": job.skip, "max": job.max_images, "sigma_source": source,
+        "index_rule": "data.select_indices: every skip-th index, then max of them spread evenly",
         "clean_accuracy": {"images": n_check, "accuracy": acc},
     }
     return _run(job.command, smooth, split, indices, s, out=out, resume=job.resume,
@@ -546,4 +541,4 @@ def run_job(job: SmoothingJob) -> list[Row]:
 
 
 __all__ = ["ABSTAIN", "SequentialSettings", "Settings", "SmoothingJob", "certify_dataset",
-           "predict_dataset", "run_job", "select_indices", "default_out"]
+           "predict_dataset", "run_job", "default_out"]

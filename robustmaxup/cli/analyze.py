@@ -47,6 +47,10 @@ def _body(args: argparse.Namespace) -> None:
     for res in results:
         if len(res) == 0:
             raise UserError(f"{res.path} has no rows yet")
+    differ = analysis.differences(results)
+    if differ:
+        log.warning("warning: the files differ in %s; their columns are not a like-for-like "
+                    "comparison", ", ".join(differ))
     if args.plot:
         try:
             analysis.plot_certified_accuracy(results, args.plot)

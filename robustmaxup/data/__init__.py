@@ -1,5 +1,16 @@
 """Datasets (offline only) and loaders.
 
+Layout (one concern per module):
+
+- :mod:`~robustmaxup.data.registry`: ``DATASETS``, one :class:`DatasetSpec` per dataset
+  (classes, shape, normalisation, reader, training augmentation, ...), and :func:`load_split`;
+- :mod:`~robustmaxup.data.readers`: one reader module per dataset family (digits, CIFAR,
+  ImageNet), never downloading; :mod:`~robustmaxup.data.cache`: the decode-once npz cache;
+- :mod:`~robustmaxup.data.splits`: :class:`ImageSplit`, :class:`FolderSplit`;
+- :mod:`~robustmaxup.data.sampling`: fixed subsets, the validation hold-out, epoch order;
+- :mod:`~robustmaxup.data.augment`: on-device crop + flip; :mod:`~robustmaxup.data.loaders`:
+  the loaders.
+
 Example::
 
     from robustmaxup.data import load_split, make_loader
@@ -7,24 +18,19 @@ Example::
     x, y = split[0]                               # float32 [1, 8, 8] in [0, 1], int
     loader = make_loader(split, batch_size=128, device="cpu", train=False, seed=0)
     for x, y in loader: ...                       # float32 [B, 1, 8, 8], int64 [B]
-
-See :mod:`robustmaxup.data.datasets` for the accepted on-disk formats and
-:mod:`robustmaxup.data.loaders` for ordering, sharding and augmentation.
 """
 
-from robustmaxup.data.datasets import (
-    READERS, FolderSplit, ImageSplit, Split, default_cache_dir, load_split, spread_indices,
-    train_val_split,
-)
-from robustmaxup.data.info import DATASET_INFO, DatasetInfo, get_info
-from robustmaxup.data.loaders import (
-    AUGMENT_POLICIES, CropFlip, DeviceLoader, FolderLoader, crop_flip, epoch_indices, make_loader,
-)
+from robustmaxup.data.augment import CropFlip, crop_flip
+from robustmaxup.data.cache import default_cache_dir
+from robustmaxup.data.loaders import DeviceLoader, FolderLoader, make_loader
+from robustmaxup.data.registry import DATASETS, foreign_dataset, get_info, load_split, register_dataset
+from robustmaxup.data.sampling import epoch_indices, select_indices, spread_indices, train_val_split
+from robustmaxup.data.spec import DatasetInfo, DatasetSpec
+from robustmaxup.data.splits import FolderSplit, ImageSplit, Split
 
 __all__ = [
-    "DATASET_INFO", "DatasetInfo", "get_info",
-    "READERS", "ImageSplit", "FolderSplit", "Split", "load_split", "spread_indices", "train_val_split",
+    "DATASETS", "DatasetSpec", "DatasetInfo", "get_info", "register_dataset", "foreign_dataset",
+    "ImageSplit", "FolderSplit", "Split", "load_split", "spread_indices", "select_indices", "train_val_split",
     "default_cache_dir",
-    "AUGMENT_POLICIES", "CropFlip", "crop_flip", "epoch_indices", "DeviceLoader", "FolderLoader",
-    "make_loader",
+    "CropFlip", "crop_flip", "epoch_indices", "DeviceLoader", "FolderLoader", "make_loader",
 ]

@@ -2,8 +2,10 @@
 
 - :class:`DeviceLoader` (digits, CIFAR): the whole uint8 split is copied to the device once;
   each epoch's order comes from a generator seeded with ``(seed, epoch)``, is sharded across
-  ranks, and training batches are random-cropped (zero padding) and flipped on the device,
-  vectorised, before conversion to float32 in [0, 1].
+  ranks (:func:`~robustmaxup.data.sampling.epoch_indices`), and training batches are
+  random-cropped (zero padding) and flipped on the device, vectorised
+  (:class:`~robustmaxup.data.augment.CropFlip`, the dataset's ``spec.augment``), before
+  conversion to float32 in [0, 1].
 - :class:`FolderLoader` (ImageNet): a thin wrapper over ``torch.utils.data.DataLoader`` with the
   same ordering and sharding rule, yielding device tensors; its random crops are seeded from
   ``(seed, epoch, rank)`` whether they run in worker processes or (``num_workers=0``) here.
@@ -25,117 +27,19 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from robustmaxup.data.datasets import FolderSplit, ImageSplit, Split
+from robustmaxup.data.augment import CropFlip
+from robustmaxup.data.sampling import epoch_indices
+from robustmaxup.data.splits import FolderSplit, ImageSplit, Split
 from robustmaxup.errors import UserError
-from robustmaxup.registry import Registry
-from robustmaxup.utils import derive_seed, make_generator
+from robustmaxup.runtime.seeds import stream_generator, stream_seed
 
-__all__ = [
-    "CropFlip", "AUGMENT_POLICIES", "crop_flip", "epoch_indices", "DeviceLoader",
-    "FolderLoader", "make_loader",
-]
+__all__ = ["DeviceLoader", "FolderLoader", "make_loader"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------
-# On-device augmentation
-# --------------------------------------------------------------------------------------------
-
-
-def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
-              flipped: torch.Tensor) -> torch.Tensor:
-    """Crop each image from its zero-padded version at offset ``(dy, dx)``, then mirror it
-    left-right where ``flipped``; one gather, no per-image loop.
-
-    Args:
-        x: ``[B, C, H, W]``, any dtype (uint8 in the loaders).
-        pad: zero padding on every side.
-        dy, dx: int64 ``[B]`` in ``0..2*pad``; ``(pad, pad)`` leaves the image in place.
-        flipped: bool ``[B]``.
-
-    Returns:
-        ``[B, C, H, W]``, same dtype and device: ``out[b] = flip?(padded[b, :, dy:dy+H, dx:dx+W])``.
-
-    Example::
-
-        out = crop_flip(x, 4, torch.full((B,), 4), torch.full((B,), 4), torch.zeros(B, dtype=bool))
-        assert torch.equal(out, x)
-    """
-    b, c, h, w = x.shape
-    wp = w + 2 * pad
-    padded = x.new_zeros(b, c, h + 2 * pad, wp)
-    padded[:, :, pad:pad + h, pad:pad + w] = x
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
-    rows = dy.view(b, 1) + ar_h  # [B, H] source rows in the padded image
-    cols = dx.view(b, 1) + torch.where(flipped.view(b, 1), w - 1 - ar_w, ar_w)  # [B, W]
-    flat = (rows.view(b, h, 1) * wp + cols.view(b, 1, w)).view(b, 1, h * w)
-    return padded.view(b, c, -1).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
-
-
-@dataclass(frozen=True)
-class CropFlip:
-    """Random crop with ``pad`` pixels of zero padding, plus a random horizontal flip if ``flip``.
-
-    ``policy(x, generator)`` draws per-sample offsets (and flips) from ``generator``, which must
-    live on ``x``'s device, and returns the augmented batch (same shape and dtype).
-    """
-
-    pad: int
-    flip: bool
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        b = x.shape[0]
-        shifts = torch.randint(0, 2 * self.pad + 1, (2, b), generator=generator, device=x.device)
-        if self.flip:
-            flipped = torch.randint(0, 2, (b,), generator=generator, device=x.device).bool()
-        else:
-            flipped = torch.zeros(b, dtype=torch.bool, device=x.device)
-        return crop_flip(x, self.pad, shifts[0], shifts[1], flipped)
-
-
-# Training-time augmentation per dataset; a dataset with no entry is not augmented.
-AUGMENT_POLICIES: Registry[CropFlip] = Registry("augmentation policy")
-AUGMENT_POLICIES.register("digits")(CropFlip(pad=1, flip=False))  # digits are not mirror-symmetric
-AUGMENT_POLICIES.register("cifar10")(CropFlip(pad=4, flip=True))
-AUGMENT_POLICIES.register("cifar100")(CropFlip(pad=4, flip=True))
-
-
-# --------------------------------------------------------------------------------------------
-# Ordering and sharding (shared by both loaders)
-# --------------------------------------------------------------------------------------------
-
-
-def epoch_indices(n: int, *, train: bool, seed: int, epoch: int, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
-    """This rank's example indices for one epoch (int64 ``[m]``, CPU).
-
-    ``train=True``: a permutation of ``range(n)`` from a CPU generator seeded with
-    ``derive_seed(seed, epoch)`` (the same on every rank and device), padded by wrapping around
-    to a multiple of ``world_size`` and dealt out as ``perm[rank::world_size]``, so every rank
-    gets ``ceil(n / world_size)`` indices, as ``DistributedSampler`` does.
-    ``train=False``: the natural order, ``range(n)[rank::world_size]`` without padding, so the
-    ranks together see every example exactly once.
-    """
-    if not train:
-        return torch.arange(rank, n, world_size)
-    g = torch.Generator().manual_seed(derive_seed(seed, epoch))
-    perm = torch.randperm(n, generator=g)
-    total = math.ceil(n / world_size) * world_size
-    if total > n:
-        perm = torch.cat([perm, perm[: total - n]])
-    return perm[rank::world_size]
-
-
-# --------------------------------------------------------------------------------------------
-# Loaders
-# --------------------------------------------------------------------------------------------
 
 
 class _EpochLoader:
@@ -184,12 +88,12 @@ class DeviceLoader(_EpochLoader):
         seed: with the epoch, fixes the order and the augmentation draws.
         rank, world_size: data-parallel sharding (see :func:`epoch_indices`).
         drop_last: drop a final short batch (default: ``train``).
-        augment: None: same as ``train``; True: the dataset's :data:`AUGMENT_POLICIES` entry
-            (none if it has no entry); False: no augmentation; a :class:`CropFlip`: that one.
+        augment: None: same as ``train``; True: the dataset's policy (``split.info.augment``,
+            none if it has none); False: no augmentation; a :class:`CropFlip`: that one.
         epoch: the starting epoch (see :meth:`set_epoch`).
 
     Augmentation draws come from a generator on ``device`` seeded with
-    ``derive_seed(seed, epoch, rank)``, so an epoch replays exactly after a resume.
+    ``stream_seed(seed, "data.augment", epoch, rank)``, so an epoch replays exactly after a resume.
     """
 
     def __init__(self, split: ImageSplit, batch_size: int, device: torch.device | str, *,
@@ -201,7 +105,7 @@ class DeviceLoader(_EpochLoader):
         if augment is None:
             augment = train
         if augment is True:
-            augment = AUGMENT_POLICIES.get(split.name) if split.name in AUGMENT_POLICIES else None
+            augment = split.info.augment
         self.augment: CropFlip | None = augment or None
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
@@ -210,7 +114,7 @@ class DeviceLoader(_EpochLoader):
         order = self.indices().to(self.device)
         gen = None
         if self.augment is not None:
-            gen = make_generator(derive_seed(self.seed, self.epoch, self.rank), self.device)
+            gen = stream_generator(self.seed, "data.augment", self.epoch, self.rank, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
@@ -246,7 +150,7 @@ class FolderLoader(_EpochLoader):
     def __iter__(self) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
-        seed = derive_seed(self.seed, self.epoch, self.rank)
+        seed = stream_seed(self.seed, "data.augment", self.epoch, self.rank)
         loader = DataLoader(
             self.split, batch_size=self.batch_size, sampler=self.indices().tolist(),
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",

@@ -23,8 +23,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustmaxup.methods import PERTURBATIONS
 from robustmaxup.methods.base import check_count, check_positive
+from robustmaxup.methods.registry import register_perturbation
 from robustmaxup.methods.weight_perturbation import (
     LossFn, PerturbationCore, global_norm, loss_gradients, set_weights, trainable,
 )
@@ -42,6 +42,7 @@ def project_ball(deltas: list[torch.Tensor], eps: float, *, per_tensor: bool) ->
     return [v * scale.to(v.device, v.dtype) for v in deltas]
 
 
+@register_perturbation
 @dataclass
 class AMP(PerturbationCore):
     """Worst-case weight perturbation in an L2 ball of radius ``eps`` (see module docstring).
@@ -82,5 +83,3 @@ class AMP(PerturbationCore):
             deltas = project_ball(deltas, self.eps, per_tensor=self.per_tensor)
         return deltas
 
-
-PERTURBATIONS.register(AMP.name)(AMP)

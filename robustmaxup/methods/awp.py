@@ -21,8 +21,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustmaxup.methods import PERTURBATIONS
 from robustmaxup.methods.base import check_count, check_positive
+from robustmaxup.methods.registry import register_perturbation
 from robustmaxup.methods.weight_perturbation import (
     LossFn, PerturbationCore, loss_gradients, trainable,
 )
@@ -30,6 +30,7 @@ from robustmaxup.methods.weight_perturbation import (
 _TINY = 1e-20
 
 
+@register_perturbation
 @dataclass
 class AWP(PerturbationCore):
     """Layer-wise relative weight perturbation of size ``gamma`` (see module docstring).
@@ -62,5 +63,3 @@ class AWP(PerturbationCore):
             for w, g in zip(originals, grads)
         ]
 
-
-PERTURBATIONS.register(AWP.name)(AWP)

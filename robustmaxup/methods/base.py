@@ -9,6 +9,11 @@ A method is a dataclass whose fields are its hyper-parameters (their names match
 
 Splitting ``prepare`` from ``loss`` lets weight-perturbation wrappers (AWP, AMP) re-evaluate the
 loss at perturbed weights on the same adversarial/noisy batch without redoing the attack.
+
+This module holds the three interfaces of the room (:class:`Method`, :class:`WeightPerturbation`,
+:class:`Augmentation`), the loss helpers and the value checks every method shares; the shared
+method bases (families) are in :mod:`robustmaxup.methods.families`, the registries in
+:mod:`robustmaxup.methods.registry`.
 """
 
 from __future__ import annotations
@@ -27,12 +32,11 @@ from robustmaxup.errors import UserError
 @dataclass
 class LossOutput:
     """``loss``: scalar to minimise. ``logits``/``targets``: rows for the train-accuracy metric
-    (hard labels ``[B]``), or None. ``metrics``: extra scalar tensors to average over the epoch."""
+    (hard labels ``[B]``), or None."""
 
     loss: torch.Tensor
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +111,20 @@ class WeightPerturbation:
 
     def hparams(self) -> dict[str, Any]:
         return {}
+
+
+@dataclass
+class Augmentation:
+    """Interface of augmentations (what MaxUp maximises over, what the mixing methods train on):
+    ``aug(x, y, num_classes=K, generator=g)`` maps a clean batch to one random augmented copy
+    ``(x_aug, target)``; see :mod:`robustmaxup.methods.augment`. The base class is the identity."""
+
+    name: ClassVar[str] = "identity"
+    mixes_labels: ClassVar[bool] = False
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:

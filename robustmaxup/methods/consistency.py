@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.methods import register_method
-from robustmaxup.methods.base import LossOutput, check_positive
-from robustmaxup.methods.gaussian import SmoothingMethod
 from robustmaxup.methods.augment import draw_noise
-from robustmaxup.methods.base import at_least_fp32, check_count
+from robustmaxup.methods.base import LossOutput, at_least_fp32, check_count, check_positive
+from robustmaxup.methods.families import SmoothingMethod
+from robustmaxup.methods.registry import register_method
 
 
 def consistency_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,5 +71,4 @@ class Consistency(SmoothingMethod):
         ce = F.cross_entropy(logits, y.repeat(m))
         kl, entropy = consistency_terms(logits.view(m, y.shape[0], -1))
         loss = ce + (self.lbd * kl + self.eta * entropy).mean()
-        metrics = {"ce": ce.detach(), "kl": kl.detach().mean(), "entropy": entropy.detach().mean()}
-        return LossOutput(loss, logits.detach(), y.repeat(m), metrics)
+        return LossOutput(loss, logits.detach(), y.repeat(m))

@@ -19,10 +19,10 @@ from typing import ClassVar
 
 import torch
 
-from robustmaxup.methods import register_method
-from robustmaxup.methods.augment import Augmentation, register_augmentation
-from robustmaxup.methods.base import check_positive
-from robustmaxup.methods.mixup import Mixed, MixingMethod, mix_targets, random_partner, sample_beta
+from robustmaxup.methods.augment import Mixed, mix_targets, random_partner, sample_beta
+from robustmaxup.methods.base import Augmentation, check_positive
+from robustmaxup.methods.families import MixingMethod
+from robustmaxup.methods.registry import register_augmentation, register_method
 
 
 def cut_box(height: int, width: int, lam: float, x: torch.Tensor,

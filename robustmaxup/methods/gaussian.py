@@ -12,29 +12,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustmaxup.methods import register_method
 from robustmaxup.methods.augment import gaussian_noise
-from robustmaxup.methods.base import Method, check_positive
-
-
-@dataclass
-class SmoothingMethod(Method):
-    """Base of the methods that train a base classifier for randomized smoothing at ``sigma``;
-    validated by accuracy under one fresh Gaussian draw."""
-
-    family: ClassVar[str] = "smoothing"
-    sigma: float = 0.25
-
-    def __post_init__(self) -> None:
-        check_positive("sigma", self.sigma)
-
-    def evaluate(self, model, x, y, *, generator=None):
-        return model(gaussian_noise(x, self.sigma, generator)).argmax(1) == y
+from robustmaxup.methods.families import SmoothingMethod
+from robustmaxup.methods.registry import register_method
 
 
 @register_method
 @dataclass
 class Gaussian(SmoothingMethod):
+    """Cross-entropy on one fresh Gaussian draw per example. Example: ``build_method("gaussian",
+    sigma=0.5)``."""
+
     name: ClassVar[str] = "gaussian"
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None):

@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from robustmaxup.methods import register_method
-from robustmaxup.methods.augment import Augmentation, register_augmentation
-from robustmaxup.methods.base import check_positive
-from robustmaxup.methods.mixup import Mixed, MixingMethod, mix_targets, random_partner, sample_beta
-from robustmaxup.methods.base import at_least_fp32, check_count
+from robustmaxup.methods.augment import Mixed, mix_targets, random_partner, sample_beta
+from robustmaxup.methods.base import Augmentation, at_least_fp32, check_count, check_positive
+from robustmaxup.methods.families import MixingMethod
+from robustmaxup.methods.registry import register_augmentation, register_method
 
 
 def ot_match(cost: torch.Tensor) -> torch.Tensor:

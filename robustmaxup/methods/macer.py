@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.methods import register_method
-from robustmaxup.methods.base import LossOutput, check_positive
-from robustmaxup.methods.gaussian import SmoothingMethod
 from robustmaxup.methods.augment import draw_noise
-from robustmaxup.methods.base import at_least_fp32, check_count
+from robustmaxup.methods.base import LossOutput, at_least_fp32, check_count, check_positive
+from robustmaxup.methods.families import SmoothingMethod
+from robustmaxup.methods.registry import register_method
 
 
 def radius_hinge(logits: torch.Tensor, y: torch.Tensor, *, beta: float, gamma: float) -> torch.Tensor:
@@ -86,5 +85,4 @@ class MACER(SmoothingMethod):
         hinge = radius_hinge(logits, y, beta=self.beta, gamma=self.gamma)
         robustness = self.sigma / 2 * hinge.sum() / b
         loss = classification + self.lbd * robustness
-        metrics = {"classification": classification.detach(), "robustness": robustness.detach()}
-        return LossOutput(loss, smoothed.detach(), y, metrics)
+        return LossOutput(loss, smoothed.detach(), y)

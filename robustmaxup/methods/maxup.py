@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.methods import register_method
-from robustmaxup.methods.augment import AUGMENTATIONS, Augmentation, gaussian_noise
+from robustmaxup.methods.augment import gaussian_noise
 from robustmaxup.methods.base import (
-    LossOutput, Method, check_count, check_positive, per_example_loss, soft_cross_entropy,
+    Augmentation, LossOutput, Method, check_count, check_positive, per_example_loss,
+    soft_cross_entropy,
 )
+from robustmaxup.methods.registry import AUGMENTATIONS, register_method
 from robustmaxup.models.state import frozen_bn_stats
 
 

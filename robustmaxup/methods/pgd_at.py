@@ -15,58 +15,16 @@ records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.attacks import NORMS, pgd
-from robustmaxup.errors import UserError
-from robustmaxup.methods import register_method
-from robustmaxup.methods.base import LossOutput, Method, check_positive
-from robustmaxup.methods.base import check_count
-
-#: norm -> (default ε, default step size) on the [0, 1] pixel scale
-DEFAULT_BUDGET = {"Linf": (8 / 255, 2 / 255), "L2": (128 / 255, 15 / 255)}
-
-
-@dataclass
-class AdversarialMethod(Method):
-    """Shared fields, validation and validation metric of PGD-AT and TRADES."""
-
-    family: ClassVar[str] = "adversarial"
-    norm: str = "Linf"
-    attack_eps: float = field(default=0.0, metadata={"help": "0: 8/255 (Linf), 128/255 (L2)"})
-    attack_steps: int = 10
-    attack_step_size: float = field(default=0.0, metadata={"help": "0: 2/255 (Linf), 15/255 (L2)"})
-    eval_steps: int = 10
-
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise UserError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        check_positive("attack_eps", self.attack_eps, allow_zero=True)
-        check_positive("attack_step_size", self.attack_step_size, allow_zero=True)
-        check_count("attack_steps", self.attack_steps, 1)
-        check_count("eval_steps", self.eval_steps, 1)
-        eps, step = DEFAULT_BUDGET[self.norm]
-        self.attack_eps = float(self.attack_eps or eps)
-        self.attack_step_size = float(self.attack_step_size or step)
-
-    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """PGD-CE with a random start at the training budget, ``steps`` steps."""
-        return pgd(model, x, y, eps=self.attack_eps, norm=self.norm, steps=steps,
-                   step_size=self.attack_step_size, random_start=True, generator=generator)
-
-    def evaluate(self, model, x, y, *, generator=None):
-        """Robust accuracy ``[B]`` under PGD-``eval_steps`` (gradients enabled inside, since the
-        engine calls this under ``torch.no_grad``)."""
-        with torch.enable_grad():
-            x_adv = self.attack(model, x, y, steps=int(self.eval_steps), generator=generator)
-        with torch.no_grad():
-            return model(x_adv).argmax(1) == y
+from robustmaxup.methods.base import LossOutput
+from robustmaxup.methods.families import AdversarialMethod
+from robustmaxup.methods.registry import register_method
 
 
 @register_method

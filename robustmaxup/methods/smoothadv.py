@@ -35,15 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmaxup.attacks import smooth_pgd
-from robustmaxup.methods import register_method
 from robustmaxup.methods.augment import draw_noise
 from robustmaxup.methods.base import LossOutput, check_count, check_positive
-from robustmaxup.methods.gaussian import SmoothingMethod
-
-
-def warmup_fraction(epoch: int, warmup: int) -> float:
-    """``min(1, (epoch + 1) / warmup)``: the share of the full strength in epoch ``epoch``."""
-    return 1.0 if warmup <= 1 else min(1.0, (epoch + 1) / warmup)
+from robustmaxup.methods.families import SmoothingMethod, warmup_fraction
+from robustmaxup.methods.registry import register_method
 
 
 @register_method

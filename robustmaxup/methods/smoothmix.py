@@ -41,12 +41,10 @@ from torch import nn
 
 from robustmaxup.attacks import smooth_pgd
 from robustmaxup.errors import UserError
-from robustmaxup.methods import register_method
-from robustmaxup.methods.base import LossOutput, check_positive
-from robustmaxup.methods.gaussian import SmoothingMethod
 from robustmaxup.methods.augment import draw_noise
-from robustmaxup.methods.base import at_least_fp32, check_count
-from robustmaxup.methods.smoothadv import warmup_fraction
+from robustmaxup.methods.base import LossOutput, at_least_fp32, check_count, check_positive
+from robustmaxup.methods.families import SmoothingMethod, warmup_fraction
+from robustmaxup.methods.registry import register_method
 
 
 def clip_l2(x_new: torch.Tensor, x: torch.Tensor, radius: float) -> torch.Tensor:
@@ -136,5 +134,4 @@ class SmoothMix(SmoothingMethod):
         kl = (torch.xlogy(target, target).unsqueeze(0) - target.unsqueeze(0) * log_q).sum(-1)   # [m, B]
         mix = (correct.unsqueeze(0) * kl).mean()
         loss = ce + self.eta * self._warm * mix
-        metrics = {"ce": ce.detach(), "mixup": mix.detach()}
-        return LossOutput(loss, logits_clean.detach(), y.repeat(m), metrics)
+        return LossOutput(loss, logits_clean.detach(), y.repeat(m))

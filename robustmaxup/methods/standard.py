@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from robustmaxup.methods import register_method
 from robustmaxup.methods.base import Method
+from robustmaxup.methods.registry import register_method
 
 
 @register_method
 @dataclass
 class Standard(Method):
+    """Plain cross-entropy on the clean batch (the base :class:`Method`)."""
+
     name: ClassVar[str] = "standard"

@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmaxup.attacks import pgd
-from robustmaxup.methods import register_method
-from robustmaxup.methods.base import LossOutput, check_positive
-from robustmaxup.methods.pgd_at import AdversarialMethod
-from robustmaxup.methods.base import at_least_fp32
+from robustmaxup.methods.base import LossOutput, at_least_fp32, check_positive
+from robustmaxup.methods.families import AdversarialMethod
+from robustmaxup.methods.registry import register_method
 from robustmaxup.models.state import model_state
 
 START_SCALE = 0.001
@@ -78,5 +77,4 @@ class TRADES(AdversarialMethod):
         logits_adv = model(x_adv)
         ce = F.cross_entropy(logits_clean, y)
         kl = trades_kl(logits_clean, logits_adv)
-        metrics = {"ce": ce.detach(), "kl": kl.detach()}
-        return LossOutput(ce + self.beta * kl, logits_adv.detach(), y, metrics)
+        return LossOutput(ce + self.beta * kl, logits_adv.detach(), y)

@@ -1,10 +1,15 @@
 """Model zoo. Every model takes [0, 1] pixels and normalises inside, so smoothing noise and
 attack budgets live in pixel space.
 
+Models know nothing about datasets: :func:`build_model` takes the class count, input channels
+and normalisation explicitly. Starting from a dataset name, use
+:func:`robustmaxup.checkpoints.build_model_for`, which reads them from the dataset registry.
+
 Example::
 
     from robustmaxup.models import build_model
-    model = build_model("cifar_resnet110", num_classes=10, dataset="cifar10")
+    model = build_model("cifar_resnet110", 10, mean=(0.4914, 0.4822, 0.4465),
+                        std=(0.2023, 0.1994, 0.2010))
     logits = model(torch.rand(8, 3, 32, 32))      # [8, 10]
 """
 
@@ -16,7 +21,6 @@ import torch
 import torchvision
 from torch import nn
 
-from robustmaxup.data.info import get_info
 from robustmaxup.models.digits_cnn import DigitsCNN
 from robustmaxup.models.preact_resnet import PreActResNet18
 from robustmaxup.models.resnet_cifar import CifarResNet
@@ -74,21 +78,21 @@ class NormalizedModel(nn.Module):
 
 def build_model(
     arch: str,
-    num_classes: int | None = None,
-    dataset: str | None = None,
+    num_classes: int,
     *,
-    in_channels: int | None = None,
+    in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> NormalizedModel:
-    """Build ``arch`` wrapped with normalisation. ``dataset`` supplies class count, channels and
-    normalisation; explicit arguments override it. Unknown ``arch`` raises a UserError."""
+    """Build ``arch`` for ``num_classes`` classes and ``in_channels`` input channels, wrapped with
+    the per-channel normalisation ``(x - mean) / std`` (default: none, i.e. mean 0 and std 1).
+    Unknown ``arch`` raises a UserError listing the known ones.
+
+    Example::
+
+        model = build_model("digits_cnn", 10, in_channels=1, mean=(0.3053,), std=(0.3760,))
+    """
     builder = MODELS.get(arch)
-    info = get_info(dataset) if dataset is not None else None
-    num_classes = num_classes if num_classes is not None else (info.num_classes if info else None)
-    if num_classes is None:
-        raise ValueError("build_model needs num_classes or dataset")
-    in_channels = in_channels or (info.image_shape[0] if info else 3)
-    mean = mean if mean is not None else (info.mean if info else (0.0,) * in_channels)
-    std = std if std is not None else (info.std if info else (1.0,) * in_channels)
+    mean = mean if mean is not None else (0.0,) * in_channels
+    std = std if std is not None else (1.0,) * in_channels
     return NormalizedModel(builder(num_classes, in_channels), mean, std)

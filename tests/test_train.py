@@ -1,5 +1,5 @@
-"""The training engine and ``robustmaxup train``: learning, resume, run-directory contents,
-one-line errors that leave nothing behind."""
+"""Training (``robustmaxup.train``) and ``robustmaxup train``: learning, resume, run-directory
+contents, one-line errors that leave nothing behind."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from robustmaxup import engine
 from robustmaxup.cli import main as cli_main
-from robustmaxup.cli.train import build_parser
-from robustmaxup.engine import TrainConfig, train
+from robustmaxup.cli.train import build_parser, config_from_args
+from robustmaxup.train import PerturbationSpec, TrainConfig, loop, setup, train
+from robustmaxup.train.checkpointing import read_metrics
 
 
 def _cfg(out, **kw) -> TrainConfig:
@@ -29,6 +29,7 @@ def test_digits_training_beats_chance_by_far(tmp_path):
     assert lines[-1]["loss"] < lines[0]["loss"]
     for key in ("loss", "train_acc", "val", "test", "img_per_s", "lr"):
         assert key in lines[0]
+    assert summary["history"] == lines
 
 
 def test_run_directory_describes_itself(tmp_path):
@@ -36,12 +37,14 @@ def test_run_directory_describes_itself(tmp_path):
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     flags = {a.dest for a in build_parser()._actions}
-    names = {d.split("__", 1)[-1] for d in flags}
-    assert set(config) - {"provenance"} <= names, "config keys must match CLI flag names"
+    assert set(config) - {"provenance"} <= flags, "config keys must match CLI flag names"
     assert config["m"] == 2 and config["data_augment"] is True and config["augment"] == "gaussian" and config["score_batch"] == 0
+    assert "git_dirty" in config["provenance"]
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["hparams"] == {"sigma": 0.25, "m": 2, "augment": "gaussian", "alpha": 1.0, "k": 16, "score_batch": 0}
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "digits_cnn" and ckpt["method"] == "maxup"
+    assert "scaler" not in ckpt and len(ckpt["history"]) == 1
+    assert ckpt["config"] == {k: v for k, v in config.items() if k != "provenance"}
     best = torch.load(run / "best.pt", weights_only=True)
     assert "held-out training images" in best["selection"] and best["best"]["epoch"] == 1
 
@@ -50,7 +53,7 @@ RESUMABLE = {
     "maxup": dict(method="maxup", method_args={"sigma": 0.25, "m": 2}),
     "smoothadv (eps warm-up)": dict(method="smoothadv", method_args={"m_train": 2, "attack_steps": 1, "warmup": 3}),
     "trades + awp (warm-up)": dict(method="trades", method_args={"attack_steps": 1},
-                                   perturbation="awp", perturbation_args={"gamma": 0.005, "warmup": 1}),
+                                   perturbation=PerturbationSpec("awp", {"gamma": 0.005, "warmup": 1})),
     "kmixup": dict(method="kmixup", method_args={"k": 8}),
 }
 
@@ -60,17 +63,17 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, 
     cfg = dict(RESUMABLE[name], epochs=3, max_eval=60, max_train=400)
     train(_cfg(tmp_path / "full", **cfg))
 
-    real_log = engine._log_epoch
+    real_epoch = loop.train_epoch
 
-    def killed_after_epoch_2(run, m):
-        real_log(run, m)
-        if m["epoch"] == 2:
-            raise KeyboardInterrupt  # the process dies after last.pt of epoch 2 is written
+    def killed_in_epoch_3(run, epoch, progress=False):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies during epoch 3, after last.pt of epoch 2
+        return real_epoch(run, epoch, progress)
 
-    monkeypatch.setattr(engine, "_log_epoch", killed_after_epoch_2)
+    monkeypatch.setattr(loop, "train_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tmp_path / "cut", **cfg))
-    monkeypatch.setattr(engine, "_log_epoch", real_log)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     train(_cfg(tmp_path / "cut", resume=True, **cfg))
 
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
@@ -81,11 +84,27 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, 
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
 
 
+def test_resume_rewrites_a_lost_metrics_line_from_the_checkpoint(tmp_path):
+    """A kill between writing last.pt and the metrics log must not lose an epoch's line."""
+    out = tmp_path / "run"
+    train(_cfg(out, epochs=2, max_train=300, max_eval=60))
+    log = out / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n")  # the line of epoch 2 was never written
+    train(_cfg(out, epochs=3, max_train=300, max_eval=60, resume=True))
+    history = torch.load(out / "last.pt", weights_only=True)["history"]
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]
+    assert read_metrics(out) == history
+    assert json.loads(lines[1]) == history[1]
+
+
 def test_resume_refuses_a_changed_config(tmp_path, capsys):
     train(_cfg(tmp_path / "run", epochs=1))
     code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--sigma", "0.5",
                      "--epochs", "2", "--out", str(tmp_path / "run"), "--resume", "--quiet"])
-    assert code == 2 and "different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "different" in err and "sigma (0.25, now 0.5)" in err, err
+    assert len(err.strip().splitlines()) == 1 and "epochs" not in err  # epochs may change
 
 
 ERRORS = [
@@ -97,6 +116,15 @@ ERRORS = [
     (["--epochs", "0"], "--epochs"),
     (["--lr", "-0.1"], "--lr"),
     (["--sigma", "abc"], "--sigma"),
+    (["--lr-gamma", "nan"], "--lr-gamma"),
+    (["--lr-gamma", "0"], "--lr-gamma"),
+    (["--max-eval", "-1"], "--max-eval"),
+    (["--workers", "-1"], "--workers"),
+    (["--max-train", "-5"], "--max-train"),
+    (["--val-size", "-2"], "--val-size"),
+    (["--batch", "5000"], "--batch"),  # larger than the training split: no step would be taken
+    (["--batch", "300", "--max-train", "320"], "--batch"),  # 288 images remain after the hold-out
+    (["--config", "nowhere.json"], "--config"),
 ]
 
 
@@ -109,6 +137,19 @@ def test_bad_input_is_one_line_exit_2_and_no_run_dir(tmp_path, capsys, extra, ne
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert not out.exists()
+
+
+def test_library_errors_name_the_field_before_anything_runs(tmp_path):
+    from robustmaxup.runtime.checks import FieldError
+
+    for field, value in [("lr_gamma", float("nan")), ("max_eval", -1), ("workers", -1), ("max_train", -1)]:
+        with pytest.raises(FieldError) as e:
+            train(_cfg(tmp_path / "run", **{field: value}))
+        assert e.value.field == field
+    with pytest.raises(FieldError) as e:
+        train(_cfg(tmp_path / "run", batch=2000))
+    assert e.value.field == "batch"
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_dataset_and_missing_root(tmp_path, capsys):
@@ -153,22 +194,52 @@ def test_subsets_cover_classes_of_a_class_sorted_split():
 
 
 def test_max_train_takes_a_random_subset(tmp_path):
-    run = engine.setup(_cfg(tmp_path / "run", max_train=200, val_size=0))
+    run = setup(_cfg(tmp_path / "run", max_train=200, val_size=0))
     labels = run.splits["train"].labels
     assert len(labels) == 200 and len(torch.unique(labels)) == 10
 
 
 def test_weight_perturbation_flags(tmp_path, capsys):
-    from robustmaxup.cli.train import config_from_args
-
     parser = build_parser()
     base = ["--dataset", "digits", "--out", str(tmp_path / "r")]
     cfg = config_from_args(parser.parse_args(base + ["--method", "pgd_at", "--awp", "0.01", "--awp-warmup", "2"]))
-    assert cfg.perturbation == "awp" and cfg.perturbation_args == {"gamma": 0.01, "warmup": 2}
-    assert cfg.flat()["awp"] == 0.01 and cfg.flat()["awp_warmup"] == 2
+    assert cfg.perturbation == PerturbationSpec("awp", {"gamma": 0.01, "warmup": 2})
+    assert cfg.flat()["awp_gamma"] == 0.01 and cfg.flat()["awp_warmup"] == 2
     for extra, needle in [(["--awp", "0.01", "--amp", "0.5"], "one weight perturbation"),
                           (["--amp-steps", "3"], "need --amp itself")]:
         code = cli_main(["train", *base, "--quiet", *extra])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_config_json_names_perturbation_arguments_by_field(tmp_path):
+    """Arguments given in any order land under their own names (the first one is not "awp")."""
+    train(_cfg(tmp_path / "run", epochs=1, max_train=200, max_eval=60,
+               perturbation=PerturbationSpec("awp", {"warmup": 2, "gamma": 0.005})))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["awp_gamma"] == 0.005 and config["awp_warmup"] == 2 and "awp" not in config
+
+
+def test_config_replay_gives_the_same_config_and_explicit_flags_win(tmp_path):
+    first = tmp_path / "first"
+    code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--method", "maxup", "--m", "2",
+                     "--epochs", "1", "--batch", "32", "--lr", "0.05", "--max-train", "200", "--max-eval", "60",
+                     "--awp", "0.01", "--awp-warmup", "1", "--out", str(first), "--quiet"])
+    assert code == 0
+    code = cli_main(["train", "--config", str(first / "config.json"), "--out", str(tmp_path / "again")])
+    assert code == 0
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, tmp_path / "again"))
+    for d in (a, b):
+        d.pop("provenance"), d.pop("out")
+    assert a == b
+
+    parser = build_parser()
+    replay = ["--config", str(first / "config.json")]
+    cfg = config_from_args(parser.parse_args(replay + ["--lr", "0.1", "--awp-warmup", "0"]))
+    assert cfg.lr == 0.1 and cfg.perturbation.args == {"gamma": 0.01, "warmup": 0}  # 0.1, 0: the defaults
+    assert cfg.batch == 32 and cfg.method_args["m"] == 2 and cfg.out == str(first)
+    cfg = config_from_args(parser.parse_args(replay + ["--method", "gaussian", "--amp", "0.5"]))
+    assert cfg.method_args == {"sigma": 0.25} and cfg.perturbation.name == "amp"  # maxup's m, awp dropped
+    assert config_from_args(parser.parse_args(replay + ["--resume"])).resume
+    assert not config_from_args(parser.parse_args(replay)).resume

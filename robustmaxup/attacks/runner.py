@@ -1,0 +1,483 @@
+"""Empirical robust accuracy of a model on a dataset: chunked, resumable, with the files that
+``robustmaxup attack`` writes. The command line only parses; this is the work.
+
+Example::
+
+    from robustmaxup.attacks import AttackConfig
+    from robustmaxup.attacks.runner import evaluate_dataset
+    from robustmaxup.data import load_split, spread_indices
+
+    split = load_split("cifar10", "test", root="data/cifar10")
+    summary = evaluate_dataset(model, split, spread_indices(len(split), 1000).tolist(),
+                               AttackConfig(eps=8/255, attack="pgd", steps=20, batch_size=500),
+                               seed=0, out="pgd.json")
+    print(summary.robust_accuracy)
+
+Outputs, written atomically once the run is complete (none when ``out`` is None):
+
+- ``out`` (JSON): clean and robust accuracy, robust accuracy after each attack (cumulative), n,
+  eps, norm, version, the re-scoring statistics, timings, versions, git SHA and device, and the
+  caller's ``extra_record`` (the CLI adds the checkpoint's path, hash and metadata).
+- ``out`` with suffix ``.tsv``: one row per example, ``idx label clean_correct robust_correct``,
+  then ``robust_after_<attack>`` per attack and ``rescore_correct`` (the fraction of the
+  re-scorings of x_adv that classify it correctly).
+- ``save_adv``: ``{"x_adv", "labels", "indices", "robust", ...}`` (torch file).
+- ``out`` with suffix ``.autoattack.log``: pyautoattack's own log.
+
+Robust accuracy is the POINTWISE worst case: an example counts as robust only if it survives
+every attack and every re-scoring of its x_adv (never a mean over attacks).
+
+Resuming: the examples are processed in chunks of ``config.batch_size``; after each chunk its
+:class:`ChunkRecord` (and x_adv with ``save_adv``) goes atomically to ``OUT.state.pt``.
+``resume=True`` continues from the last finished chunk, and on a finished run checks that the
+settings are those that made it (:data:`RESUME_KEYS`, through
+:func:`robustmaxup.runtime.records.check_resume`) before reporting it complete.
+
+Seeding (see :mod:`robustmaxup.attacks.evaluation`): PGD's random starts, the smoothing noise
+during PGD and the re-scoring noise are drawn per example from generators seeded by
+``(seed, dataset index)``, so PGD results do not depend on ``batch_size`` (up to the model's
+floating-point kernels, which some backends choose by batch size); AutoAttack is seeded once per
+chunk from the chunk's first dataset index, so its results depend on ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from robustmaxup.attacks.evaluation import AttackConfig, check_config, evaluate
+from robustmaxup.data import spread_indices
+from robustmaxup.errors import UserError
+from robustmaxup.models.probe import CLEAN_CHECK_IMAGES, clean_accuracy, log_clean_accuracy
+from robustmaxup.runtime.checks import FieldError, check_int
+from robustmaxup.runtime.dist import resolve_device
+from robustmaxup.runtime.io import (
+    atomic_torch_save, atomic_write_json, atomic_write_text, check_writable_location, ensure_writable_dir,
+)
+from robustmaxup.runtime.records import check_resume, provenance
+
+log = logging.getLogger(__name__)
+
+#: settings that define the results: a resume (of a partial or a finished run) with other values
+#: is refused. ``checkpoint_sha256`` comes from the caller's ``extra_record``.
+RESUME_KEYS = ("checkpoint_sha256", "model_sha256", "dataset", "split", "n", "indices", "batch",
+               "attack_config", "seed", "seed_rule", "save_adv")
+STATE_FORMAT = "robustmaxup.attack.state/2"
+SEED_RULE = ("per example: PGD start and smoothing noise from stream attack.example, re-scoring "
+             "noise from stream attack.rescore, each runtime.seeds.stream_seed(seed, stream, dataset "
+             "index); AutoAttack: one seed per chunk, stream attack.batch of the chunk's first index")
+
+
+# ----------------------------------------------------------------------------- files
+@dataclass(frozen=True)
+class AttackPaths:
+    """Where a run's files go: the JSON ``out`` and everything named after it."""
+
+    json: Path
+    tsv: Path
+    state: Path
+    aa_log: Path
+    adv: Path | None
+
+    @classmethod
+    def for_output(cls, out: str | os.PathLike, save_adv: str | os.PathLike | None = None) -> "AttackPaths":
+        """The paths of a run writing JSON ``out`` (TSV, state and log beside it); checks that
+        they can be written, creating nothing."""
+        out = Path(out)
+        if out.is_dir():
+            raise FieldError("out", f"{out} is a directory; name a .json file")
+        if out.suffix == ".tsv":
+            raise FieldError("out", f"{out} names the TSV; name the JSON file, the TSV goes beside it")
+        check_writable_location(out, field="out")
+        adv = Path(save_adv) if save_adv is not None else None
+        if adv is not None:
+            if adv.is_dir():
+                raise FieldError("save_adv", f"{adv} is a directory; name a file, e.g. adv.pt")
+            check_writable_location(adv, field="save_adv")
+        tsv = out.with_suffix(".tsv") if out.suffix == ".json" else out.with_name(out.name + ".tsv")
+        base = out.with_suffix("") if out.suffix == ".json" else out
+        paths = cls(out, tsv, out.with_name(out.name + ".state.pt"),
+                    base.with_name(base.name + ".autoattack.log"), adv)
+        if len({str(p.resolve()) for p in paths.outputs()}) != len(paths.outputs()):
+            raise FieldError("save_adv", f"{adv} is the JSON or TSV output too; choose another name")
+        return paths
+
+    def outputs(self) -> list[Path]:
+        return [self.json, self.tsv] + ([self.adv] if self.adv else [])
+
+    def check_fresh(self, resume: bool) -> None:
+        """UserError if a run's files exist and ``resume`` is off (they are never overwritten)."""
+        if resume:
+            return
+        existing = [p for p in self.outputs() + [self.state] if p.exists()]
+        if existing:
+            raise UserError(f"{existing[0]} already exists; resume the run (--resume) to continue "
+                            "or re-check it, or choose another output (--out)")
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass
+class ChunkRecord:
+    """Per-example outcome of a run of examples (one chunk, or the whole run after
+    :meth:`concat`), in evaluation order; tensors on the CPU.
+
+    Attributes:
+        indices: int64 ``[b]`` dataset index of each example; labels: int64 ``[b]``.
+        clean: bool ``[b]`` correct before any attack.
+        stages: ordered ``attack -> bool [b]``, robust after that attack and every earlier one.
+        rescored: bool ``[R, b]``, each re-scoring of x_adv correct.
+        seconds: wall time of the chunk; attack_seconds: per attack.
+        x_adv: ``[b, C, H, W]`` when kept (``save_adv``), else None.
+    """
+
+    indices: Tensor
+    labels: Tensor
+    clean: Tensor
+    stages: dict[str, Tensor]
+    rescored: Tensor
+    seconds: float = 0.0
+    attack_seconds: dict[str, float] = field(default_factory=dict)
+    x_adv: Tensor | None = None
+
+    @property
+    def robust(self) -> Tensor:
+        """bool ``[b]``: clean, survived every attack and every re-scoring (the verdict)."""
+        flags = list(self.stages.values())[-1] if self.stages else self.clean
+        return flags & self.rescored.all(0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain tensors and numbers, for ``torch.save`` and ``torch.load(weights_only=True)``."""
+        return {"indices": self.indices, "labels": self.labels, "clean": self.clean,
+                "stages": dict(self.stages), "rescored": self.rescored, "seconds": float(self.seconds),
+                "attack_seconds": dict(self.attack_seconds), "x_adv": self.x_adv}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> "ChunkRecord":
+        rec = cls(**{k: d[k] for k in ("indices", "labels", "clean", "stages", "rescored", "seconds",
+                                       "attack_seconds", "x_adv")})
+        b = len(rec.indices)
+        shapes_ok = (len(rec.labels) == b and len(rec.clean) == b and rec.rescored.shape[1] == b
+                     and all(len(v) == b for v in rec.stages.values())
+                     and (rec.x_adv is None or len(rec.x_adv) == b))
+        if not shapes_ok:
+            raise ValueError("inconsistent chunk record")
+        return rec
+
+    @classmethod
+    def concat(cls, chunks: Sequence["ChunkRecord"]) -> "ChunkRecord":
+        """One record of several, in order (``x_adv`` kept only if every chunk has it)."""
+        names = list(chunks[0].stages)
+        cat = lambda key: torch.cat([getattr(c, key) for c in chunks])  # noqa: E731
+        advs = [c.x_adv for c in chunks]
+        return cls(indices=cat("indices"), labels=cat("labels"), clean=cat("clean"),
+                   stages={n: torch.cat([c.stages[n] for c in chunks]) for n in names},
+                   rescored=torch.cat([c.rescored for c in chunks], 1),
+                   seconds=sum(c.seconds for c in chunks),
+                   attack_seconds={n: sum(c.attack_seconds.get(n, 0.0) for c in chunks) for n in names},
+                   x_adv=None if any(a is None for a in advs) else torch.cat(advs))
+
+    def tsv(self) -> str:
+        """The per-example table: ``idx label clean_correct robust_correct robust_after_<attack>...
+        rescore_correct`` (a header line, then one row per example)."""
+        names = list(self.stages)
+        cols = ["idx", "label", "clean_correct", "robust_correct"] + [f"robust_after_{n}" for n in names]
+        lines = ["\t".join(cols + ["rescore_correct"])]
+        frac = self.rescored.float().mean(0)
+        robust = self.robust
+        for j in range(len(self)):
+            row = [int(self.indices[j]), int(self.labels[j]), int(self.clean[j]), int(robust[j])]
+            row += [int(self.stages[n][j]) for n in names]
+            lines.append("\t".join(map(str, row)) + f"\t{frac[j].item():.4f}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class AttackSummary:
+    """What :func:`evaluate_dataset` returns.
+
+    Attributes:
+        record: exactly the JSON written to ``out`` (read back from it for an already complete
+            run).
+        examples: the per-example outcome (None when a finished run was only re-checked).
+        paths: the files (None without ``out``).
+        already_complete: ``resume`` found the run finished under the same settings.
+    """
+
+    record: dict[str, Any]
+    examples: ChunkRecord | None
+    paths: AttackPaths | None = None
+    already_complete: bool = False
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.record["clean_accuracy"]
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.record["robust_accuracy"]
+
+
+# ----------------------------------------------------------------------------- the run
+def model_sha256(model: nn.Module) -> str:
+    """A hash of the model's state (names, dtypes, shapes and values of parameters and buffers)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_indices(indices: Sequence[int], size: int) -> list[int]:
+    idx = [int(i) for i in indices]
+    if not idx:
+        raise FieldError("indices", "must name at least one example")
+    bad = [i for i in idx if not 0 <= i < size]
+    if bad:
+        raise FieldError("indices", f"must lie in [0, {size}) (the split's size), got {bad[0]}")
+    return idx
+
+
+def _header(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, *, seed: int,
+            save_adv: bool, device: torch.device, extra: Mapping[str, Any]) -> dict[str, Any]:
+    base = {
+        "command": "attack",
+        "model_sha256": model_sha256(model),
+        "dataset": split.info.name, "split": getattr(split, "split", None), "split_size": len(split),
+        "n": len(idx), "indices": idx,
+        "batch": config.batch_size, "seed": seed, "save_adv": save_adv,
+        "attack_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "attack": config.attack, "eps": config.eps, "norm": config.norm,
+        "version": config.version if config.attack == "autoattack" else None,
+        "smoothed": {"sigma": config.sigma, "m": config.m} if config.randomized else None,
+        "randomized": config.randomized,
+        "rescores": config.n_rescores,
+        "seed_rule": SEED_RULE,
+        "provenance": provenance(device),
+    }
+    return {**dict(extra), **base}
+
+
+def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[int, ChunkRecord]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable state is the user's to remove
+        raise UserError(f"cannot read {path} ({type(e).__name__}); remove it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserError(f"{path} was written by another version of robustmaxup; remove it to start over")
+    check_resume(state["header"], header, RESUME_KEYS, what=str(path))
+    try:
+        done = {int(c): ChunkRecord.from_state(d) for c, d in state["chunks"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        raise UserError(f"{path} is damaged; remove it to start over") from None
+    if any(not 0 <= c < n_chunks for c in done):
+        raise UserError(f"{path} does not fit this run's chunks; remove it to start over")
+    return done
+
+
+def _save_state(path: Path, header: Mapping[str, Any], done: Mapping[int, ChunkRecord]) -> None:
+    atomic_torch_save({"format": STATE_FORMAT, "header": {k: header[k] for k in RESUME_KEYS if k in header},
+                       "chunks": {c: r.to_state() for c, r in done.items()}}, path)
+
+
+def _run_chunk(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, *, seed: int,
+               device: torch.device, log_file: Path | None, keep_adv: bool) -> ChunkRecord:
+    x, y = split.batch(idx)
+    x, y = x.to(device), y.to(device)
+    t0 = time.perf_counter()
+    res = evaluate(model, x, y, config, seed=seed, indices=idx, log_file=log_file)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return ChunkRecord(
+        indices=torch.tensor(idx, dtype=torch.int64), labels=y.cpu(), clean=res.clean.cpu(),
+        stages={k: v.cpu() for k, v in res.stages.items()}, rescored=res.rescored.cpu(),
+        seconds=time.perf_counter() - t0, attack_seconds=dict(res.seconds),
+        x_adv=res.x_adv.cpu() if keep_adv else None,
+    )
+
+
+def _summary(header: Mapping[str, Any], config: AttackConfig, chunks: list[ChunkRecord],
+             all_: ChunkRecord, wall: float, paths: AttackPaths | None) -> dict[str, Any]:
+    names = list(all_.stages)
+    per_rescore = all_.rescored.double().mean(1)
+    seconds = [c.seconds for c in chunks]
+    return {
+        **header,
+        "attacks": names,
+        "clean_accuracy": all_.clean.double().mean().item(),
+        "robust_accuracy": all_.robust.double().mean().item(),
+        "clean_correct": int(all_.clean.sum()), "robust_correct": int(all_.robust.sum()),
+        "robust_accuracy_after": {n: all_.stages[n].double().mean().item() for n in names},
+        "robust_accuracy_rule": "pointwise worst case: an example is robust only if it is clean-"
+                                "correct, survives every attack and every re-scoring of its x_adv",
+        "rescoring": {
+            "repeats": int(all_.rescored.shape[0]),
+            "accuracy_mean": per_rescore.mean().item(),
+            "accuracy_std": per_rescore.std().item() if all_.rescored.shape[0] > 1 else 0.0,
+            "accuracy_min": per_rescore.min().item(), "accuracy_max": per_rescore.max().item(),
+            "note": ("randomized model: each re-scoring draws fresh noise; a single evaluation of "
+                     "x_adv overstates robustness") if config.randomized else
+                    "deterministic model: re-scoring x_adv reproduces the attack's verdict",
+        },
+        "timings": {"attack_seconds": sum(seconds), "wall_seconds_this_session": wall,
+                    "seconds_per_chunk": seconds, "seconds_per_attack": dict(all_.attack_seconds),
+                    "images_per_second": len(all_) / max(sum(seconds), 1e-9)},
+        "outputs": {"tsv": str(paths.tsv) if paths else None,
+                    "adv": str(paths.adv) if paths and paths.adv else None,
+                    "autoattack_log": str(paths.aa_log) if paths and config.attack == "autoattack" else None},
+    }
+
+
+def _write_outputs(paths: AttackPaths, all_: ChunkRecord, summary: Mapping[str, Any]) -> None:
+    atomic_write_text(paths.tsv, all_.tsv())
+    if paths.adv is not None:
+        atomic_torch_save({
+            "x_adv": all_.x_adv, "labels": all_.labels, "robust": all_.robust,
+            "indices": all_.indices.clone(), "eps": summary["eps"], "norm": summary["norm"],
+            "attack_config": summary["attack_config"], "dataset": summary["dataset"],
+            "split": summary["split"],
+        }, paths.adv)
+    atomic_write_json(paths.json, summary)
+
+
+def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
+    try:
+        record = json.loads(paths.json.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {paths.json} ({type(e).__name__}); remove it to start over") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{paths.json} is not a result of robustmaxup attack; choose another output")
+    check_resume(record, header, RESUME_KEYS + ("command",), what=str(paths.json))
+    missing = [k for k in ("model_sha256", "seed_rule") if k not in record]
+    if missing:  # made by an older version (other seeding) or not by this command
+        raise UserError(f"cannot resume {paths.json}: it records no {', '.join(missing)}; it was made "
+                        "by another version; choose another output")
+    log.info("%s is already complete (same settings); nothing to do", paths.json)
+    return AttackSummary(record, None, paths, already_complete=True)
+
+
+def evaluate_dataset(
+    model: nn.Module,
+    split: Any,
+    indices: Sequence[int],
+    config: AttackConfig,
+    *,
+    seed: int,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    save_adv: str | os.PathLike | None = None,
+    progress: bool = True,
+    extra_record: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+) -> AttackSummary:
+    """Attack ``model`` on the examples ``indices`` of ``split`` and report robust accuracy.
+
+    Args:
+        model: classifier on [0, 1] pixels (normalisation inside), already on ``device``.
+        split: the data: anything with ``len``, ``.batch(indices) -> (x, y)`` (x in [0, 1]) and
+            ``.info`` (``name``, ``image_shape``, ``num_classes``); ``.split`` (its name) if any.
+        indices: dataset indices to evaluate, in order (e.g. ``data.spread_indices``).
+        config: what to run; ``config.batch_size`` is also the chunk size (unit of resume).
+        seed: the run's seed (randomness per example: see the module docstring).
+        out: the JSON to write (TSV, state and AutoAttack log beside it); None: no files.
+        resume: continue ``out`` from its state file, or re-check a finished ``out`` (refused,
+            touching nothing, if any of :data:`RESUME_KEYS` differs).
+        save_adv: also save x_adv and the flags to this torch file (needs ``out``).
+        progress: a progress bar on stderr (only when stderr is a terminal).
+        extra_record: more entries for the JSON (the CLI: the checkpoint's path, hash, metadata
+            and its flags); the runner's own keys win.
+        device: where the examples go (default: the model's device).
+
+    Returns:
+        :class:`AttackSummary`.
+
+    Raises:
+        FieldError/UserError for bad settings or outputs, before anything is written.
+    """
+    from tqdm import tqdm
+
+    check_config(config, tuple(split.info.image_shape))
+    seed = check_int("seed", seed)
+    idx = _check_indices(indices, len(split))
+    if out is None and (resume or save_adv is not None):
+        raise FieldError("out", "is needed with resume or save_adv")
+    device = resolve_device(device) if device is not None else _model_device(model)
+    if _model_device(model).type != device.type:
+        raise UserError(f"the model is on {_model_device(model)} but the examples go to {device}")
+    paths = AttackPaths.for_output(out, save_adv) if out is not None else None
+    if paths is not None:
+        paths.check_fresh(resume)
+    header = _header(model, split, idx, config, seed=seed, save_adv=save_adv is not None,
+                     device=device, extra=extra_record or {})
+    b = config.batch_size
+    chunks = [idx[s:s + b] for s in range(0, len(idx), b)]
+    done: dict[int, ChunkRecord] = {}
+    if paths is not None and resume:
+        if paths.state.exists():
+            done = _load_state(paths.state, header, len(chunks))
+            log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
+        elif paths.json.exists():
+            return _finished(paths, header)
+
+    chosen = [idx[i] for i in spread_indices(len(idx), CLEAN_CHECK_IMAGES).tolist()]
+    accuracy, images = clean_accuracy(model, split, chosen, b, device)
+    log_clean_accuracy(accuracy, images, split.info.num_classes, "the model")
+    header["clean_check"] = {"examples": images, "accuracy": accuracy}
+    if config.randomized:
+        log.info("randomized (smoothed) model: x_adv is re-scored %d times; an example counts as "
+                 "robust only if every attack fails and every re-scoring is correct (a single "
+                 "evaluation overstates robustness)", config.n_rescores)
+    if paths is not None:
+        ensure_writable_dir(paths.json.parent)
+    log_file = paths.aa_log if paths is not None and config.attack == "autoattack" else None
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(idx), desc=f"attack {config.attack}", unit="img",
+               disable=None if progress else True, initial=sum(len(r) for r in done.values()))
+    with bar:
+        for c, chunk in enumerate(chunks):
+            if c in done:
+                continue
+            done[c] = _run_chunk(model, split, chunk, config, seed=seed, device=device,
+                                 log_file=log_file, keep_adv=save_adv is not None)
+            if paths is not None:
+                _save_state(paths.state, header, done)
+            robust = torch.cat([r.robust for r in done.values()]).float().mean()
+            bar.set_postfix(robust=f"{robust:.3f}", refresh=False)
+            bar.update(len(chunk))
+    records = [done[c] for c in range(len(chunks))]
+    all_ = ChunkRecord.concat(records)
+    summary = _summary(header, config, records, all_, time.perf_counter() - t0, paths)
+    if paths is not None:
+        _write_outputs(paths, all_, summary)
+        paths.state.unlink(missing_ok=True)
+    after = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["robust_accuracy_after"].items())
+    log.info("n=%d  clean accuracy %.1f%%  robust accuracy %.1f%% (%s %s eps=%.6g; after: %s)",
+             len(idx), 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"],
+             config.attack, config.norm, config.eps, after)
+    if config.randomized:
+        rs = summary["rescoring"]
+        log.info("re-scoring x_adv %d times: accuracy %.1f%% +- %.1f%% (min %.1f%%, max %.1f%%)",
+                 rs["repeats"], 100 * rs["accuracy_mean"], 100 * rs["accuracy_std"],
+                 100 * rs["accuracy_min"], 100 * rs["accuracy_max"])
+    if paths is not None:
+        log.info("wrote %s and %s", paths.json, paths.tsv)
+    return AttackSummary(summary, all_, paths)

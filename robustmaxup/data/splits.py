@@ -1,0 +1,168 @@
+"""The two split types, one interface (``len``, ``split[i]``, ``classes``, ``info``, ``labels``,
+``images``, ``batch``, ``subset``):
+
+- :class:`ImageSplit`: the whole split as a uint8 tensor ``[N, C, H, W]`` (digits, CIFAR).
+- :class:`FolderSplit`: an ImageFolder tree read lazily with torchvision transforms (ImageNet);
+  ``images`` is None.
+
+Example::
+
+    from robustmaxup.data import load_split
+    test = load_split("digits", "test")
+    x, y = test[0]                 # float32 [1, 8, 8] in [0, 1], int
+    xb, yb = test.batch([0, 1])    # float32 [2, 1, 8, 8], int64 [2]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from robustmaxup.data.spec import DatasetSpec
+
+__all__ = ["ImageSplit", "FolderSplit", "Split", "Indices", "SPLITS", "as_index", "folder_transform"]
+
+Indices = Sequence[int] | torch.Tensor | np.ndarray
+
+#: The split names every reader serves.
+SPLITS = ("train", "test")
+
+
+def as_index(indices: Indices) -> torch.Tensor:
+    """``indices`` as a flat int64 CPU tensor."""
+    return torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
+
+
+@dataclass(eq=False)
+class ImageSplit:
+    """A dataset split held whole in memory as uint8 pixels.
+
+    Args:
+        info: the dataset's :class:`~robustmaxup.data.spec.DatasetSpec` (shape, normalisation).
+        split: ``"train"``, ``"test"`` or a derived name (``"train[val]"``).
+        images: uint8 ``[N, C, H, W]``.
+        labels: int64 ``[N]``, values in ``0..len(classes)-1``.
+        classes: class names in label order.
+        source: where the pixels came from (for provenance).
+
+    ``split[i]`` gives ``(float32 [C, H, W] in [0, 1], int)``; ``split.batch(idx)`` gives
+    ``(float32 [k, C, H, W], int64 [k])`` on the CPU.
+    """
+
+    info: DatasetSpec
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        self.labels = self.labels.to(torch.int64)
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must be [N] matching images")
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float().div_(255), int(self.labels[i])
+
+    def batch(self, indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 ``[k, C, H, W]`` in [0, 1] and int64 ``[k]`` for the given indices (CPU)."""
+        idx = as_index(indices)
+        return self.images[idx].float().div_(255), self.labels[idx].clone()
+
+    def subset(self, indices: Indices, split: str | None = None) -> "ImageSplit":
+        """The examples at ``indices`` (in that order), same classes and info."""
+        idx = as_index(indices)
+        return ImageSplit(self.info, split or self.split, self.images[idx], self.labels[idx],
+                          list(self.classes), self.source)
+
+    def __repr__(self) -> str:
+        return (f"ImageSplit({self.name}/{self.split}: {len(self)} x "
+                f"{tuple(self.images.shape[1:])}, {len(self.classes)} classes)")
+
+
+@dataclass(eq=False)
+class FolderSplit:
+    """An ImageFolder split read lazily from disk (ImageNet-sized data).
+
+    Args:
+        info: the dataset's :class:`~robustmaxup.data.spec.DatasetSpec`.
+        split: ``"train"`` or ``"test"``.
+        samples: ``(path, label)`` pairs.
+        classes: class (folder) names in label order.
+        augment: True: RandomResizedCrop(224) + horizontal flip; False: Resize(256) +
+            CenterCrop(224). Either ends in ToTensor (float32 [3, 224, 224] in [0, 1]).
+
+    ``images`` is None; ``labels`` is an int64 ``[N]`` tensor. Random augmentations draw from
+    torch's global RNG (seeded per worker by the DataLoader that
+    :func:`~robustmaxup.data.make_loader` builds).
+    """
+
+    info: DatasetSpec
+    split: str
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    augment: bool = False
+    source: str = ""
+    images: None = None
+    labels: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = torch.tensor([s[1] for s in self.samples], dtype=torch.int64)
+        self._transform = folder_transform(self.augment, self.info.image_shape[1:])
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            return self._transform(im.convert("RGB")), int(label)
+
+    def batch(self, indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 ``[k, 3, 224, 224]`` and int64 ``[k]`` (CPU), read in the calling thread."""
+        items = [self[int(i)] for i in as_index(indices)]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def subset(self, indices: Indices, split: str | None = None,
+               augment: bool | None = None) -> "FolderSplit":
+        """The examples at ``indices``; ``augment`` overrides the transform if given."""
+        samples = [self.samples[int(i)] for i in as_index(indices)]
+        return FolderSplit(self.info, split or self.split, samples, list(self.classes),
+                           self.augment if augment is None else augment, self.source)
+
+    def __repr__(self) -> str:
+        return (f"FolderSplit({self.name}/{self.split}: {len(self)} files, "
+                f"{len(self.classes)} classes)")
+
+
+Split = ImageSplit | FolderSplit
+
+
+def folder_transform(augment: bool, size: tuple[int, int]) -> Callable[[Any], torch.Tensor]:
+    """The torchvision transform of a :class:`FolderSplit`: RandomResizedCrop + flip when
+    ``augment``, else Resize(size·256/224) + CenterCrop; then ToTensor."""
+    from torchvision import transforms as T
+
+    if augment:
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
+    resize = int(round(size[0] * 256 / 224))
+    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor()])

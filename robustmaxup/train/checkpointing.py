@@ -1,0 +1,147 @@
+"""A run directory's files: ``last.pt`` (every epoch), ``best.pt`` (best validation epoch),
+``metrics.jsonl`` (one line per epoch) and ``config.json``.
+
+The checkpoint is the record: it holds every done epoch's metrics (``history``), and
+``metrics.jsonl`` is rewritten from it (atomically) after each checkpoint and when a run
+resumes, so a kill between the two writes cannot lose or duplicate an epoch line.
+
+A resumed run must have been made with the same result-defining settings
+(:func:`robustmaxup.runtime.records.check_resume`; ``epochs``, ``device``, ``workers``, ``out``
+and the like may change) and the same number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from robustmaxup.checkpoints import read_checkpoint, save_checkpoint
+from robustmaxup.errors import UserError
+from robustmaxup.runtime.dist import Dist
+from robustmaxup.runtime.io import atomic_write_json, atomic_write_text
+from robustmaxup.runtime.records import check_resume
+from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at
+from robustmaxup.train.state import Run
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LAST", "BEST", "METRICS", "CONFIG", "load_for_resume", "restore", "save", "write_config",
+           "write_metrics", "read_metrics", "clean_metrics"]
+
+LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
+
+
+def clean_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics`` with NaN as None (JSON has no NaN; "no validation split" reads as null)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+# --- resuming ------------------------------------------------------------------------------------
+
+def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist: Dist) -> dict[str, Any] | None:
+    """``last.pt`` of ``out`` when resuming (None for a fresh run, or a resumed one that never
+    finished an epoch), after checking it was made with the same settings (``record``: the
+    current :meth:`TrainConfig.record`) and as many processes."""
+    path = out / LAST
+    if not cfg.resume or not path.exists():
+        return None
+    ckpt = read_checkpoint(path)
+    if "history" not in ckpt:  # robustmaxup.engine's checkpoints: other seed streams, nested config
+        raise UserError(f"cannot resume run directory {out}: its last.pt was written by an older "
+                        "robustmaxup, which drew the training subset and validation hold-out "
+                        "differently; start a new run")
+    saved = ckpt.get("config") or {}
+    keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
+    check_resume(saved, record, keys, what=f"run directory {out}")
+    made_with = len(ckpt["rng"]["generators"])
+    if made_with != dist.world:
+        raise UserError(f"cannot resume run directory {out}: it was made with {made_with} process(es), "
+                        f"now {dist.world}; launch as many")
+    return ckpt
+
+
+def restore(run: Run, ckpt: Mapping[str, Any]) -> None:
+    """Load model, optimiser, RNG states and the training state of ``ckpt`` into ``run``."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    run.state.generator.set_state(ckpt["rng"]["generators"][run.dist.rank])
+    run.state.epoch = int(ckpt["epoch"])
+    run.state.best = ckpt.get("best")
+    run.state.history = [dict(m) for m in ckpt["history"]]
+    log.info("resuming %s from epoch %d", run.out, run.state.epoch)
+
+
+# --- saving ----------------------------------------------------------------------------------------
+
+def _generator_states(run: Run) -> list[torch.Tensor]:
+    """Every rank's noise-generator state, in rank order (a collective under DDP)."""
+    state = run.state.generator.get_state()
+    if not run.dist.distributed:
+        return [state]
+    gathered = run.dist.all_gather(state.to(run.device))  # NCCL gathers device tensors, gloo host ones
+    return [g.cpu() for g in gathered]
+
+
+def _checkpoint(run: Run, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    cfg, info, epoch = run.cfg, run.splits["train"].info, run.state.epoch
+    spec = cfg.perturbation
+    return {
+        "arch": cfg.arch, "dataset": cfg.dataset, "num_classes": info.num_classes,
+        "in_channels": info.image_shape[0], "mean": list(info.mean), "std": list(info.std),
+        "method": cfg.method, "hparams": run.method.hparams(),
+        "perturbation": spec.name if spec else None, "perturbation_args": dict(spec.args) if spec else {},
+        "epoch": epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": {"schedule": cfg.schedule, "lr": lr_at(cfg, max(epoch - 1, 0))},
+        "rng": {"torch": torch.get_rng_state(), "generators": _generator_states(run)},
+        "config": dict(run.record), "metrics": dict(metrics), "history": list(run.state.history),
+        "best": run.state.best, "selection": "last epoch",
+    }
+
+
+def save(run: Run, metrics: Mapping[str, Any]) -> None:
+    """Checkpoint the epoch just done (``run.state`` already counts it, ``metrics`` in its
+    history): ``best.pt`` if validation improved, then ``last.pt``, then ``metrics.jsonl``.
+    Every rank calls it (the generator states are gathered); rank 0 writes."""
+    ckpt = _checkpoint(run, metrics)
+    if not run.dist.main:
+        return
+    state, val = run.state, metrics.get("val")
+    if val is not None and not math.isnan(val) and (state.best is None or val > state.best["value"]):
+        state.best = {"epoch": state.epoch, "value": val, "metric": f"validation {run.metric}",
+                      "val_size": len(run.splits["val"])}
+        ckpt["best"] = state.best
+        save_checkpoint(run.out / BEST, {**ckpt, "selection": f"best {state.best['metric']} on "
+                        f"{state.best['val_size']} held-out training images, epoch {state.epoch}"})
+    save_checkpoint(run.out / LAST, ckpt)
+    write_metrics(run.out, state.history)
+
+
+# --- the run directory's text files ----------------------------------------------------------------
+
+def write_metrics(out: Path, history: list[Mapping[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` (atomically) with one JSON line per epoch of ``history``."""
+    atomic_write_text(out / METRICS, "".join(json.dumps(clean_metrics(m)) + "\n" for m in history))
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    """The epochs of ``metrics.jsonl`` (up to the first unreadable line; [] if absent)."""
+    path = Path(out) / METRICS
+    lines: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                break
+    return lines
+
+
+def write_config(run: Run, provenance: Mapping[str, Any]) -> None:
+    """``config.json``: the flat config (flag names, method defaults resolved) and provenance."""
+    atomic_write_json(run.out / CONFIG, {**run.record, "provenance": dict(provenance)})

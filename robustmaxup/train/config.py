@@ -1,0 +1,379 @@
+"""What defines a training run: :class:`TrainConfig`, and the one mapping between it and the flat,
+flag-named dictionaries of ``config.json`` and the command line.
+
+A config has three kinds of values:
+
+* the core fields of :class:`TrainConfig` (``epochs``, ``lr``, ...), named like their flags;
+* ``method_args``: hyper-parameters of the chosen method (``sigma``, ``m``, ...), named like the
+  method's dataclass fields (and flags);
+* ``perturbation``: an optional :class:`PerturbationSpec` (AWP or AMP and its arguments).
+
+:meth:`TrainConfig.flat` writes all of them into one flat dict; a perturbation argument is
+named ``<perturbation>_<field>`` (``awp_gamma``, ``awp_warmup``, ``amp_eps``, ...), whatever
+order the arguments were given in. :meth:`TrainConfig.from_flat` is its exact inverse.
+:func:`merge_flat` stacks flat layers (a saved ``config.json``, later a recipe, then the values
+given explicitly), the later layer winning. :func:`options` describes every flat name (type,
+default, help, flag) for the command line, which generates its flags from it.
+
+Example::
+
+    cfg = TrainConfig(dataset="digits", out="runs/d", arch="digits_cnn", method="maxup",
+                      method_args={"sigma": 0.25, "m": 4}, perturbation=PerturbationSpec("awp"))
+    cfg.flat()["awp_gamma"]                     # 0.005 (AWP's default, filled in)
+    TrainConfig.from_flat(cfg.flat()) == cfg    # True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from robustmaxup.errors import UserError
+from robustmaxup.methods import METHODS, PERTURBATIONS
+from robustmaxup.models import MODELS
+from robustmaxup.runtime.checks import (
+    FieldError, check_choice, check_int, check_positive, check_range,
+)
+
+__all__ = [
+    "TrainConfig", "PerturbationSpec", "Option", "options", "core_options", "method_options",
+    "perturbation_options", "merge_flat", "read_flat", "SCHEDULES", "lr_at", "RESUMABLE_CHANGES",
+]
+
+#: Flat keys that may differ between an interrupted run and its continuation.
+RESUMABLE_CHANGES = frozenset({"resume", "device", "epochs", "quiet", "workers", "out", "cache_dir"})
+
+#: Keys of a ``config.json`` that record how a run was made but set nothing.
+_RECORD_ONLY = frozenset({"provenance"})
+
+#: Keys of a saved config that a replay does not take over: the record, and ``resume`` (an
+#: action, not a setting: replaying a resumed run's config must not resume by itself).
+_NOT_REPLAYED = _RECORD_ONLY | {"resume"}
+
+
+# --- the weight perturbation ------------------------------------------------------------------
+
+def _perturbation_fields(name: str) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(PERTURBATIONS.get(name)))
+
+
+@dataclass(frozen=True)
+class PerturbationSpec:
+    """A weight perturbation (``"awp"``, ``"amp"``: the ``PERTURBATIONS`` registry) and its
+    arguments by field name. Arguments not given are filled with the perturbation's defaults,
+    so a spec always holds every argument (and two specs of one setting compare equal)."""
+
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fields = _perturbation_fields(self.name)  # unknown name: UserError listing the known ones
+        names = [f.name for f in fields]
+        unknown = sorted(set(self.args) - set(names))
+        if unknown:
+            raise FieldError(f"{self.name}_{unknown[0]}",
+                             f"is not an option of {self.name} (its options: {', '.join(names)})")
+        full = {f.name: self.args[f.name] if f.name in self.args else f.default for f in fields}
+        object.__setattr__(self, "args", full)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"<name>_<field>": value}`` for every argument."""
+        return {f"{self.name}_{k}": v for k, v in self.args.items()}
+
+
+def _perturbation_key(key: str) -> tuple[str, str] | None:
+    """``(perturbation, field)`` if ``key`` is a flat perturbation name such as ``awp_gamma``."""
+    for name in PERTURBATIONS:
+        prefix = name + "_"
+        if key.startswith(prefix) and key[len(prefix):] in {f.name for f in _perturbation_fields(name)}:
+            return name, key[len(prefix):]
+    return None
+
+
+# --- the config -----------------------------------------------------------------------------
+
+def _meta(help: str, group: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+          metavar: str | None = None) -> dict[str, Any]:
+    return {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar}
+
+
+_DATA, _OPT, _RUN = "data and model", "optimisation (defaults: Cohen et al.'s CIFAR recipe)", "runtime"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Field names are ``robustmaxup train``'s flag names; the
+    method's hyper-parameters are in ``method_args`` and a weight perturbation in
+    ``perturbation`` (a :class:`PerturbationSpec`; a bare name such as ``"awp"`` is accepted and
+    means its defaults). Defaults: Cohen et al.'s CIFAR recipe."""
+
+    dataset: str = field(metadata=_meta("digits, cifar10, cifar100, imagenet", _DATA))
+    out: str = field(metadata=_meta("run directory (must be empty or absent unless resuming)", _DATA))
+    data_root: str | None = field(default=None, metadata=_meta(
+        "local dataset folder or .tar.gz (not needed for digits)", _DATA))
+    cache_dir: str | None = field(default=None, metadata=_meta("cache for decoded archives", _DATA))
+    arch: str = field(default="cifar_resnet110", metadata=_meta("architecture (robustmaxup.models.MODELS)", _DATA))
+    method: str = field(default="gaussian", metadata=_meta("training method", _DATA))
+    method_args: dict[str, Any] = field(default_factory=dict)
+    perturbation: PerturbationSpec | None = None
+    resume: bool = field(default=False, metadata=_meta("continue the run in the run directory from last.pt", _DATA))
+    epochs: int = field(default=90, metadata=_meta("number of epochs", _OPT))
+    batch: int = field(default=256, metadata=_meta("global batch size", _OPT))
+    lr: float = field(default=0.1, metadata=_meta("learning rate", _OPT))
+    momentum: float = field(default=0.9, metadata=_meta("SGD momentum", _OPT))
+    nesterov: bool = field(default=False, metadata=_meta("Nesterov momentum", _OPT))
+    weight_decay: float = field(default=1e-4, metadata=_meta("SGD weight decay", _OPT))
+    schedule: str = field(default="step", metadata=_meta("learning-rate schedule", _OPT, choices=("step", "cosine")))
+    lr_step: int = field(default=30, metadata=_meta("step schedule: epochs between decays", _OPT))
+    lr_gamma: float = field(default=0.1, metadata=_meta("step schedule: decay factor", _OPT))
+    data_augment: bool = field(default=True, metadata=_meta(
+        "no random crop/flip of training images", _OPT, flag="--no-data-augment"))
+    val_size: int = field(default=-1, metadata=_meta(
+        "training images held out for best.pt selection (-1: min(1000, 10%); 0: none)", _OPT))
+    max_train: int = field(default=0, metadata=_meta("use only a random N-image subset of the training split (0: all)", _OPT))
+    max_eval: int = field(default=1000, metadata=_meta("test images for the per-epoch metric (0: none)", _OPT))
+    eval_batch: int = field(default=512, metadata=_meta("batch size of the per-epoch evaluation", _OPT))
+    precision: str = field(default="auto", metadata=_meta(
+        "auto: bf16 autocast on CUDA, fp32 on CPU", _RUN, choices=("auto", "bf16", "fp32")))
+    compile: bool = field(default=False, metadata=_meta("torch.compile the model", _RUN))
+    seed: int = field(default=0, metadata=_meta("random seed", _RUN))
+    device: str = field(default="auto", metadata=_meta("auto, cpu, cuda, cuda:1", _RUN))
+    workers: int = field(default=4, metadata=_meta("data-loading worker processes (ImageNet)", _RUN))
+    quiet: bool = field(default=False, metadata=_meta("no progress bars or per-epoch logging", _RUN))
+
+    def __post_init__(self) -> None:
+        self.method_args = dict(self.method_args)
+        if isinstance(self.perturbation, str):
+            self.perturbation = PerturbationSpec(self.perturbation)
+
+    # --- flags <-> config: the one mapping ---------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """The config as one flat dict of flag names: core fields, then the method's arguments,
+        then the perturbation's as ``<name>_<field>``. :meth:`from_flat` inverts it exactly."""
+        d = {name: getattr(self, name) for name in _core_names()}
+        d.update(self.method_args)
+        if self.perturbation is not None:
+            d.update(self.perturbation.flat())
+        return d
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> "TrainConfig":
+        """The config of a flat dict (:meth:`flat`'s output, a ``config.json``, merged layers):
+        core names are fields, ``<perturbation>_<field>`` names the perturbation's arguments,
+        every other name is a method argument (``build_method`` rejects ones it does not take)."""
+        rest = {k: v for k, v in flat.items() if k not in _RECORD_ONLY}
+        core = {k: rest.pop(k) for k in list(rest) if k in _core_names()}
+        chosen: dict[str, dict[str, Any]] = {}
+        for key in list(rest):
+            hit = _perturbation_key(key)
+            if hit is not None:
+                chosen.setdefault(hit[0], {})[hit[1]] = rest.pop(key)
+        if len(chosen) > 1:
+            raise UserError(f"choose one weight perturbation, not {' and '.join(sorted(chosen))}")
+        for name in ("dataset", "out"):
+            if core.get(name) in (None, ""):
+                raise FieldError(name, "is required")
+        spec = PerturbationSpec(*next(iter(chosen.items()))) if chosen else None
+        return cls(**core, method_args=rest, perturbation=spec)
+
+    # --- validation --------------------------------------------------------------------------
+    def validate(self) -> None:
+        """FieldError (naming the field) for the first bad value; cheap, touches nothing."""
+        for name in ("dataset", "out"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise FieldError(name, "is required")
+        for name in ("arch", "method", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise FieldError(name, f"must be a name, got {getattr(self, name)!r}")
+        for name in ("resume", "nesterov", "data_augment", "compile", "quiet"):
+            check_choice(name, getattr(self, name), (True, False))
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch", self.batch, minimum=1)
+        check_positive("lr", self.lr)
+        check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("lr_step", self.lr_step, minimum=1)
+        check_positive("lr_gamma", self.lr_gamma)
+        check_int("val_size", self.val_size, minimum=-1)  # -1: automatic
+        check_int("max_train", self.max_train, minimum=0)
+        check_int("max_eval", self.max_eval, minimum=0)
+        check_int("eval_batch", self.eval_batch, minimum=1)
+        check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+        check_int("seed", self.seed)
+        check_int("workers", self.workers, minimum=0)
+        if not isinstance(self.method_args, dict):
+            raise FieldError("method_args", "must be a dict of the method's hyper-parameters")
+        if self.perturbation is not None and not isinstance(self.perturbation, PerturbationSpec):
+            raise FieldError("perturbation", f"must be a PerturbationSpec, got {self.perturbation!r}")
+        METHODS.get(self.method)  # unknown names: UserError listing the known ones
+        MODELS.get(self.arch)
+
+    def record(self, method_hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`flat` with the method's resolved hyper-parameters (defaults included): what
+        ``config.json`` and the checkpoints record, and what a resume is checked against."""
+        return {**self.flat(), **method_hparams}
+
+
+def _core_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method_args", "perturbation")]
+
+
+# --- learning-rate schedules ------------------------------------------------------------------
+
+def _step(cfg: TrainConfig, epoch: int) -> float:
+    return cfg.lr_gamma ** (epoch // cfg.lr_step)
+
+
+def _cosine(cfg: TrainConfig, epoch: int) -> float:
+    return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+SCHEDULES = {"step": _step, "cosine": _cosine}
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: a pure function of the config, so resuming is exact."""
+    return cfg.lr * SCHEDULES[cfg.schedule](cfg, epoch)
+
+
+# --- layers of flat values ------------------------------------------------------------------
+
+def _is_method_key(key: str) -> bool:
+    return key not in _core_names() and _perturbation_key(key) is None
+
+
+def merge_flat(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Stack flat layers, the later winning key by key (a saved config, a recipe, then the values
+    given explicitly). Two rules keep a layer's choice whole: a layer that names another
+    ``method`` drops the earlier layers' method options the new method does not take, and a
+    layer that sets options of a weight perturbation drops the earlier layers' options of
+    another one."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        method = layer.get("method")
+        if method is not None and method != out.get("method") and method in METHODS:
+            takes = set(METHODS.get(method).hparam_names())
+            out = {k: v for k, v in out.items() if not _is_method_key(k) or k in takes}
+        named = {hit[0] for k in layer if (hit := _perturbation_key(k)) is not None}
+        if named:
+            out = {k: v for k, v in out.items()
+                   if (hit := _perturbation_key(k)) is None or hit[0] in named}
+        out.update(layer)
+    return out
+
+
+def read_flat(path: str | os.PathLike) -> dict[str, Any]:
+    """The flat values of a run's ``config.json``, as a base layer for :func:`merge_flat`:
+    everything but its provenance and the ``resume`` action."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FieldError("config", f"file {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise FieldError("config", f"file {path} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
+    if not isinstance(data, dict):
+        raise FieldError("config", f"file {path} holds a JSON {type(data).__name__}, not an object")
+    return {k: v for k, v in data.items() if k not in _NOT_REPLAYED}
+
+
+# --- option descriptions (the command line generates its flags from these) ---------------------
+
+@dataclass(frozen=True)
+class Option:
+    """One flat name: its value type (``bool``, ``int``, ``float``, ``str``), default (None: the
+    method's or perturbation's own), help, group, flag and, for fixed sets, its choices.
+    ``switch``: a flag without a value that sets ``not default`` (``--nesterov``,
+    ``--no-data-augment``). ``perturbation``: the weight perturbation an option belongs to;
+    ``main``: its option whose flag switches the perturbation on (``--awp``)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    group: str
+    flag: str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    switch: bool = False
+    required: bool = False
+    perturbation: str | None = None
+    main: bool = False
+
+
+def _value_type(annotation: Any, default: Any) -> type:
+    if isinstance(annotation, type) and annotation in (bool, int, float, str):
+        return annotation
+    text = str(annotation)
+    for kind in (bool, int, float, str):
+        if text.split("|")[0].strip() in (kind.__name__, f"<class '{kind.__name__}'>"):
+            return kind
+    return type(default) if default is not None else str
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def core_options() -> list[Option]:
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("method_args", "perturbation"):
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        kind = _value_type(hints[f.name], default)
+        help_text = f.metadata["help"]
+        if f.name == "method":
+            help_text += ": " + ", ".join(METHODS.names())
+        out.append(Option(f.name, kind, default, help_text, f.metadata["group"],
+                          f.metadata.get("flag") or _flag(f.name), f.metadata.get("choices"),
+                          switch=kind is bool, required=f.default is dataclasses.MISSING))
+    return out
+
+
+def method_options() -> list[Option]:
+    """Every hyper-parameter of every registered method (sorted by name); the help lists the
+    methods that take it and their defaults."""
+    found: dict[str, tuple[type, list[str]]] = {}
+    for name in METHODS:
+        cls = METHODS.get(name)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            kind, users = found.setdefault(f.name, (_value_type(hints.get(f.name, f.type), default), []))
+            note = f.metadata.get("help")
+            users.append(f"{name}={default}" + (f" ({note})" if note else ""))
+    return [Option(k, kind, None, "; ".join(users), "method options (each used only by the methods listed)",
+                   _flag(k)) for k, (kind, users) in sorted(found.items())]
+
+
+def perturbation_options() -> list[Option]:
+    """``<name>_<field>`` for every weight perturbation's fields. The first field is the main
+    value, set by the flag ``--<name>`` (``--awp GAMMA``, ``--amp EPS``); the others by
+    ``--<name>-<field>``."""
+    out = []
+    for name in PERTURBATIONS:
+        cls = PERTURBATIONS.get(name)
+        hints = typing.get_type_hints(cls)
+        for i, f in enumerate(dataclasses.fields(cls)):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append(Option(f"{name}_{f.name}", _value_type(hints.get(f.name, f.type), default), None,
+                              f"{name}: {f.name} (default {default})",
+                              "weight perturbation (wraps any method)",
+                              _flag(name) if i == 0 else _flag(f"{name}_{f.name}"),
+                              metavar=f.name.upper(), perturbation=name, main=i == 0))
+    return out
+
+
+def options() -> list[Option]:
+    """Every flat name of a config: core fields, method options, perturbation options."""
+    return core_options() + method_options() + perturbation_options()

@@ -1,0 +1,222 @@
+"""The training loop: :func:`setup` a run, then epochs of :func:`train_step` with per-epoch
+:func:`evaluate`, checkpoints and metrics; :func:`train` does it all.
+
+It knows methods only through their interface (``prepare``/``loss``/``evaluate`` and the epoch
+hook) and weight perturbations only through ``perturbed(model, loss_fn)``. Every random draw
+comes from a named seed stream (:data:`robustmaxup.runtime.seeds.STREAMS`): ``train.init``
+(model initialisation), ``train.noise`` (the method's per-rank generator, checkpointed),
+``train.subset``, ``train.val_split``, ``eval.val`` and ``eval.test``; the loaders draw each
+epoch's order and augmentation from ``(seed, epoch)``. So a resumed run reaches the same weights
+as an uninterrupted one.
+
+Example::
+
+    from robustmaxup.train import TrainConfig, train
+    summary = train(TrainConfig(dataset="digits", arch="digits_cnn", method="maxup",
+                                method_args={"sigma": 0.25, "m": 4}, epochs=10, batch=64,
+                                lr=0.05, out="runs/digits-maxup"))
+    summary["metrics"]["test"], summary["best"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from robustmaxup.methods import LossOutput, PERTURBATIONS, WeightPerturbation, build_method
+from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.dist import Dist
+from robustmaxup.runtime.io import ensure_writable_dir
+from robustmaxup.runtime.records import provenance
+from robustmaxup.runtime.seeds import stream_generator
+from robustmaxup.train import checkpointing
+from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
+from robustmaxup.train.state import Run, build_run, check_out_dir, load_splits
+
+log = logging.getLogger(__name__)
+
+__all__ = ["setup", "train", "train_epoch", "train_step", "evaluate", "build_perturbation"]
+
+
+def build_perturbation(spec: PerturbationSpec | None) -> WeightPerturbation | None:
+    """The weight perturbation of ``spec`` (None: none). A bad argument is a FieldError naming
+    its flat name (``awp_gamma``)."""
+    if spec is None:
+        return None
+    try:
+        return PERTURBATIONS.get(spec.name)(**spec.args)
+    except FieldError as e:
+        if e.field in spec.args:
+            raise FieldError(f"{spec.name}_{e.field}", e.problem) from None
+        raise
+
+
+def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
+    """Validate everything, build the run, and restore it from ``last.pt`` when resuming.
+
+    Nothing is written before every check has passed (config, method, device, run directory,
+    resume compatibility, data); then the run directory is created. Joins the process group
+    under torchrun (the caller leaves it: ``run.dist.close()``; :func:`train` does).
+    ``splits`` (``{"train", "val", "test"}``) replaces loading ``cfg.dataset`` (benchmarks, tests).
+    """
+    cfg.validate()
+    method = build_method(cfg.method, **cfg.method_args)
+    perturbation = build_perturbation(cfg.perturbation)
+    dist = Dist.from_env()
+    dist.check_divides("batch", cfg.batch)
+    device = dist.device(cfg.device)
+    out = check_out_dir(cfg)
+    ckpt = checkpointing.load_for_resume(cfg, out, cfg.record(method.hparams()), dist)
+    dist.init(device)
+    try:
+        if splits is None:
+            if dist.distributed and not dist.main:
+                dist.barrier()  # rank 0 decodes an archive into the cache first; the others then read it
+            splits = load_splits(cfg)
+            if dist.distributed and dist.main:
+                dist.barrier()
+        run = build_run(cfg, method=method, perturbation=perturbation, dist=dist, device=device,
+                        out=out, splits=splits)
+        if dist.main:  # created only once the data, model and method are known to be good
+            ensure_writable_dir(out)
+        if ckpt is not None:
+            checkpointing.restore(run, ckpt)
+    except BaseException:
+        dist.close()
+        raise
+    return run
+
+
+def train(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train according to ``cfg``; return ``{"out", "metrics" (the last epoch's), "best",
+    "history"}``. Writes ``config.json``, ``metrics.jsonl``, ``last.pt`` and ``best.pt`` to
+    ``cfg.out``. ``splits`` as in :func:`setup`."""
+    run = setup(cfg, splits)
+    try:
+        return _fit(run)
+    finally:
+        run.dist.close()
+
+
+def _fit(run: Run) -> dict[str, Any]:
+    cfg, state, main = run.cfg, run.state, run.dist.main
+    if main:
+        checkpointing.write_config(run, provenance(run.device))
+        checkpointing.write_metrics(run.out, state.history)  # the checkpoint's record is the log
+        log.info("training %s with %s on %s (%d train / %d val images), %s, %d process(es)",
+                 cfg.arch, cfg.method, cfg.dataset, len(run.splits["train"]),
+                 len(run.splits["val"]) if run.splits["val"] is not None else 0, run.device, run.dist.world)
+    for epoch in range(state.epoch, cfg.epochs):
+        metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
+        metrics.update(epoch=epoch + 1, lr=lr_at(cfg, epoch), val=evaluate(run, "val"), test=evaluate(run, "test"))
+        if not math.isfinite(metrics["loss"]):
+            raise FieldError("lr", f"may be too high: training diverged at epoch {epoch + 1} "
+                                   f"(loss {metrics['loss']}); lower it")
+        state.epoch = epoch + 1
+        state.history.append(checkpointing.clean_metrics(metrics))
+        checkpointing.save(run, metrics)
+        if main:
+            _log_epoch(run, metrics)
+    return {"out": str(run.out), "metrics": state.history[-1] if state.history else {},
+            "best": state.best, "history": list(state.history)}
+
+
+def _log_epoch(run: Run, m: Mapping[str, Any]) -> None:
+    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %s %.3f  test %s %.3f  %.0f img/s  lr %.4g  %.1fs",
+             m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], run.metric, m["val"], run.metric,
+             m["test"], m["img_per_s"], m["lr"], m["epoch_seconds"])
+
+
+# --- one epoch -----------------------------------------------------------------------------------
+
+def train_epoch(run: Run, epoch: int, progress: bool = False) -> dict[str, float]:
+    """One pass over this rank's shard of (0-based) ``epoch``; statistics stay on the device
+    until the epoch ends, then are summed over ranks. ``progress``: a progress bar on stderr
+    (only when stderr is a terminal)."""
+    cfg, method = run.cfg, run.method
+    loader = run.loaders["train"]
+    loader.set_epoch(epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, epoch)
+    method.on_epoch_start(epoch, cfg.epochs)
+    if run.perturbation is not None:
+        run.perturbation.on_epoch_start(epoch, cfg.epochs)
+    run.model.train()
+    zero = lambda: torch.zeros((), device=run.device, dtype=torch.float64)  # noqa: E731
+    stats = {"loss": zero(), "correct": zero(), "seen": zero(), "count": zero()}
+    t0 = time.perf_counter()
+    for x, y in _progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress):
+        if run.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = train_step(run, x, y)
+        stats["loss"] += out.loss.detach().double() * len(y)
+        stats["seen"] += len(y)
+        if out.logits is not None:
+            stats["correct"] += (out.logits.argmax(1) == out.targets).sum()
+            stats["count"] += len(out.targets)
+    keys = sorted(stats)
+    totals = dict(zip(keys, run.dist.all_reduce_sum(torch.stack([stats[k] for k in keys])).tolist()))
+    seconds = time.perf_counter() - t0
+    return {
+        "loss": totals["loss"] / totals["seen"] if totals["seen"] else float("nan"),
+        "train_acc": totals["correct"] / max(totals["count"], 1),
+        "img_per_s": totals["seen"] / seconds,
+        "epoch_seconds": seconds,
+    }
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+    """One optimiser step of the method on batch ``(x, y)`` (already on the run's device),
+    inside the weight perturbation if there is one."""
+    method, model = run.method, run.forward
+    with run.autocast:
+        prepared = method.prepare(model, x, y, generator=run.state.generator)
+    context: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if run.perturbation is not None:
+        def loss_fn() -> torch.Tensor:
+            with run.autocast:
+                return method.loss(run.model, prepared).loss
+        context = run.perturbation.perturbed(run.model, loss_fn)
+    run.optimizer.zero_grad(set_to_none=True)
+    with context:
+        with run.autocast:
+            out = method.loss(model, prepared)
+        out.loss.backward()
+    run.optimizer.step()
+    return out
+
+
+def _progress(iterable: Iterable, desc: str, enabled: bool) -> Iterable:
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+
+
+def evaluate(run: Run, name: str) -> float:
+    """Mean of ``method.evaluate`` over split ``name`` (``"val"`` or ``"test"``; NaN if the run
+    has none), in eval mode, with noise from the fixed stream ``eval.<name>`` so the metric is
+    comparable across epochs. Every rank evaluates the whole split; cheap by design."""
+    loader = run.loaders.get(name)
+    if loader is None:
+        return float("nan")
+    gen = stream_generator(run.cfg.seed, f"eval.{name}", device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.float64)
+    count = 0
+    was_training = run.model.training
+    run.model.eval()
+    try:
+        with torch.no_grad(), run.autocast:
+            for x, y in loader:
+                correct += run.method.evaluate(run.model, x, y, generator=gen).sum()
+                count += len(y)
+    finally:
+        run.model.train(was_training)
+    return correct.item() / max(count, 1)

@@ -1,0 +1,178 @@
+"""A run's parts: the fixed ones (:class:`Run`, built once by :func:`build_run`) and the small
+mutable training state (:class:`TrainState`: epochs done, best epoch, metrics history, the
+noise generator) that checkpoints carry.
+
+Example::
+
+    run = setup(TrainConfig(dataset="digits", out="runs/d", arch="digits_cnn"))  # train.loop
+    run.model, run.loaders["train"], run.state.epoch
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from robustmaxup.data import load_split, make_loader, spread_indices, train_val_split
+from robustmaxup.errors import UserError
+from robustmaxup.methods import Method, WeightPerturbation
+from robustmaxup.models import build_model
+from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.dist import Dist
+from robustmaxup.runtime.seeds import seed_everything, stream_generator, stream_seed
+from robustmaxup.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Run", "TrainState", "build_run", "load_splits", "check_out_dir", "metric_name"]
+
+
+@dataclass
+class TrainState:
+    """What changes while training, and is checkpointed: ``epoch`` epochs are done; ``best`` is
+    the best validation epoch so far (or None); ``history`` holds every done epoch's metrics;
+    ``generator`` draws the method's noise (and attacks) on this rank."""
+
+    generator: torch.Generator
+    epoch: int = 0
+    best: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """The fixed parts of a run, built once by :func:`build_run`; only ``state`` changes.
+
+    ``model`` is the bare model (checkpointed); ``forward`` what methods call (the DDP and/or
+    compiled wrapper of ``model``). ``splits`` and ``loaders`` are keyed ``"train"``, ``"val"``,
+    ``"test"`` (``val``/``test`` may be None, and then have no loader). ``record`` is the flat
+    config with the method's resolved hyper-parameters (:meth:`TrainConfig.record`)."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    dist: Dist
+    model: nn.Module
+    forward: nn.Module
+    method: Method
+    perturbation: WeightPerturbation | None
+    optimizer: torch.optim.Optimizer
+    splits: Mapping[str, Any]
+    loaders: Mapping[str, Any]
+    record: Mapping[str, Any]
+    state: TrainState
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when asked (``precision="auto"``: on CUDA), else nothing."""
+        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    @property
+    def metric(self) -> str:
+        return metric_name(self.method)
+
+
+def metric_name(method: Method) -> str:
+    """What the per-epoch validation/test number measures for ``method``'s family."""
+    if method.family == "smoothing":
+        return f"noisy accuracy (sigma={method.hparams().get('sigma')})"
+    if method.family == "adversarial":
+        return "PGD robust accuracy"
+    return "clean accuracy"
+
+
+def check_out_dir(cfg: TrainConfig) -> Path:
+    """The run directory; a FieldError if it is a file, or non-empty without ``resume``.
+    Nothing is created here."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FieldError("out", f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+        raise FieldError("resume", f"is needed to continue the non-empty run directory {out} "
+                                   "(or choose another output directory)")
+    return out
+
+
+def load_splits(cfg: TrainConfig) -> dict[str, Any]:
+    """``{"train", "val", "test"}`` of ``cfg.dataset``: the (``max_train``-subsetted) training
+    split less a stratified validation hold-out, and ``max_eval`` evenly spread test images."""
+    train = load_split(cfg.dataset, "train", root=cfg.data_root, cache_dir=cfg.cache_dir)
+    if 0 < cfg.max_train < len(train):  # a seeded random subset: splits may be sorted by class
+        g = stream_generator(cfg.seed, "train.subset")
+        train = train.subset(torch.randperm(len(train), generator=g)[: cfg.max_train].sort().values)
+    val_size = min(1000, len(train) // 10) if cfg.val_size < 0 else cfg.val_size
+    if val_size >= len(train):
+        raise FieldError("val_size", f"{val_size} leaves no training data ({len(train)} images)")
+    val = None
+    if val_size:
+        train, val = train_val_split(train, val_size, stream_seed(cfg.seed, "train.val_split"))
+    test = None
+    if cfg.max_eval:
+        test = load_split(cfg.dataset, "test", root=cfg.data_root, cache_dir=cfg.cache_dir)
+        test = test.subset(spread_indices(len(test), cfg.max_eval))
+    return {"train": train, "val": val, "test": test}
+
+
+def _check_steps(cfg: TrainConfig, train: Any) -> None:
+    """Refuse a run that would take no optimiser step (the last short batch is dropped)."""
+    if cfg.batch > len(train):
+        raise FieldError("batch", f"must be at most the number of training images ({len(train)}), "
+                                  f"got {cfg.batch}: no training step would be taken")
+
+
+def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbation | None,
+              dist: Dist, device: torch.device, out: Path, splits: Mapping[str, Any]) -> Run:
+    """Build the model, optimiser, loaders and wrappers of a validated config (see
+    :func:`robustmaxup.train.loop.setup`, which calls this); creates nothing on disk."""
+    splits = {"train": splits["train"], "val": splits.get("val"), "test": splits.get("test")}
+    if splits["train"] is None:
+        raise UserError("a run needs a training split")
+    _check_steps(cfg, splits["train"])
+    info = splits["train"].info
+    method.setup(num_classes=info.num_classes)
+    seed_everything(stream_seed(cfg.seed, "train.init"))
+    model = build_model(cfg.arch, info.num_classes, in_channels=info.image_shape[0],
+                        mean=tuple(info.mean), std=tuple(info.std)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    state = TrainState(generator=stream_generator(cfg.seed, "train.noise", dist.rank, device=device))
+    return Run(cfg=cfg, out=out, device=device, dist=dist, model=model,
+               forward=_wrap(model, cfg, dist, device), method=method, perturbation=perturbation,
+               optimizer=optimizer, splits=splits, loaders=_make_loaders(cfg, splits, dist, device),
+               record=cfg.record(method.hparams()), state=state)
+
+
+def _make_loaders(cfg: TrainConfig, splits: Mapping[str, Any], dist: Dist, device: torch.device) -> dict[str, Any]:
+    loaders = {"train": make_loader(
+        splits["train"], batch_size=cfg.batch // dist.world, device=device, train=True,
+        augment=cfg.data_augment, seed=cfg.seed, rank=dist.rank, world_size=dist.world,
+        drop_last=True, num_workers=cfg.workers)}
+    for name in ("val", "test"):
+        if splits[name] is not None:
+            loaders[name] = make_loader(splits[name], batch_size=cfg.eval_batch, device=device,
+                                        train=False, seed=cfg.seed, num_workers=cfg.workers)
+    return loaders
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, dist: Dist, device: torch.device) -> nn.Module:
+    forward = model
+    if dist.distributed:
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        t0 = time.perf_counter()
+        forward = torch.compile(forward)
+        log.info("torch.compile wrapped the model in %.1f s (compilation happens on first use)",
+                 time.perf_counter() - t0)
+    return forward

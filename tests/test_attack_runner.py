@@ -1,0 +1,193 @@
+"""``robustmaxup.attacks.runner.evaluate_dataset``: the Python API writes exactly what the CLI
+writes, PGD results do not depend on --batch, and --resume re-checks a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustmaxup.attacks import AttackConfig, ChunkRecord, evaluate_dataset
+from robustmaxup.checkpoints import build_model_for, load_model, save_checkpoint
+from robustmaxup.cli.attack import main
+from robustmaxup.data import load_split, spread_indices
+from robustmaxup.errors import UserError
+
+RESULT_KEYS = ("n", "indices", "attacks", "attack_config", "seed", "clean_accuracy", "robust_accuracy",
+               "robust_accuracy_after", "rescoring", "clean_check", "clean_correct", "robust_correct",
+               "smoothed", "rescores", "seed_rule", "model_sha256", "dataset", "split")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A digits CNN trained for one quick epoch (good enough to be attacked)."""
+    torch.manual_seed(0)
+    split = load_split("digits", "train")
+    x, y = split.batch(list(range(len(split))))
+    model = build_model_for("digits_cnn", "digits")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for i in range(0, len(x), 64):
+        loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
+                           "model": model.eval().state_dict(), "method": "gaussian",
+                           "hparams": {"sigma": 0.25}, "epoch": 1})
+    return path
+
+
+def _cli(ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return [str(ckpt), "--dataset", "digits", "--out", str(out), "--quiet", *extra]
+
+
+PGD = ["--attack", "pgd", "--eps", "0.1", "--steps", "3", "--n-examples", "30", "--seed", "5"]
+SMOOTHED = ["--attack", "pgd", "--norm", "L2", "--eps", "0.5", "--steps", "3", "--smoothed", "--m", "4",
+            "--n-examples", "14", "--seed", "2"]
+
+
+def test_python_api_writes_exactly_what_the_cli_writes(ckpt, tmp_path, capsys):
+    cli_out, api_out = tmp_path / "cli.json", tmp_path / "api.json"
+    assert main(_cli(ckpt, cli_out, *PGD, "--batch", "7")) == 0
+    capsys.readouterr()
+
+    model, _ = load_model(ckpt, dataset="digits")
+    split = load_split("digits", "test")
+    indices = spread_indices(len(split), 30).tolist()
+    config = AttackConfig(eps=0.1, attack="pgd", steps=3, batch_size=7)
+    summary = evaluate_dataset(model, split, indices, config, seed=5, out=api_out)
+    assert capsys.readouterr().err.count("attack pgd") == 0  # stderr is no terminal: no bar
+
+    assert (tmp_path / "cli.tsv").read_text() == (tmp_path / "api.tsv").read_text()
+    a, b = json.loads(cli_out.read_text()), json.loads(api_out.read_text())
+    for key in RESULT_KEYS:
+        assert a[key] == b[key], key
+    assert "checkpoint_sha256" in a and "checkpoint_sha256" not in b  # the CLI's extra record
+    assert summary.record == b and summary.robust_accuracy == b["robust_accuracy"]
+    assert summary.examples.tsv() == (tmp_path / "api.tsv").read_text()
+    assert not (tmp_path / "api.json.state.pt").exists()
+
+    in_memory = evaluate_dataset(model, split, indices, config, seed=5, progress=False)
+    assert in_memory.paths is None and in_memory.examples.tsv() == (tmp_path / "cli.tsv").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api.json", "api.tsv", "cli.json", "cli.tsv"]
+
+
+@pytest.mark.parametrize("flags", [PGD, SMOOTHED], ids=["pgd", "smoothed-pgd"])
+def test_pgd_results_do_not_depend_on_batch(ckpt, tmp_path, flags):
+    for b in ("3", "7"):
+        assert main(_cli(ckpt, tmp_path / f"b{b}.json", *flags, "--batch", b,
+                         "--save-adv", str(tmp_path / f"adv{b}.pt"))) == 0
+    rows3, rows7 = (tmp_path / "b3.tsv").read_text(), (tmp_path / "b7.tsv").read_text()
+    assert rows3 == rows7
+    a, b = (json.loads((tmp_path / f"b{k}.json").read_text()) for k in ("3", "7"))
+    assert a["rescoring"] == b["rescoring"] and a["robust_accuracy"] == b["robust_accuracy"]
+    xa, xb = (torch.load(tmp_path / f"adv{k}.pt", weights_only=True)["x_adv"] for k in ("3", "7"))
+    assert torch.allclose(xa, xb, atol=1e-5)
+    if "--smoothed" in flags:
+        assert a["randomized"] and a["rescoring"]["repeats"] == 5
+
+
+def test_resume_of_a_finished_run_checks_the_settings(ckpt, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = _cli(ckpt, out, *PGD, "--batch", "10")
+    assert main(args) == 0
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    changed = [["--steps", "4"], ["--seed", "6"], ["--batch", "11"], ["--eps", "0.2"],
+               ["--n-examples", "31"], ["--save-adv", str(tmp_path / "adv.pt")]]
+    for change in changed:
+        new = _cli(ckpt, out, *PGD, "--batch", "10")
+        for flag, value in zip(change[::2], change[1::2]):
+            if flag in new:
+                new[new.index(flag) + 1] = value
+            else:
+                new += [flag, value]
+        assert main(new + ["--resume"]) == 2, change
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot resume" in err, (change, err)
+        assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
+    assert main(args + ["--resume"]) == 0
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
+
+    # a finished run made before per-example seeding (no seed_rule/model hash) is refused
+    old = json.loads(out.read_text())
+    del old["seed_rule"], old["model_sha256"]
+    out.write_text(json.dumps(old))
+    assert main(args + ["--resume"]) == 2
+    assert "another version" in capsys.readouterr().err
+
+
+def test_state_of_another_version_or_other_settings_is_refused(ckpt, tmp_path, monkeypatch):
+    model, _ = load_model(ckpt, dataset="digits")
+    split = load_split("digits", "test")
+    config = AttackConfig(eps=0.1, attack="pgd", steps=2, batch_size=4)
+    out = tmp_path / "r.json"
+    state = tmp_path / "r.json.state.pt"
+    torch.save({"header": {}, "chunks": {}}, state)
+    with pytest.raises(UserError, match="another version"):
+        evaluate_dataset(model, split, [0, 1, 2], config, seed=0, out=out, resume=True)
+    with pytest.raises(UserError, match="already exists"):
+        evaluate_dataset(model, split, [0, 1, 2], config, seed=0, out=out)
+    state.unlink()
+
+    import robustmaxup.attacks.runner as runner
+
+    real, calls = runner._run_chunk, []
+
+    def interrupted(*args, **kwargs):  # the second chunk is interrupted
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_run_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_dataset(model, split, list(range(8)), config, seed=0, out=out, progress=False)
+    monkeypatch.setattr(runner, "_run_chunk", real)
+    assert state.exists() and not out.exists()
+    other = AttackConfig(eps=0.1, attack="pgd", steps=3, batch_size=4)
+    with pytest.raises(UserError, match="attack_config"):
+        evaluate_dataset(model, split, list(range(8)), other, seed=0, out=out, resume=True)
+    done = evaluate_dataset(model, split, list(range(8)), config, seed=0, out=out, resume=True)
+    fresh = evaluate_dataset(model, split, list(range(8)), config, seed=0, progress=False)
+    assert done.examples.tsv() == fresh.examples.tsv() and not state.exists()
+
+
+def test_library_errors_name_fields(ckpt):
+    from robustmaxup.runtime.checks import FieldError
+
+    model, _ = load_model(ckpt, dataset="digits")
+    split = load_split("digits", "test")
+    bad = [({"batch_size": 0}, "batch_size"), ({"steps": 0}, "steps"), ({"eps": 2.0}, "eps"),
+           ({"rescores": 0}, "rescores"), ({"step_size": -1.0}, "step_size"),
+           ({"attack": "cw"}, "attack"), ({"norm": "L1"}, "norm")]
+    for kw, field in bad:
+        with pytest.raises(FieldError) as e:
+            evaluate_dataset(model, split, [0], AttackConfig(**{"eps": 0.1, "attack": "pgd", **kw}), seed=0)
+        assert e.value.field == field
+    for indices in ([], [len(split)]):
+        with pytest.raises(FieldError, match="indices"):
+            evaluate_dataset(model, split, indices, AttackConfig(eps=0.1, attack="pgd"), seed=0)
+    with pytest.raises(FieldError, match="out"):
+        evaluate_dataset(model, split, [0], AttackConfig(eps=0.1, attack="pgd"), seed=0, resume=True)
+
+
+def test_chunk_record_round_trip_and_concat():
+    rec = ChunkRecord(indices=torch.tensor([4, 9]), labels=torch.tensor([1, 2]),
+                      clean=torch.tensor([True, True]), stages={"pgd": torch.tensor([True, False])},
+                      rescored=torch.tensor([[True, True], [False, True]]), seconds=1.5,
+                      attack_seconds={"pgd": 1.0})
+    back = ChunkRecord.from_state(rec.to_state())
+    assert back.tsv() == rec.tsv()
+    assert rec.robust.tolist() == [False, False]
+    both = ChunkRecord.concat([rec, back])
+    assert both.indices.tolist() == [4, 9, 4, 9] and both.rescored.shape == (2, 4)
+    assert both.seconds == 3.0 and both.attack_seconds == {"pgd": 2.0}
+    assert rec.tsv().splitlines() == ["idx\tlabel\tclean_correct\trobust_correct\trobust_after_pgd\t"
+                                      "rescore_correct", "4\t1\t1\t0\t1\t0.5000", "9\t2\t1\t0\t0\t1.0000"]
+    with pytest.raises(ValueError):
+        ChunkRecord.from_state({**rec.to_state(), "labels": torch.tensor([1])})
