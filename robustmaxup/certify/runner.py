@@ -51,9 +51,12 @@ from robustmaxup.runtime.checks import (
     FieldError, check_alpha, check_choice, check_int, check_positive,
 )
 from robustmaxup.runtime.dist import Dist
+from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import (
-    atomic_write_json, check_writable_location, ensure_writable_dir, open_locked,
+    atomic_write_json, check_not_inputs, check_output_path, ensure_writable_dir, file_label,
+    open_locked, shown,
 )
+from robustmaxup.runtime.limits import MAX_SAMPLES, batch_bytes, check_memory
 from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance
 from robustmaxup.runtime.seeds import stream_generator
 
@@ -76,7 +79,7 @@ class SequentialSettings:
     radius_tol: float = 0.02
 
     def check(self) -> None:
-        check_int("n_max", self.n_max, minimum=1)
+        check_int("n_max", self.n_max, minimum=1, maximum=MAX_SAMPLES)
         for r in self.radii or ():
             check_positive("radii", r, allow_zero=True)
         check_positive("radius_tol", self.radius_tol)
@@ -96,14 +99,27 @@ class Settings:
 
     def check(self) -> None:
         if self.n0 is not None:
-            check_int("n0", self.n0, minimum=1)
-        check_int("n", self.n, minimum=1)
+            check_int("n0", self.n0, minimum=1, maximum=MAX_SAMPLES)
+        check_int("n", self.n, minimum=1, maximum=MAX_SAMPLES)
         check_alpha(self.alpha)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("images_per_batch", self.images_per_batch, minimum=1)
-        check_int("seed", self.seed)
+        check_int("seed", self.seed, minimum=-2**63, maximum=2**64 - 1)
         if self.sequential is not None:
             self.sequential.check()
+
+    def check_memory(self, image_shape: Sequence[int], images: int, device: torch.device,
+                     noise_chunk: int = 100) -> None:
+        """FieldError if one round of noisy copies cannot fit on ``device``: ``images`` (at
+        most ``images_per_batch``) images share a buffer of ``max(batch_size, images *
+        noise_chunk)`` samples (never more than a phase draws), forwarded in slices of
+        ``batch_size`` (see :meth:`Smooth.sample_counts`); checked before anything is allocated."""
+        k = max(1, min(self.images_per_batch, images))
+        phase = max(self.n0 or 0, self.sequential.n_max if self.sequential else self.n)
+        samples = min(max(self.batch_size, k * noise_chunk), k * phase)
+        field = "batch_size" if self.batch_size >= k * noise_chunk else "images_per_batch"
+        check_memory(field, batch_bytes(samples, image_shape), device,
+                     what=f"{samples} noisy copies of {'x'.join(map(str, image_shape))} images")
 
 
 # ----------------------------------------------------------------------------- modes
@@ -185,27 +201,36 @@ class Output:
     def parts(self) -> list[Path]:
         return [part_path(self.final, r) for r in range(self.dist.world)]
 
+    def paths(self) -> list[Path]:
+        """Every file this run may write: the TSV, its sidecar and the shards' parts."""
+        return [self.final, self.sidecar, *(self.parts() if self.dist.distributed else [])]
+
     def check(self, resume: bool, record: dict[str, Any]) -> None:
         """Validate before anything is written: paths, existing files and their formats, and on
-        resume the sidecar's settings. UserError, with nothing touched, otherwise."""
-        for path in (self.final, self.sidecar):
-            check_writable_location(path)
-        if self.sidecar.is_dir():
-            raise UserError(f"the sidecar path {self.sidecar} is a directory; choose another output")
+        resume the sidecar's settings. UserError, with nothing touched, otherwise.
+
+        A resume continues only a file of exactly its own format (the header) whose sidecar is
+        a sidecar of the same command made with the same settings; a file without complete
+        rows (a run killed before its first row) may lack the sidecar."""
+        for path in self.paths():
+            check_output_path(path, "out")
         existing = [p for p in [self.final, *self.parts()] if p.exists()]
         if not resume:
             blocking = existing + ([self.sidecar] if self.sidecar.exists() else [])
             if blocking:
-                raise UserError(f"{blocking[0]} already exists; pass --resume to continue it, or "
-                                "choose another output")
+                raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it, "
+                                "or choose another output")
             return
-        for path in existing:
-            read_rows(path, self.fmt)  # a foreign or other-format file is refused, untouched
+        rows = sum(len(read_rows(path, self.fmt).rows) for path in existing)  # foreign: refused
         if self.sidecar.exists():
-            check_resume(_read_sidecar(self.sidecar), record, RESUME_KEYS, what=str(self.final))
-        elif existing:
-            raise UserError(f"{self.final} has no sidecar {self.sidecar.name}; its settings are "
-                            "unknown, so it cannot be resumed; choose another output")
+            saved = _read_sidecar(self.sidecar)
+            if saved.get("command") != record.get("command") or saved.get("mode") != record.get("mode"):
+                raise UserError(f"{shown(self.sidecar)} is not the sidecar of a {self.fmt.name} output; "
+                                "cannot resume; choose another output")
+            check_resume(saved, record, RESUME_KEYS, what=shown(self.final))
+        elif rows:
+            raise UserError(f"{shown(self.final)} has no sidecar {shown(self.sidecar.name)}; its settings "
+                            "are unknown, so it cannot be resumed; choose another output")
 
     def done(self) -> set[int]:
         """Indices already written (in the final file or this rank's part)."""
@@ -234,10 +259,10 @@ class Output:
 def _read_sidecar(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{path} is not a readable JSON sidecar; cannot resume its TSV") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raise UserError(f"{shown(path)} is not a readable JSON sidecar; cannot resume its TSV") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a robustmaxup sidecar; cannot resume its TSV")
+        raise UserError(f"{shown(path)} is not a robustmaxup sidecar; cannot resume its TSV")
     return data
 
 
@@ -300,6 +325,8 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
         raise FieldError("indices", "select no image; check skip/max")
     dist = dist or Dist()
     device = _device_of(smooth, split, indices)
+    s.check_memory(tuple(split[indices[0]][0].shape), len(indices[dist.rank::dist.world]), device,
+                   smooth.noise_chunk)
     sidecar = {**(record or {}), **_settings_record(command, smooth, split, indices, s, dist, device)}
     if out is None:
         rows: list[Row] = []
@@ -313,7 +340,7 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
 def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: Settings,
                  output: Output, sidecar: dict[str, Any], device: torch.device,
                  progress: bool) -> list[Row]:
-    dist = output.dist
+    dist, command = output.dist, mode.name.split("_")[0]
     ensure_writable_dir(output.final.parent)
     mine = indices[dist.rank::dist.world]
     t_start = time.perf_counter()
@@ -323,18 +350,23 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
         if len(todo) < len(mine):
             log.info("resuming: %d of this process's %d images already done", len(mine) - len(todo), len(mine))
         with output.open() as f:
+            fault_point(f"{command}.header")
             if dist.main:
                 atomic_write_json(output.sidecar, {**sidecar, "complete": False})
+                fault_point(f"{command}.sidecar_started")
 
             def write(rows: list[Row]) -> None:
                 f.write("".join(r.to_line() + "\n" for r in rows))
                 f.flush()
+                fault_point(f"{command}.row")
 
             _compute(mode, smooth, split, todo, s, device, write, progress and dist.main)
         dist.barrier()
         if dist.main:
+            fault_point(f"{command}.merge")
             count = output.merge() if dist.distributed else len(read_rows(output.final, mode.fmt).rows)
             elapsed = time.perf_counter() - t_start
+            fault_point(f"{command}.sidecar")
             atomic_write_json(output.sidecar, {**sidecar, "complete": count == len(indices),
                                                "rows": count, "total_time_s": elapsed})
             log.info("wrote %s (%d rows) in %s", output.final, count, format_time(elapsed))
@@ -372,7 +404,7 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
 
 
 def _sequence_name() -> str | None:
-    return getattr(bounds, "DEFAULT_CONFIDENCE_SEQUENCE", None)
+    return bounds.DEFAULT_SEQUENCE
 
 
 # ----------------------------------------------------------------------------- public API
@@ -471,8 +503,11 @@ class SmoothingJob:
 
 
 def default_out(job: SmoothingJob, sigma: float) -> Path:
-    """``<command>_<split>_sigma<S>.tsv`` in the current directory."""
-    return Path(f"{job.command}_{job.split}_sigma{sigma:g}.tsv")
+    """``<command>_<checkpoint>_<split>_sigma<S>.tsv`` in the current directory, where
+    ``<checkpoint>`` is :func:`~robustmaxup.runtime.io.file_label` of the checkpoint (its stem,
+    ``runs/maxup/last.pt`` -> ``maxup-last``), so two models certified side by side never
+    share a default output."""
+    return Path(f"{job.command}_{file_label(job.checkpoint)}_{job.split}_sigma{sigma:g}.tsv")
 
 
 def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
@@ -509,18 +544,22 @@ def run_job(job: SmoothingJob) -> list[Row]:
     dist = Dist.from_env()
     device = dist.device(job.device)
     info = get_info(job.dataset)
+    split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
+    indices = select_indices(len(split), job.skip, job.max_images)
+    if not indices:
+        raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
+                        "check --skip/--max")
+    s = job.settings()
+    s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
     # loaded outside inference mode: the weights stay ordinary tensors (backward works later)
     model, meta = load_model(job.checkpoint, dataset=job.dataset, num_classes=info.num_classes,
                              device=device)
     sigma, source = resolve_sigma(job.sigma, meta, verb="certifying",
                                   missing_hint="pass --sigma (e.g. --sigma 0.25)")
     out = Path(job.out) if job.out else default_out(job, sigma)
-    check_writable_location(out)
-    split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
-    indices = select_indices(len(split), job.skip, job.max_images)
-    if not indices:
-        raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
-                        "check --skip/--max")
+    check_output_path(out, "out")
+    inputs = [("the checkpoint", job.checkpoint), ("the data root (--data-root)", job.data_root)]
+    check_not_inputs([("out", p) for p in Output.at(out, mode_of(job.command, s).fmt, dist).paths()], inputs)
     smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile)
     _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
     chosen = [indices[i] for i in spread_indices(len(indices), 100).tolist()]
@@ -528,7 +567,6 @@ def run_job(job: SmoothingJob) -> list[Row]:
                                   job.batch_size, device)
     if dist.main:
         log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier")
-    s = job.settings()
     mode_of(job.command, s).warn_too_few(smooth, s)
     record = {
         "config": dataclasses.asdict(job), **checkpoint_record(job.checkpoint, meta),
