@@ -145,7 +145,7 @@ def our_step_factory(split: ImageSplit, arch: str, batch: int, method: str, meth
 def configurations(sigma: float, ms: list[int]) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, method, hparams): Gaussian first (the baseline), MaxUp at each m, then the rest."""
     rows = [("gaussian", "gaussian", {"sigma": sigma})]
-    rows += [(f"maxup m={m}", "maxup", {"sigma": sigma, "m": m}) for m in ms]
+    rows += [(f"maxup m={m}", "maxup", {"sigma": sigma, "copies": m}) for m in ms]
     for name in METHODS.names():
         if name not in ("gaussian", "maxup"):
             rows.append((name, name, {}))
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default 256 (quick: 16)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5; quick 1)")
-    p.add_argument("--m", type=int, nargs="+", default=None, help="MaxUp m values (default 2 4 8)")
+    p.add_argument("--copies", type=int, nargs="+", default=None, help="MaxUp copies m (default 2 4 8)")
     p.add_argument("--methods", nargs="*", default=None, help="only these labels' methods (default: all)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers")
     p.add_argument("--out", default=None, help="write results JSON here")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (16 if args.quick else 256)
     steps = args.steps or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
-    ms = args.m or ([2, 4] if args.quick else [2, 4, 8])
+    ms = args.copies or ([2, 4] if args.quick else [2, 4, 8])
     workers = min(args.workers, 2) if args.quick else args.workers
     split = synthetic_split(max(batch * (steps + warmup + 2), 2048))
     configs = configurations(0.25, ms)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     common = ["--dataset", "digits", "--device", args.device]
     runs = {
-        "maxup": ["--method", "maxup", "--m", "4"],
+        "maxup": ["--method", "maxup", "--copies", "4"],
         "gaussian": ["--method", "gaussian"],
     }
     tsvs = []

@@ -8,6 +8,11 @@ A robustmaxup checkpoint is a plain dict (no pickled code) with::
     model, optimizer, scheduler, scaler, rng                 -> state for --resume
     config, metrics, version, git_sha, created               -> provenance
 
+Reading is defensive: a file that is not a torch file (text, empty, a directory) or needs code
+to unpickle is refused with one line, and the metadata are checked against a schema
+(:func:`check_schema`: known names, types, sizes within reason, finite normalisation) before
+anything is built from them, so a hostile file cannot make us allocate a model of terabytes.
+
 Foreign formats are mapped here and nowhere else: Cohen et al.'s ``{'arch', 'state_dict'}``
 files (keys under a normalise layer ``1.`` and ``module.``) load into our models, strictly. Such
 files do not record their dataset: it defaults to the ``DATASETS`` entry whose ``foreign_archs``
@@ -21,10 +26,10 @@ model: :func:`build_model_for`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,8 +40,12 @@ from robustmaxup.data import DATASETS, foreign_dataset, get_info
 from robustmaxup.errors import UserError
 from robustmaxup.models import MODELS, NormalizedModel, build_model
 from robustmaxup.registry import Registry
-from robustmaxup.runtime.io import atomic_torch_save, check_writable_location
+from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.io import (
+    atomic_torch_save, check_input_path, check_not_inputs, check_output_path, shown,
+)
 from robustmaxup.runtime.records import git_sha
+from robustmaxup.runtime.text import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -81,33 +90,132 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
     atomic_torch_save(ckpt, path)
 
 
+#: the most classes / input channels a checkpoint may declare: a hostile or broken file must not
+#: make us allocate a model of terabytes before anything is checked
+MAX_CLASSES = 1_000_000
+MAX_CHANNELS = 64
+_ZIP_MAGIC, _PICKLE_PROTO = b"PK\x03\x04", 0x80
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU with ``weights_only=True``; UserError if it is missing,
-    corrupt, or needs code to unpickle (such files are refused, never executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+    """Load a checkpoint dict on the CPU with ``weights_only=True`` and check its metadata
+    against the schema (:func:`check_schema`); UserError if it is missing, not a torch file,
+    corrupt, needs code to unpickle (such files are refused, never executed), or declares
+    metadata out of the schema."""
+    path = check_input_path(path, "checkpoint")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {shown(path)}: {e.strerror}") from None
+    if not head:
+        raise UserError(f"checkpoint {shown(path)} is empty (corrupt or not a torch file)")
+    if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTO:
+        raise UserError(f"checkpoint {shown(path)} is corrupt or not a torch file (it starts with "
+                        f"{head!r}; a text file?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise UserError(
-            f"checkpoint {path} needs code to unpickle and was refused (weights_only=True): {first[:160]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or not a torch file: {_first_line(e)}") from None
+        raise UserError(f"checkpoint {shown(path)} needs code to unpickle and was refused "
+                        f"(weights_only=True): {_unpickle_reason(e)}") from None
+    except MemoryError:
+        raise UserError(f"checkpoint {shown(path)} does not fit in memory") from None
+    except Exception as e:  # noqa: BLE001 - nothing ran (weights_only): any failure means a bad file
+        raise UserError(f"checkpoint {shown(path)} is corrupt or not a torch file: {_first_line(e)}") from None
     if not isinstance(obj, dict):
-        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise UserError(f"checkpoint {shown(path)} holds a {type(obj).__name__}, not a checkpoint dict")
     if obj.get("format") == FORMAT:
-        return obj
+        return check_schema(obj, path)
     if "state_dict" in obj and "arch" in obj:
-        return _from_cohen(obj, path)
-    raise UserError(f"checkpoint {path} is not a robustmaxup or Cohen-format checkpoint")
+        return check_schema(_from_cohen(obj, path), path)
+    raise UserError(f"checkpoint {shown(path)} is not a robustmaxup or Cohen-format checkpoint")
+
+
+def _unpickle_reason(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    hits = [line for line in lines if "Unsupported" in line or "GLOBAL" in line]
+    return safe_text((hits or lines or ["unsafe content"])[0])[:160]
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0][:160] if text else type(e).__name__)
+    return safe_text(text.splitlines()[0][:160] if text else type(e).__name__)
+
+
+def _bad(path: Path, key: str, value: Any, expected: str) -> UserError:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return UserError(f"checkpoint {shown(path)} declares {key} {safe_text(text)}; expected {expected} "
+                     "(a broken or foreign file)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_state(path: Path, key: str, state: Any) -> None:
+    if not isinstance(state, dict) or not state:
+        raise _bad(path, key, type(state).__name__ if not isinstance(state, dict) else state,
+                   "a non-empty dict of weight tensors")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise _bad(path, f"{key} entry", name, "string names of tensors")
+
+
+def check_schema(ckpt: dict[str, Any], path: str | os.PathLike = "<dict>") -> dict[str, Any]:
+    """``ckpt`` if its metadata fit the schema, else a one-line UserError naming the key.
+
+    Checked before anything is built from it: ``arch`` a name in ``MODELS``; ``dataset`` a name
+    in ``DATASETS`` (None only for Cohen files); ``num_classes`` an integer in
+    ``[1, MAX_CLASSES]``; ``in_channels`` None or an integer in ``[1, MAX_CHANNELS]``; ``mean``
+    and ``std`` None or finite numbers, one per input channel or one for all (``std`` > 0);
+    ``method`` a
+    string; ``hparams`` a dict whose ``sigma`` is a finite number >= 0; ``epoch`` an integer
+    >= 0; the weights a dict of tensors.
+    """
+    path = Path(path)
+    arch = ckpt.get("arch")
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise _bad(path, "arch", arch, f"one of {', '.join(MODELS.names())}")
+    dataset = ckpt.get("dataset")
+    cohen = ckpt.get("format") == "cohen"
+    if not (isinstance(dataset, str) and dataset in DATASETS) and not (cohen and dataset is None):
+        raise _bad(path, "dataset", dataset, f"one of {', '.join(DATASETS.names())}")
+    classes = ckpt.get("num_classes")
+    if not (_is_int(classes) and 1 <= classes <= MAX_CLASSES) and not (cohen and classes is None):
+        raise _bad(path, "num_classes", classes, f"an integer in [1, {MAX_CLASSES}]")
+    channels = ckpt.get("in_channels")
+    if channels is not None and not (_is_int(channels) and 1 <= channels <= MAX_CHANNELS):
+        raise _bad(path, "in_channels", channels, f"an integer in [1, {MAX_CHANNELS}]")
+    if channels is None and dataset is not None:
+        channels = get_info(dataset).in_channels
+    for key in ("mean", "std"):
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)) or not value or not all(_is_real(v) for v in value) \
+                or (channels is not None and len(value) not in (1, channels)):
+            raise _bad(path, key, value, f"finite numbers, one per input channel ({channels or 'any'}) "
+                                         "or one for all")
+        if key == "std" and not all(v > 0 for v in value):
+            raise _bad(path, key, value, "positive numbers")
+    if ckpt.get("method") is not None and not isinstance(ckpt["method"], str):
+        raise _bad(path, "method", ckpt["method"], "a method name")
+    hparams = ckpt.get("hparams")
+    if hparams is not None and not isinstance(hparams, dict):
+        raise _bad(path, "hparams", hparams, "a dict of hyper-parameters")
+    sigma = (hparams or {}).get("sigma")
+    if sigma is not None and not (_is_real(sigma) and sigma >= 0):
+        raise _bad(path, "hparams sigma", sigma, "a finite number >= 0")
+    epoch = ckpt.get("epoch")
+    if epoch is not None and not (_is_int(epoch) and epoch >= 0):
+        raise _bad(path, "epoch", epoch, "an integer >= 0")
+    _check_state(path, "net_state" if cohen else "model", ckpt.get("net_state" if cohen else "model"))
+    return ckpt
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -122,12 +230,14 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _from_cohen(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     arch = obj["arch"]
-    if arch not in MODELS:
-        raise UserError(f"Cohen checkpoint {path} has arch {arch!r}, unknown here; known: {', '.join(MODELS.names())}")
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise _bad(path, "arch", arch, f"one of {', '.join(MODELS.names())} (a Cohen checkpoint)")
+    _check_state(path, "state_dict", obj["state_dict"])
     state = _strip_prefixes(obj["state_dict"])
     fc = state.get("fc.weight")
-    num_classes = int(fc.shape[0]) if fc is not None else None
+    num_classes = int(fc.shape[0]) if fc is not None and fc.dim() >= 1 else None
     dataset = foreign_dataset(arch)
+    epoch = obj.get("epoch")
     return {
         "format": "cohen",
         "arch": arch,
@@ -137,7 +247,7 @@ def _from_cohen(obj: dict[str, Any], path: Path) -> dict[str, Any]:
         "net_state": state,
         "method": "gaussian (Cohen et al. 2019)",
         "hparams": {},
-        "epoch": obj.get("epoch"),
+        "epoch": epoch if _is_int(epoch) and epoch >= 0 else None,
     }
 
 
@@ -251,14 +361,12 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, fmt: str)
     ``out`` must not exist and must not be ``path`` itself. Returns ``out``.
     """
     exporter = EXPORT_FORMATS.get(fmt)
-    src, dst = Path(path), Path(out)
-    if dst.exists():
-        if src.exists() and dst.resolve() == src.resolve():
-            raise UserError(f"--out {dst} is the checkpoint itself; choose another file")
-        raise UserError(f"--out {dst} already exists; choose another file")
-    check_writable_location(dst)
+    src, dst = Path(path), check_output_path(out, "out")
+    check_not_inputs([("out", dst)], [("the checkpoint", src)])
+    if os.path.lexists(dst):
+        raise FieldError("out", f"{shown(dst)} already exists; choose another file")
     ckpt = read_checkpoint(src)
     model = model_from_checkpoint(ckpt)
-    atomic_torch_save(exporter(ckpt, model), dst)
+    atomic_torch_save(exporter(ckpt, model), dst, exclusive=True)
     log.info("wrote %s (%s format, arch %s)", dst, fmt, ckpt["arch"])
     return dst

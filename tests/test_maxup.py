@@ -17,7 +17,7 @@ def _setup(m: int, seed: int = 0):
     model = build_model_for("digits_cnn", "digits").double()
     x = torch.rand(12, 1, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 10, (12,))
-    method = build_method("maxup", sigma=0.5, m=m)
+    method = build_method("maxup", sigma=0.5, copies=m)
     method.setup(num_classes=10)
     return model, x, y, method
 
@@ -77,7 +77,32 @@ def test_train_mode_differs_from_naive_only_through_batch_statistics():
     assert torch.isfinite(efficient) and not torch.allclose(efficient, naive, atol=1e-9)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"m": 0}, "--m"), ({"sigma": -0.1}, "--sigma"), ({"sigma": 0.0}, "--sigma")])
+@pytest.mark.parametrize("kwargs, match", [({"copies": 0}, "--copies"), ({"sigma": -0.1}, "--sigma"),
+                                           ({"sigma": 0.0}, "--sigma")])
 def test_bad_hyperparameters_are_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match):
         build_method("maxup", **kwargs)
+
+
+@pytest.mark.parametrize("augment", ["mixup", "cutmix", "kmixup"])
+def test_mixed_copies_get_no_noise_unless_sigma_is_given(augment):
+    """MaxUp over mixup/CutMix/k-mixup adds Gaussian noise on top only when sigma is given (it
+    used to add sigma = 0.25 silently). Constant images stay constant under any mixing."""
+    x = torch.full((8, 1, 8, 8), 0.5)
+    y = torch.arange(8) % 10
+    plain = build_method("maxup", augment=augment, copies=2)
+    plain.setup(num_classes=10)
+    assert plain.hparams()["sigma"] == 0.0 and plain.family == "standard"
+    xs, _ = plain.draw_copies(x, y, torch.Generator().manual_seed(0))
+    assert torch.allclose(xs, torch.full_like(xs, 0.5), atol=1e-6)
+    noisy = build_method("maxup", augment=augment, copies=2, sigma=0.25)
+    noisy.setup(num_classes=10)
+    xs, _ = noisy.draw_copies(x, y, torch.Generator().manual_seed(0))
+    assert abs((xs - 0.5).std().item() - 0.25) < 0.05 and noisy.family == "smoothing"
+    assert build_method("maxup").hparams()["sigma"] == 0.25       # Gaussian MaxUp keeps σ = 0.25
+
+
+def test_mixing_alpha_defaults_to_the_augmentations_own():
+    assert build_method("maxup", augment="kmixup").hparams()["alpha"] == 10.0
+    assert build_method("maxup", augment="mixup").hparams()["alpha"] == 1.0
+    assert build_method("maxup", augment="mixup", alpha=0.4).hparams()["alpha"] == 0.4

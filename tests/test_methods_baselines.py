@@ -20,6 +20,7 @@ from robustmaxup.methods.augment import draw_noise, sample_beta
 from robustmaxup.methods.awp import AWP
 from robustmaxup.methods.consistency import consistency_terms
 from robustmaxup.methods.cutmix import cutmix_batch
+from robustmaxup.methods.families import reference_start
 from robustmaxup.methods.kmixup import kmixup_batch, kmixup_partner, ot_match
 from robustmaxup.methods.macer import radius_hinge
 from robustmaxup.methods.maxup import MaxUp
@@ -29,8 +30,8 @@ from robustmaxup.methods.trades import kl_attack_loss, trades_kl
 ADVERSARIAL_PREPARES = {
     "pgd_at": dict(attack_steps=3),
     "trades": dict(attack_steps=3),
-    "smoothadv": dict(attack_steps=2, m_train=2),
-    "smoothmix": dict(attack_steps=2, m_train=2),
+    "smoothadv": dict(attack_steps=2, copies=2),
+    "smoothmix": dict(attack_steps=2, copies=2),
 }
 
 
@@ -123,14 +124,14 @@ def test_adversarial_evaluate_is_robust_accuracy(batch):
 # --- SmoothAdv ----------------------------------------------------------------------------------
 
 def test_smoothadv_warmup_schedule():
-    method = _method("smoothadv", attack_eps=1.0, warmup=10)
+    method = _method("smoothadv", smoothadv_eps=1.0, warmup=10)
     assert method.current_eps == 1.0                      # before the engine's first call
     expected = {0: 0.1, 1: 0.2, 4: 0.5, 9: 1.0, 10: 1.0, 50: 1.0}
     for epoch, share in expected.items():
         method.on_epoch_start(epoch, 60)
         assert method.current_eps == pytest.approx(share)
     for warmup in (0, 1):
-        no_warm = _method("smoothadv", attack_eps=0.5, warmup=warmup)
+        no_warm = _method("smoothadv", smoothadv_eps=0.5, warmup=warmup)
         no_warm.on_epoch_start(0, 60)
         assert no_warm.current_eps == 0.5
 
@@ -138,7 +139,7 @@ def test_smoothadv_warmup_schedule():
 def test_smoothadv_trains_on_same_noise_inside_warmed_ball(batch):
     x, y = batch
     x, y = x[:16], y[:16]
-    method = _method("smoothadv", attack_eps=1.0, warmup=10, attack_steps=3, m_train=3)
+    method = _method("smoothadv", smoothadv_eps=1.0, warmup=10, attack_steps=3, copies=3)
     method.on_epoch_start(1, 60)                          # ε = 0.2
     model = _model().train()
     xs, ys = method.prepare(model, x, y, generator=_gen(5))
@@ -148,7 +149,7 @@ def test_smoothadv_trains_on_same_noise_inside_warmed_ball(batch):
     norms = (x_adv[0] - x).flatten(1).norm(dim=1)
     assert norms.max() <= 0.2 + 1e-5 and norms.max() > 0.1
     assert torch.equal(ys, y.repeat(3))
-    single = _method("smoothadv", m_train=3, multi_noise=False).prepare(model, x, y, generator=_gen(5))
+    single = _method("smoothadv", copies=3, multi_noise=False).prepare(model, x, y, generator=_gen(5))
     assert single[0].shape == x.shape and torch.equal(single[1], y)
 
 
@@ -158,7 +159,7 @@ def test_smoothmix_mixes_on_the_adversarial_segment(batch):
     x, y = batch
     x, y = x[:16], y[:16]
     model = _model().train()
-    method = _method("smoothmix", attack_steps=3, attack_step_size=0.25, m_train=2)
+    method = _method("smoothmix", attack_steps=3, attack_step_size=0.25, copies=2)
     noise, x_clean, x_mix, lam, y_out = method.prepare(model, x, y, generator=_gen(1))
     assert noise.shape == (2, *x.shape) and torch.equal(x_clean, x) and torch.equal(y_out, y)
     assert lam.min() >= 0 and lam.max() <= 0.5
@@ -168,7 +169,7 @@ def test_smoothmix_mixes_on_the_adversarial_segment(batch):
     out = method.loss(model, (noise, x_clean, x_mix, lam, y_out))
     with torch.no_grad():   # the Gaussian base loss on the same noisy copies (same batch statistics)
         ce = F.cross_entropy(model((x.unsqueeze(0) + noise).flatten(0, 1)), y.repeat(2))
-    mixup_term = (out.loss.detach() - ce) / method.eta      # warm = 1 before any on_epoch_start
+    mixup_term = (out.loss.detach() - ce) / method.smoothmix_eta  # warm = 1 before any on_epoch_start
     assert torch.isfinite(out.loss) and mixup_term >= -1e-6
 
 
@@ -192,7 +193,7 @@ def test_smoothmix_mixup_term_is_calibration_kl(batch):
     x, y = batch
     x, y = x[:16].double(), y[:16]
     model = _model().double().eval()
-    method = _method("smoothmix", m_train=3, eta=1.0)
+    method = _method("smoothmix", copies=3, smoothmix_eta=1.0)
     noise = draw_noise(x, 3, 0.25, _gen(3))
     lam = torch.zeros(16, dtype=x.dtype)
     out = method.loss(model, (noise, x, x, lam, y))
@@ -225,7 +226,7 @@ def test_consistency_loss_matches_formula(batch):
     x, y = batch
     x, y = x[:8].double(), y[:8]
     model = _model().double().eval()
-    method = _method("consistency", m_train=3, lbd=7.0, eta=0.3)
+    method = _method("consistency", copies=3, lbd=7.0, consistency_eta=0.3)
     prepared = method.prepare(model, x, y, generator=_gen(0))
     out = method.loss(model, prepared)
     logits = model(prepared[0]).view(3, 8, -1)
@@ -258,7 +259,7 @@ def test_macer_loss_and_gradient_match_reference(batch):
     x, y = batch
     x, y = x[:12].double(), y[:12]
     model = _model().double().eval()
-    method = _method("macer", m_train=4, beta=2.0, gamma=8.0, lbd=12.0)
+    method = _method("macer", copies=4, macer_beta=2.0, macer_gamma=8.0, lbd=12.0)
     prepared = method.prepare(model, x, y, generator=_gen(0))
     # make some examples correct, so that the hinge is active
     boost = 3 * F.one_hot(y, 10).double() * (torch.arange(12) % 2 == 0).double().unsqueeze(1)
@@ -296,7 +297,7 @@ def test_macer_hinge_ignores_wrong_and_saturated_examples():
 def test_trades_loss_is_ce_when_x_adv_equals_x(batch):
     x, y = batch
     model = _model().train()
-    method = _method("trades", beta=6.0)
+    method = _method("trades", trades_beta=6.0)
     out = method.loss(model, (x, x.clone(), y))
     torch.manual_seed(0)
     logits = model(x)
@@ -379,7 +380,7 @@ def test_weight_perturbation_gradient_is_taken_at_perturbed_weights(batch):
 
 
 @pytest.mark.parametrize("per_tensor", [False, True])
-def test_amp_perturbation_lies_in_the_ball_and_increases_loss(batch, per_tensor):
+def test_amp_perturbation_lies_in_its_ball_and_increases_loss(batch, per_tensor):
     x, y = batch
     model, loss_fn = _gaussian_step(x, y)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -409,7 +410,7 @@ def test_perturbation_warmup_and_validation(batch):
     with awp.perturbed(model, loss_fn):
         assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert set(PERTURBATIONS.names()) >= {"awp", "amp"}
-    with pytest.raises(UserError, match="--awp "):
+    with pytest.raises(UserError, match="--awp-gamma "):
         AWP(gamma=-1.0)
     with pytest.raises(UserError, match="--amp-steps"):
         AMP(steps=0)
@@ -508,7 +509,7 @@ def test_kmixup_matching_properties():
 def test_mixing_augmentations_inside_maxup(batch, augment):
     x, y = batch
     assert AUGMENTATIONS.get(augment).mixes_labels
-    method = MaxUp(augment=augment, m=3, sigma=0.0)
+    method = MaxUp(augment=augment, copies=3, sigma=0.0)
     method.setup(num_classes=10)
     model = _model().train()
     xs, ts = method.prepare(model, x, y, generator=_gen(0))
@@ -521,10 +522,10 @@ def test_mixing_augmentations_inside_maxup(batch, augment):
 # --- every baseline lowers its own loss on a fixed batch -----------------------------------------
 
 SHORT_RUNS = {
-    "smoothadv": dict(m_train=2, attack_steps=1, attack_eps=0.25, warmup=0),
-    "smoothmix": dict(m_train=2, attack_steps=2, attack_step_size=0.25, warmup=0),
+    "smoothadv": dict(copies=2, attack_steps=1, smoothadv_eps=0.25, warmup=0),
+    "smoothmix": dict(copies=2, attack_steps=2, attack_step_size=0.25, warmup=0),
     "consistency": dict(),
-    "macer": dict(m_train=4),
+    "macer": dict(copies=4),
     "pgd_at": dict(attack_steps=2, attack_eps=0.1, attack_step_size=0.06),
     "trades": dict(attack_steps=2, attack_eps=0.1, attack_step_size=0.06),
     "mixup": dict(),
@@ -575,8 +576,118 @@ def test_every_baseline_is_registered_with_its_family():
         "pgd_at": "adversarial", "trades": "adversarial", "mixup": "standard", "cutmix": "standard",
         "kmixup": "standard",
     }
-    for bad in [dict(name="macer", m_train=1), dict(name="consistency", lbd=-1.0),
-                dict(name="kmixup", k=0), dict(name="mixup", alpha=0.0), dict(name="smoothadv", attack_eps=0.0)]:
+    for bad in [dict(name="macer", copies=1), dict(name="consistency", lbd=-1.0),
+                dict(name="kmixup", k=0), dict(name="mixup", alpha=0.0), dict(name="smoothadv", smoothadv_eps=0.0),
+                dict(name="cutmix", cutmix_prob=1.5), dict(name="pgd_at", attack_train_mode="yes")]:
         name = bad.pop("name")
         with pytest.raises(UserError):
             build_method(name, **bad)
+
+
+# --- behaviour fixes of the faithful-recipes audit (each test fails on the former behaviour) ------
+
+def test_amp_clips_each_tensor_by_default_as_the_reference(batch):
+    """hiyouga/AMP-Regularizer amp.py:54-56 clips every parameter tensor to norm eps: each
+    tensor's perturbation is within eps and the largest ones reach it (the former default, one
+    global ball, leaves every tensor strictly inside)."""
+    x, y = batch
+    model, loss_fn = _gaussian_step(x, y)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    amp = AMP(eps=0.05)
+    assert amp.per_tensor is True
+    with amp.perturbed(model, loss_fn):
+        norms = torch.stack([(p.detach() - before[n]).norm() for n, p in model.named_parameters()])
+    assert (norms <= 0.05 * (1 + 1e-5)).all()
+    assert norms.max() >= 0.05 * (1 - 1e-5)
+    assert (norms >= 0.05 * (1 - 1e-5)).sum() >= 2 and norms.norm() > 0.05 * 1.2   # several reach it
+
+
+def test_cutmix_method_mixes_a_batch_with_probability_cutmix_prob(batch):
+    """clovaai/CutMix-PyTorch: each batch is mixed with probability --cutmix_prob (0.5 in the
+    CIFAR command); the rest train on the clean batch with its hard labels."""
+    x, y = batch
+    method = _method("cutmix")
+    assert method.cutmix_prob == 0.5
+    aug = method.augmentation()
+    unchanged = 0
+    for seed in range(200):
+        x_out, target = aug(x, y, num_classes=10, generator=_gen(seed))
+        if torch.equal(x_out, x):
+            unchanged += 1
+            assert torch.equal(target, F.one_hot(y, 10).to(x.dtype))
+    assert 70 <= unchanged <= 130, unchanged                  # ~Binomial(200, 0.5) (+ empty boxes)
+    never = _method("cutmix", cutmix_prob=0.0).augmentation()
+    assert all(torch.equal(never(x, y, num_classes=10, generator=_gen(s))[0], x) for s in range(20))
+    assert AUGMENTATIONS.get("cutmix")().prob == 1.0          # as a MaxUp augmentation: always mixed
+
+
+def test_kmixup_alpha_default_is_the_reference_examples():
+    """AnmingGu/kmixup-cifar10 README.md:35: --alpha=10.0 --mixupBatch=16."""
+    assert _method("kmixup").hparams() == {"alpha": 10.0, "k": 16}
+    assert AUGMENTATIONS.get("kmixup")().alpha == 10.0
+    g, x = _gen(0), torch.zeros(1)
+    lams = torch.tensor([sample_beta(10.0, x, g) for _ in range(500)])
+    assert abs(lams.mean() - 0.5) < 0.02 and lams.std() < 0.12   # Beta(10, 10), not uniform
+
+
+def test_pgd_at_l2_random_start_radius_is_uniform_as_in_the_reference():
+    """locuslab/robust_overfitting train_cifar.py:79-84: direction ~ N(0, I) normalised, radius
+    eps * U(0, 1). (The former start, uniform in the ball's volume, put every radius near eps.)"""
+    x = torch.full((4000, 1, 8, 8), 0.5)
+    method = _method("pgd_at", norm="L2", attack_eps=0.4, attack_steps=1, attack_step_size=1e-12)
+    model = _model().eval()
+    y = torch.zeros(4000, dtype=torch.long)
+    x_adv = method.attack(model, x, y, steps=1, generator=_gen(0))
+    radius = (x_adv - x).flatten(1).norm(dim=1) / 0.4
+    assert radius.max() <= 1 + 1e-5
+    assert abs(radius.mean().item() - 0.5) < 0.02 and abs((radius < 0.5).float().mean().item() - 0.5) < 0.03
+    start = reference_start(x[:2000], 8 / 255, "Linf", _gen(1))
+    assert start.abs().max() <= 8 / 255 and abs(start.mean().item()) < 1e-3
+
+
+def test_pgd_at_attacks_in_train_mode_when_asked_and_in_the_recipe(batch):
+    """Rice et al. attack inside the training loop with the model in train mode (batch-norm
+    batch statistics); the pgd_at recipe does the same. Running statistics stay frozen."""
+    from robustmaxup.train import TrainConfig
+
+    assert TrainConfig.from_recipe("pgd_at", dataset="cifar10", out="r").method_args["attack_train_mode"] is True
+    assert _method("pgd_at").attack_train_mode is False
+    x, y = batch
+    model = _model().train()
+    modes: list[bool] = []
+    hook = model.net.register_forward_hook(lambda mod, inp, out: modes.append(mod.training))
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    _method("pgd_at", attack_steps=2, attack_train_mode=True).prepare(model, x, y, generator=_gen(0))
+    assert modes and all(modes), "the attack ran in eval mode"
+    modes.clear()
+    _method("pgd_at", attack_steps=2).prepare(model, x, y, generator=_gen(0))
+    hook.remove()
+    assert modes and not any(modes)
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())
+    assert model.training
+
+
+def test_awp_steps_at_the_perturbed_weights_then_removes_the_perturbation(batch):
+    """csdongxian/AWP: perturb, gradient, optimizer.step(), restore (subtract v). With SGD's
+    weight decay the update is -lr (g(w + v) + wd (w + v)), not -lr (g(w + v) + wd w)."""
+    x, y = batch
+    model, loss_fn = _gaussian_step(x, y)
+    lr, wd = 0.1, 0.5
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    awp = AWP(gamma=0.05)
+    assert awp.step_at_perturbed
+    with awp.perturbed(model, loss_fn) as deltas:
+        loss_fn().backward()
+        at_step = {n: p.detach().clone() for n, p in model.named_parameters()}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        optimizer.step()
+    v = dict(zip([n for n, p in model.named_parameters() if p.dim() > 1], deltas))
+    for n, p in model.named_parameters():
+        shift = v.get(n, torch.zeros_like(p))
+        assert torch.allclose(at_step[n], w[n] + shift, atol=1e-7)
+        expected = w[n] - lr * (grads[n] + wd * (w[n] + shift))
+        assert torch.allclose(p.detach(), expected, atol=1e-6), n
+    # the former order (restore, then step) is still available
+    before = AWP(gamma=0.05, restore_after_step=False)
+    assert not before.step_at_perturbed

@@ -33,25 +33,28 @@ def test_digits_training_beats_chance_by_far(tmp_path):
 
 
 def test_run_directory_describes_itself(tmp_path):
-    train(_cfg(tmp_path / "run", epochs=1, method="maxup", method_args={"sigma": 0.25, "m": 2}))
+    train(_cfg(tmp_path / "run", epochs=1, method="maxup", method_args={"sigma": 0.25, "copies": 2}))
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     flags = {a.dest for a in build_parser()._actions}
-    assert set(config) - {"provenance"} <= flags, "config keys must match CLI flag names"
-    assert config["m"] == 2 and config["data_augment"] is True and config["augment"] == "gaussian" and config["score_batch"] == 0
+    assert set(config) - {"provenance", "recipe_overrides"} <= flags, "config keys must match CLI flag names"
+    assert config["copies"] == 2 and config["data_augment"] is True and config["augment"] == "gaussian"
+    assert config["score_batch"] == 0 and config["recipe"] is None and config["recipe_overrides"] == {}
     assert "git_dirty" in config["provenance"]
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert ckpt["hparams"] == {"sigma": 0.25, "m": 2, "augment": "gaussian", "alpha": 1.0, "k": 16, "score_batch": 0}
+    assert ckpt["hparams"] == {"sigma": 0.25, "copies": 2, "augment": "gaussian", "alpha": 1.0, "k": 16,
+                               "score_batch": 0}
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "digits_cnn" and ckpt["method"] == "maxup"
     assert "scaler" not in ckpt and len(ckpt["history"]) == 1
-    assert ckpt["config"] == {k: v for k, v in config.items() if k != "provenance"}
+    assert ckpt["config"] == {k: v for k, v in config.items() if k not in ("provenance", "recipe_overrides")}
     best = torch.load(run / "best.pt", weights_only=True)
     assert "held-out training images" in best["selection"] and best["best"]["epoch"] == 1
 
 
 RESUMABLE = {
-    "maxup": dict(method="maxup", method_args={"sigma": 0.25, "m": 2}),
-    "smoothadv (eps warm-up)": dict(method="smoothadv", method_args={"m_train": 2, "attack_steps": 1, "warmup": 3}),
+    "maxup": dict(method="maxup", method_args={"sigma": 0.25, "copies": 2}),
+    "smoothadv (eps warm-up, 2 steps per batch)": dict(method="smoothadv",
+                                                       method_args={"copies": 2, "attack_steps": 1, "warmup": 3}),
     "trades + awp (warm-up)": dict(method="trades", method_args={"attack_steps": 1},
                                    perturbation=PerturbationSpec("awp", {"gamma": 0.005, "warmup": 1})),
     "kmixup": dict(method="kmixup", method_args={"k": 8}),
@@ -109,10 +112,20 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
 
 ERRORS = [
     (["--sigma", "-1"], "--sigma"),
-    (["--method", "maxup", "--m", "0"], "--m"),
+    (["--method", "maxup", "--copies", "0"], "--copies"),
     (["--arch", "resnet9000"], "digits_cnn"),
     (["--method", "magic"], "maxup"),
-    (["--method", "gaussian", "--m", "4"], "does not take --m"),
+    (["--method", "gaussian", "--copies", "4"], "does not take --copies"),
+    (["--method", "maxup", "--m", "4"], "--m was renamed --copies"),
+    (["--method", "smoothadv", "--m-train", "4"], "--m-train was renamed --copies"),
+    (["--method", "smoothadv", "--attack-eps", "0.5"], "--smoothadv-eps"),
+    (["--method", "consistency", "--eta", "0.5"], "--eta was renamed --smoothmix-eta or --consistency-eta"),
+    (["--method", "macer", "--beta", "4"], "--beta was renamed --trades-beta or --macer-beta"),
+    (["--awp", "0.01"], "--awp was renamed --awp-gamma"),
+    (["--amp", "0.5"], "--amp was renamed --amp-eps"),
+    (["--recipe", "nonesuch"], "--recipe"),
+    (["--method", "smoothadv", "--copies", "8", "--batch", "4", "--max-train", "200"], "--batch"),
+    (["--lr-milestones", "5", "3"], "--lr-milestones"),
     (["--epochs", "0"], "--epochs"),
     (["--lr", "-0.1"], "--lr"),
     (["--sigma", "abc"], "--sigma"),
@@ -175,12 +188,12 @@ def test_non_empty_run_dir_needs_resume(tmp_path, capsys):
 @pytest.mark.cuda
 def test_cuda_bf16_training_learns(tmp_path):
     summary = train(_cfg(tmp_path / "run", epochs=4, lr_step=3, device="cuda", precision="auto",
-                         method="maxup", method_args={"sigma": 0.25, "m": 4}))
+                         method="maxup", method_args={"sigma": 0.25, "copies": 4}))
     assert summary["metrics"]["test"] > 0.6
     from robustmaxup.checkpoints import load_model
 
     model, meta = load_model(tmp_path / "run" / "last.pt", device="cpu")  # a GPU run loads on a CPU
-    assert meta["hparams"]["m"] == 4 and next(model.parameters()).device.type == "cpu"
+    assert meta["hparams"]["copies"] == 4 and next(model.parameters()).device.type == "cpu"
 
 
 def test_subsets_cover_classes_of_a_class_sorted_split():
@@ -202,11 +215,12 @@ def test_max_train_takes_a_random_subset(tmp_path):
 def test_weight_perturbation_flags(tmp_path, capsys):
     parser = build_parser()
     base = ["--dataset", "digits", "--out", str(tmp_path / "r")]
-    cfg = config_from_args(parser.parse_args(base + ["--method", "pgd_at", "--awp", "0.01", "--awp-warmup", "2"]))
+    cfg = config_from_args(parser.parse_args(base + ["--method", "pgd_at", "--awp-gamma", "0.01", "--awp-warmup", "2"]))
     assert cfg.perturbation == PerturbationSpec("awp", {"gamma": 0.01, "warmup": 2})
     assert cfg.flat()["awp_gamma"] == 0.01 and cfg.flat()["awp_warmup"] == 2
-    for extra, needle in [(["--awp", "0.01", "--amp", "0.5"], "one weight perturbation"),
-                          (["--amp-steps", "3"], "need --amp itself")]:
+    assert cfg.perturbation.args["restore_after_step"] is True
+    for extra, needle in [(["--awp-gamma", "0.01", "--amp-eps", "0.5"], "one weight perturbation"),
+                          (["--amp-steps", "3"], "--amp-* options need --amp-eps itself")]:
         code = cli_main(["train", *base, "--quiet", *extra])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
@@ -223,9 +237,9 @@ def test_config_json_names_perturbation_arguments_by_field(tmp_path):
 
 def test_config_replay_gives_the_same_config_and_explicit_flags_win(tmp_path):
     first = tmp_path / "first"
-    code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--method", "maxup", "--m", "2",
+    code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--method", "maxup", "--copies", "2",
                      "--epochs", "1", "--batch", "32", "--lr", "0.05", "--max-train", "200", "--max-eval", "60",
-                     "--awp", "0.01", "--awp-warmup", "1", "--out", str(first), "--quiet"])
+                     "--awp-gamma", "0.01", "--awp-warmup", "1", "--out", str(first), "--quiet"])
     assert code == 0
     code = cli_main(["train", "--config", str(first / "config.json"), "--out", str(tmp_path / "again")])
     assert code == 0
@@ -237,9 +251,35 @@ def test_config_replay_gives_the_same_config_and_explicit_flags_win(tmp_path):
     parser = build_parser()
     replay = ["--config", str(first / "config.json")]
     cfg = config_from_args(parser.parse_args(replay + ["--lr", "0.1", "--awp-warmup", "0"]))
-    assert cfg.lr == 0.1 and cfg.perturbation.args == {"gamma": 0.01, "warmup": 0}  # 0.1, 0: the defaults
-    assert cfg.batch == 32 and cfg.method_args["m"] == 2 and cfg.out == str(first)
-    cfg = config_from_args(parser.parse_args(replay + ["--method", "gaussian", "--amp", "0.5"]))
-    assert cfg.method_args == {"sigma": 0.25} and cfg.perturbation.name == "amp"  # maxup's m, awp dropped
+    assert cfg.lr == 0.1 and cfg.perturbation.args == {"gamma": 0.01, "warmup": 0, "restore_after_step": True}
+    assert cfg.batch == 32 and cfg.method_args["copies"] == 2 and cfg.out == str(first)
+    cfg = config_from_args(parser.parse_args(replay + ["--method", "gaussian", "--amp-eps", "0.5"]))
+    assert cfg.method_args == {"sigma": 0.25} and cfg.perturbation.name == "amp"  # maxup's copies, awp dropped
     assert config_from_args(parser.parse_args(replay + ["--resume"])).resume
     assert not config_from_args(parser.parse_args(replay)).resume
+
+
+def test_awp_run_steps_the_optimizer_at_the_perturbed_weights(tmp_path):
+    """The engine follows AWP's reference order (perturb, gradient, step, restore): at the
+    optimiser step the weights are w + v (with the former order, or restore_after_step=False,
+    they are w)."""
+    run = setup(_cfg(tmp_path / "run", epochs=1, max_train=200, max_eval=0, val_size=0, method="gaussian",
+                     perturbation=PerturbationSpec("awp", {"gamma": 0.05})))
+    x, y = next(iter(run.loaders["train"]))
+    at_step: dict[str, torch.Tensor] = {}
+    step = run.optimizer.step
+
+    def recording_step(*a, **k):
+        at_step.update({n: p.detach().clone() for n, p in run.model.named_parameters()})
+        return step(*a, **k)
+
+    run.optimizer.step = recording_step
+    for restore_after_step in (True, False):
+        run.perturbation.restore_after_step = restore_after_step
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        loop.train_step(run, x, y)
+        weights = [n for n, p in run.model.named_parameters() if p.dim() > 1]
+        moved = [n for n in weights if not torch.equal(at_step[n], before[n])]
+        assert (len(moved) == len(weights)) if restore_after_step else not moved, (restore_after_step, moved)
+        biases = [n for n, p in run.model.named_parameters() if p.dim() <= 1]
+        assert all(torch.equal(at_step[n], before[n]) for n in biases)   # AWP leaves them alone

@@ -40,6 +40,7 @@ from robustmaxup.attacks.smoothed import SoftSmoothed, per_example_noise
 from robustmaxup.models.state import model_state
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
+from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
 from robustmaxup.runtime.seeds import make_generator, stream_generator, stream_seed
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def _evaluate_pgd(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, 
 
 def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
     """FieldError (naming the config field) for an unknown attack/norm/version, a count below
-    one, or an eps that is absurd for the norm."""
+    one or above its cap (:mod:`robustmaxup.runtime.limits`: ``steps``, ``m``, ``rescores``), or
+    an eps that is absurd for the norm."""
     check_choice("attack", config.attack, EVALUATORS.names())
     if config.attack == "autoattack":
         check_aa_options(config.norm, config.version,
@@ -159,10 +161,11 @@ def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
                                 f"{'x'.join(map(str, image_shape))} images in [0, 1], got {config.eps:.6g}")
     if config.sigma is not None:
         check_positive("sigma", config.sigma)
-    for name in ("m", "steps", "batch_size"):
-        check_int(name, getattr(config, name), minimum=1)
+    check_int("batch_size", config.batch_size, minimum=1)
+    check_int("steps", config.steps, minimum=1, maximum=MAX_STEPS)
+    check_int("m", config.m, minimum=1, maximum=MAX_NOISE_DRAWS)
     if config.rescores is not None:
-        check_int("rescores", config.rescores, minimum=1)
+        check_int("rescores", config.rescores, minimum=1, maximum=MAX_RESCORES)
     if config.step_size is not None:
         check_positive("step_size", config.step_size)
 

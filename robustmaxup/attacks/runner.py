@@ -24,6 +24,14 @@ Outputs, written atomically once the run is complete (none when ``out`` is None)
 - ``save_adv``: ``{"x_adv", "labels", "indices", "robust", ...}`` (torch file).
 - ``out`` with suffix ``.autoattack.log``: pyautoattack's own log.
 
+Output safety: the files are checked before anything runs (writable, distinct, and -- by the
+CLI -- never the checkpoint or the data root); a run holds ``OUT.lock`` (an ``flock``, released
+with the process) so two runs on one output never interleave; ``resume`` continues only files
+this command wrote (:meth:`AttackPaths.check_ours`), touching nothing otherwise. Each write
+boundary is a named fault point (:mod:`robustmaxup.runtime.faults`). ``steps``, ``m`` and
+``rescores`` are capped and a batch that cannot fit in memory is refused
+(:func:`check_memory_for`).
+
 Robust accuracy is the POINTWISE worst case: an example counts as robust only if it survives
 every attack and every re-scoring of its x_adv (never a mean over attacks).
 
@@ -42,6 +50,7 @@ chunk from the chunk's first dataset index, so its results depend on ``batch_siz
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -60,9 +69,12 @@ from robustmaxup.errors import UserError
 from robustmaxup.models.probe import CLEAN_CHECK_IMAGES, clean_accuracy, log_clean_accuracy
 from robustmaxup.runtime.checks import FieldError, check_int
 from robustmaxup.runtime.dist import resolve_device
+from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import (
-    atomic_torch_save, atomic_write_json, atomic_write_text, check_writable_location, ensure_writable_dir,
+    FileLock, atomic_torch_save, atomic_write_json, atomic_write_text, check_distinct,
+    check_output_path, ensure_writable_dir, shown,
 )
+from robustmaxup.runtime.limits import ACTIVATION_FACTOR, batch_bytes, check_memory
 from robustmaxup.runtime.records import check_resume, provenance
 
 log = logging.getLogger(__name__)
@@ -78,50 +90,117 @@ SEED_RULE = ("per example: PGD start and smoothing noise from stream attack.exam
 
 
 # ----------------------------------------------------------------------------- files
+TSV_HEAD, TSV_TAIL = ("idx", "label", "clean_correct", "robust_correct"), "rescore_correct"
+ADV_KEYS = ("x_adv", "labels", "indices", "robust")
+
+
 @dataclass(frozen=True)
 class AttackPaths:
-    """Where a run's files go: the JSON ``out`` and everything named after it."""
+    """Where a run's files go: the JSON ``out`` and everything named after it (the lock file
+    ``OUT.lock`` exists only while a run holds it, or after a kill)."""
 
     json: Path
     tsv: Path
     state: Path
     aa_log: Path
     adv: Path | None
+    lock: Path
 
     @classmethod
     def for_output(cls, out: str | os.PathLike, save_adv: str | os.PathLike | None = None) -> "AttackPaths":
-        """The paths of a run writing JSON ``out`` (TSV, state and log beside it); checks that
-        they can be written, creating nothing."""
-        out = Path(out)
-        if out.is_dir():
-            raise FieldError("out", f"{out} is a directory; name a .json file")
+        """The paths of a run writing JSON ``out`` (TSV, state, log and lock beside it); checks
+        that each can be written and that they are distinct files, creating nothing."""
+        out = check_output_path(out, "out")
         if out.suffix == ".tsv":
-            raise FieldError("out", f"{out} names the TSV; name the JSON file, the TSV goes beside it")
-        check_writable_location(out, field="out")
-        adv = Path(save_adv) if save_adv is not None else None
-        if adv is not None:
-            if adv.is_dir():
-                raise FieldError("save_adv", f"{adv} is a directory; name a file, e.g. adv.pt")
-            check_writable_location(adv, field="save_adv")
+            raise FieldError("out", f"{shown(out)} names the TSV; name the JSON file, the TSV goes beside it")
+        adv = check_output_path(save_adv, "save_adv") if save_adv is not None else None
         tsv = out.with_suffix(".tsv") if out.suffix == ".json" else out.with_name(out.name + ".tsv")
         base = out.with_suffix("") if out.suffix == ".json" else out
         paths = cls(out, tsv, out.with_name(out.name + ".state.pt"),
-                    base.with_name(base.name + ".autoattack.log"), adv)
-        if len({str(p.resolve()) for p in paths.outputs()}) != len(paths.outputs()):
-            raise FieldError("save_adv", f"{adv} is the JSON or TSV output too; choose another name")
+                    base.with_name(base.name + ".autoattack.log"), adv, out.with_name(out.name + ".lock"))
+        for field, path in paths.named()[1:]:
+            check_output_path(path, field)
+        check_distinct(paths.named())
         return paths
+
+    def named(self) -> list[tuple[str, Path]]:
+        """``(field, path)`` of every file a run writes (for messages and input checks)."""
+        files = [("out", self.json), ("out", self.tsv), ("out", self.state), ("out", self.aa_log),
+                 ("out", self.lock)]
+        return files + ([("save_adv", self.adv)] if self.adv else [])
 
     def outputs(self) -> list[Path]:
         return [self.json, self.tsv] + ([self.adv] if self.adv else [])
 
+    def snapshot(self) -> list[tuple[str, int, int]]:
+        """``(path, size, mtime)`` of the run's existing files (not the lock)."""
+        out = []
+        for p in self.outputs() + [self.state]:
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                out.append((str(p), st.st_size, st.st_mtime_ns))
+        return out
+
     def check_fresh(self, resume: bool) -> None:
-        """UserError if a run's files exist and ``resume`` is off (they are never overwritten)."""
+        """UserError if a run's files exist and ``resume`` is off (they are never overwritten);
+        with ``resume``, UserError unless every existing one is a file of this command
+        (:meth:`check_ours`)."""
         if resume:
+            self.check_ours()
             return
         existing = [p for p in self.outputs() + [self.state] if p.exists()]
         if existing:
-            raise UserError(f"{existing[0]} already exists; resume the run (--resume) to continue "
+            raise UserError(f"{shown(existing[0])} already exists; resume the run (--resume) to continue "
                             "or re-check it, or choose another output (--out)")
+
+    def check_ours(self) -> None:
+        """UserError, touching nothing, unless every existing output is one ``robustmaxup attack``
+        writes: the JSON a result of this command, the TSV with its header, ``save_adv`` its
+        tensors, the state file its format (read fully later, by the resume)."""
+        if self.json.exists():
+            try:
+                record = json.loads(self.json.read_text(encoding="utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                record = None
+            if not isinstance(record, dict) or record.get("command") != "attack":
+                raise UserError(f"{shown(self.json)} is not a result of robustmaxup attack; cannot "
+                                "resume it; choose another output")
+        if self.tsv.exists() and not _is_attack_tsv(self.tsv):
+            raise UserError(f"{shown(self.tsv)} is not the per-example TSV of robustmaxup attack "
+                            f"(header {chr(9).join(TSV_HEAD)}...); choose another output")
+        if self.adv is not None and self.adv.exists():
+            try:
+                adv = torch.load(self.adv, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - unreadable: not ours
+                adv = None
+            if not isinstance(adv, dict) or not all(k in adv for k in ADV_KEYS):
+                raise UserError(f"{shown(self.adv)} is not an x_adv file of robustmaxup attack; "
+                                "choose another --save-adv")
+        if self.state.exists():
+            _read_state(self.state)
+
+
+def _is_attack_tsv(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536).split(b"\n", 1)[0].decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    cols = head.split("\t")
+    return (tuple(cols[:4]) == TSV_HEAD and cols[-1] == TSV_TAIL
+            and all(c.startswith("robust_after_") for c in cols[4:-1]))
+
+
+def check_memory_for(config: AttackConfig, image_shape: Sequence[int], examples: int,
+                     device: torch.device | str) -> None:
+    """FieldError if one attack batch cannot fit on ``device``: ``min(batch_size, examples)``
+    inputs (times ``m`` noise draws for a smoothed model) go through the network with
+    gradients, so their activations are kept (a lower bound, checked before allocating)."""
+    b = max(1, min(config.batch_size, examples))
+    draws = config.m if config.randomized else 1
+    field = "m" if draws > b else "batch_size"
+    need = batch_bytes(b * draws, image_shape, factor=1 + 2 * ACTIVATION_FACTOR)
+    check_memory(field, need, device, what=f"{b} examples x {draws} noise draws with gradients")
 
 
 # ----------------------------------------------------------------------------- records
@@ -276,14 +355,23 @@ def _header(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, 
     return {**dict(extra), **base}
 
 
-def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[int, ChunkRecord]:
+def _read_state(path: Path) -> dict[str, Any]:
+    """The state file's dict; UserError (nothing touched) unless it is one of ours."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable state is the user's to remove
-        raise UserError(f"cannot read {path} ({type(e).__name__}); remove it to start over") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserError(f"{path} was written by another version of robustmaxup; remove it to start over")
-    check_resume(state["header"], header, RESUME_KEYS, what=str(path))
+        raise UserError(f"cannot read the state file {shown(path)} ({type(e).__name__}); it is not "
+                        "one of robustmaxup attack; remove it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT \
+            or not isinstance(state.get("header"), dict) or not isinstance(state.get("chunks"), dict):
+        raise UserError(f"the state file {shown(path)} was written by another version of robustmaxup "
+                        "(or is not a state file of robustmaxup attack); remove it to start over")
+    return state
+
+
+def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[int, ChunkRecord]:
+    state = _read_state(path)
+    check_resume(state["header"], header, RESUME_KEYS, what=shown(path))
     try:
         done = {int(c): ChunkRecord.from_state(d) for c, d in state["chunks"].items()}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
@@ -348,6 +436,7 @@ def _summary(header: Mapping[str, Any], config: AttackConfig, chunks: list[Chunk
 
 def _write_outputs(paths: AttackPaths, all_: ChunkRecord, summary: Mapping[str, Any]) -> None:
     atomic_write_text(paths.tsv, all_.tsv())
+    fault_point("attack.tsv")
     if paths.adv is not None:
         atomic_torch_save({
             "x_adv": all_.x_adv, "labels": all_.labels, "robust": all_.robust,
@@ -355,14 +444,16 @@ def _write_outputs(paths: AttackPaths, all_: ChunkRecord, summary: Mapping[str, 
             "attack_config": summary["attack_config"], "dataset": summary["dataset"],
             "split": summary["split"],
         }, paths.adv)
+        fault_point("attack.adv")
     atomic_write_json(paths.json, summary)
+    fault_point("attack.json")
 
 
 def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
     try:
-        record = json.loads(paths.json.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {paths.json} ({type(e).__name__}); remove it to start over") from None
+        record = json.loads(paths.json.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"cannot read {shown(paths.json)} ({type(e).__name__}); remove it to start over") from None
     if not isinstance(record, dict):
         raise UserError(f"{paths.json} is not a result of robustmaxup attack; choose another output")
     check_resume(record, header, RESUME_KEYS + ("command",), what=str(paths.json))
@@ -372,6 +463,39 @@ def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
                         "by another version; choose another output")
     log.info("%s is already complete (same settings); nothing to do", paths.json)
     return AttackSummary(record, None, paths, already_complete=True)
+
+
+def _attack_chunks(model: nn.Module, split: Any, chunks: list[list[int]], done: dict[int, ChunkRecord],
+                   config: AttackConfig, header: dict[str, Any], paths: AttackPaths | None, *,
+                   seed: int, device: torch.device, progress: bool,
+                   keep_adv: bool) -> tuple[dict[str, Any], ChunkRecord]:
+    """Run the chunks not yet ``done`` (saving the state after each), then write the outputs
+    and remove the state file; returns the summary and every example's record."""
+    from tqdm import tqdm
+
+    log_file = paths.aa_log if paths is not None and config.attack == "autoattack" else None
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(len(c) for c in chunks), desc=f"attack {config.attack}", unit="img",
+               disable=None if progress else True, initial=sum(len(r) for r in done.values()))
+    with bar:
+        for c, chunk in enumerate(chunks):
+            if c in done:
+                continue
+            done[c] = _run_chunk(model, split, chunk, config, seed=seed, device=device,
+                                 log_file=log_file, keep_adv=keep_adv)
+            if paths is not None:
+                _save_state(paths.state, header, done)
+                fault_point("attack.chunk")
+            robust = torch.cat([r.robust for r in done.values()]).float().mean()
+            bar.set_postfix(robust=f"{robust:.3f}", refresh=False)
+            bar.update(len(chunk))
+    records = [done[c] for c in range(len(chunks))]
+    all_ = ChunkRecord.concat(records)
+    summary = _summary(header, config, records, all_, time.perf_counter() - t0, paths)
+    if paths is not None:
+        _write_outputs(paths, all_, summary)
+        paths.state.unlink(missing_ok=True)
+    return summary, all_
 
 
 def evaluate_dataset(
@@ -412,19 +536,19 @@ def evaluate_dataset(
     Raises:
         FieldError/UserError for bad settings or outputs, before anything is written.
     """
-    from tqdm import tqdm
-
     check_config(config, tuple(split.info.image_shape))
-    seed = check_int("seed", seed)
+    seed = check_int("seed", seed, minimum=-2**63, maximum=2**64 - 1)
     idx = _check_indices(indices, len(split))
     if out is None and (resume or save_adv is not None):
         raise FieldError("out", "is needed with resume or save_adv")
     device = resolve_device(device) if device is not None else _model_device(model)
     if _model_device(model).type != device.type:
         raise UserError(f"the model is on {_model_device(model)} but the examples go to {device}")
+    check_memory_for(config, tuple(split.info.image_shape), len(idx), device)
     paths = AttackPaths.for_output(out, save_adv) if out is not None else None
     if paths is not None:
         paths.check_fresh(resume)
+        checked = paths.snapshot()
     header = _header(model, split, idx, config, seed=seed, save_adv=save_adv is not None,
                      device=device, extra=extra_record or {})
     b = config.batch_size
@@ -445,30 +569,22 @@ def evaluate_dataset(
         log.info("randomized (smoothed) model: x_adv is re-scored %d times; an example counts as "
                  "robust only if every attack fails and every re-scoring is correct (a single "
                  "evaluation overstates robustness)", config.n_rescores)
+    lock = None
     if paths is not None:
         ensure_writable_dir(paths.json.parent)
-    log_file = paths.aa_log if paths is not None and config.attack == "autoattack" else None
-
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(idx), desc=f"attack {config.attack}", unit="img",
-               disable=None if progress else True, initial=sum(len(r) for r in done.values()))
-    with bar:
-        for c, chunk in enumerate(chunks):
-            if c in done:
-                continue
-            done[c] = _run_chunk(model, split, chunk, config, seed=seed, device=device,
-                                 log_file=log_file, keep_adv=save_adv is not None)
-            if paths is not None:
-                _save_state(paths.state, header, done)
-            robust = torch.cat([r.robust for r in done.values()]).float().mean()
-            bar.set_postfix(robust=f"{robust:.3f}", refresh=False)
-            bar.update(len(chunk))
-    records = [done[c] for c in range(len(chunks))]
-    all_ = ChunkRecord.concat(records)
-    summary = _summary(header, config, records, all_, time.perf_counter() - t0, paths)
-    if paths is not None:
-        _write_outputs(paths, all_, summary)
-        paths.state.unlink(missing_ok=True)
+        lock = FileLock(paths.lock, what=f"output {shown(paths.json)}").acquire()
+        if paths.snapshot() != checked:
+            lock.release()
+            raise UserError(f"{shown(paths.json)}'s files changed while this run started (another run?); "
+                            "check them and start again")
+        fault_point("attack.locked")
+    try:
+        summary, all_ = _attack_chunks(model, split, chunks, done, config, header, paths,
+                                       seed=seed, device=device, progress=progress,
+                                       keep_adv=save_adv is not None)
+    finally:
+        if lock is not None:
+            lock.release()
     after = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["robust_accuracy_after"].items())
     log.info("n=%d  clean accuracy %.1f%%  robust accuracy %.1f%% (%s %s eps=%.6g; after: %s)",
              len(idx), 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"],

@@ -8,7 +8,7 @@ contribute 0). Pure functions; nothing here imports training code.
 
 Example::
 
-    res = read_certify_tsv("certify_test_sigma0.25.tsv")
+    res = read_certify_tsv("certify_maxup-last_test_sigma0.25.tsv")
     certified_accuracy(res, [0.0, 0.5])      # array([0.81, 0.62])
     average_certified_radius(res)            # 0.531
 """
@@ -18,7 +18,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,8 +29,11 @@ import numpy as np
 
 from robustmaxup.certify.smooth import ABSTAIN
 from robustmaxup.certify.tsv import read_certify
+from robustmaxup.errors import UserError
 from robustmaxup.registry import Registry
-from robustmaxup.runtime.io import atomic_path
+from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.io import atomic_path, shown
+from robustmaxup.runtime.text import safe_text
 
 THRESHOLD_NOTE = ("certified at radius r = correct, not abstained, and radius >= r; abstentions "
                   "count as not certified at every radius (r = 0 included); "
@@ -59,11 +64,11 @@ class CertifyResults:
     def subset_note(self) -> str:
         """E.g. ``"500 of 10000 test images (skip 20)"`` or ``"full test split (10000 images)"``."""
         meta = self.meta or {}
-        split, size = meta.get("split"), meta.get("split_size")
+        split, size = safe_text(meta.get("split")), meta.get("split_size")
         if meta.get("full_split") and len(self) == size:
             note = f"full {split} split ({len(self)} images)"
         else:
-            extra = f" (skip {meta['skip']}, max {meta['max']})" if "skip" in meta else ""
+            extra = f" (skip {meta['skip']}, max {meta.get('max')})" if "skip" in meta else ""
             of = f" of {size} {split}" if size else ""
             note = f"{len(self)}{of} images{extra}"
         if self.n_used is not None and len(self):
@@ -71,15 +76,42 @@ class CertifyResults:
         return note
 
 
+_NUMBER = (int, float)
+#: the sidecar keys read here and the types they must have (None is allowed for each)
+SIDECAR_TYPES: dict[str, tuple[type, ...]] = {
+    "split": (str,), "split_size": (int,), "full_split": (bool,), "skip": (int,), "max": (int,),
+    "n": (int,), "sigma": _NUMBER, "alpha": _NUMBER, "sequential": (dict,),
+}
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``FILE.tsv.json``, the sidecar of ``FILE.tsv``."""
+    return Path(str(path) + ".json")
+
+
 def _read_sidecar(path: Path) -> dict | None:
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
+    """The sidecar of ``path`` (None if there is none); UserError if it is unreadable or its
+    keys have other types than :data:`SIDECAR_TYPES` (a foreign or edited file)."""
+    sidecar = sidecar_path(path)
+    if not os.path.lexists(sidecar):
         return None
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise UserError(f"the sidecar {shown(sidecar)} is not readable JSON ({reason}); fix or "
+                        "remove it") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"the sidecar {shown(sidecar)} holds a JSON {type(meta).__name__}, not an "
+                        "object; fix or remove it")
+    for key, types in SIDECAR_TYPES.items():
+        value = meta.get(key)
+        bad = value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+                                     or (isinstance(value, float) and not math.isfinite(value)))
+        if bad or (key == "sequential" and value is not None and not isinstance(value.get("n_max"), (int, type(None)))):
+            raise UserError(f"the sidecar {shown(sidecar)} is malformed: {key} is "
+                            f"{safe_text(repr(value))[:40]}; fix or remove it")
+    return meta
 
 
 def read_certify_tsv(path: str | os.PathLike) -> CertifyResults:
@@ -153,9 +185,10 @@ def abstain_rate(res: CertifyResults) -> float:
 
 
 def column_names(results: Sequence[CertifyResults]) -> list[str]:
-    """File names as column labels; the full path where two files share a name."""
+    """File names as column labels (the full path where two files share a name), control
+    characters escaped."""
     names = [r.name for r in results]
-    return [r.path if names.count(r.name) > 1 else r.name for r in results]
+    return [safe_text(r.path if names.count(r.name) > 1 else r.name) for r in results]
 
 
 def summary_rows(results: Sequence[CertifyResults], radii: Sequence[float]) -> tuple[list[str], list[list[str]]]:
@@ -175,10 +208,16 @@ TableFormatter = Callable[[list[str], list[list[str]]], str]
 TABLE_FORMATS: Registry[TableFormatter] = Registry("table format")
 
 
+def _markdown_escape(text: str) -> str:
+    """A Markdown table cell: pipes (which would split the cell) and backslashes escaped."""
+    return re.sub(r"([\\|])", r"\\\1", text)
+
+
 @TABLE_FORMATS.register("markdown")
 def _markdown(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
+    cell = lambda rows: [_markdown_escape(c) for c in rows]  # noqa: E731
+    lines = ["| " + " | ".join(cell(header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(row)) + " |" for row in body]
     return "\n".join(lines)
 
 
@@ -191,10 +230,13 @@ def _csv(header: list[str], body: list[list[str]]) -> str:
     return buf.getvalue().rstrip("\n")
 
 
+_LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text
+    """Every LaTeX special character escaped, in one pass (so escapes are not re-escaped)."""
+    return re.sub(r"[\\_%&#${}~^]", lambda m: _LATEX[m.group()], text)
 
 
 @TABLE_FORMATS.register("latex")
@@ -212,9 +254,29 @@ def format_table(results: Sequence[CertifyResults], radii: Sequence[float], fmt:
     return TABLE_FORMATS.get(fmt)(header, body)
 
 
+#: image formats written without outside tools (pgf would need LaTeX)
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The image format ``path``'s extension names; FieldError (field ``plot``) if matplotlib
+    cannot write it (checked before anything is written)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = [f for f in PLOT_FORMATS if f in FigureCanvasBase.get_supported_filetypes()]
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in supported:
+        what = f"extension .{safe_text(suffix)}" if suffix else "no extension"
+        raise FieldError("plot", f"{shown(path)} has {what}; name an image file ending in one of "
+                                 f"{', '.join('.' + s for s in supported)}")
+    return suffix
+
+
 def plot_certified_accuracy(results: Sequence[CertifyResults], path: str | os.PathLike,
                             max_radius: float | None = None) -> None:
-    """Certified accuracy vs radius, one line per file, written atomically (Agg backend)."""
+    """Certified accuracy vs radius, one line per file, written atomically (Agg backend); the
+    format is the extension's (:func:`plot_format`)."""
+    fmt = plot_format(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,6 +287,7 @@ def plot_certified_accuracy(results: Sequence[CertifyResults], path: str | os.Pa
     grid = np.linspace(0.0, top, 400)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, res in zip(column_names(results), results):
+        label = label.replace("$", r"\$")  # a file name is text, never mathtext
         ax.plot(grid, certified_accuracy(res, grid), label=f"{label} (ACR {average_certified_radius(res):.3f})")
     ax.set_xlabel("L2 radius r (pixels in [0, 1])")
     ax.set_ylabel("certified accuracy (radius >= r)")
@@ -232,7 +295,6 @@ def plot_certified_accuracy(results: Sequence[CertifyResults], path: str | os.Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fmt = path.suffix.lstrip(".") or "png"
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=150)

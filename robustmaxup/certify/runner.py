@@ -13,10 +13,16 @@ Reproducibility: image ``idx`` draws its noise only from a generator seeded with
 ``stream_seed(seed, "certify.noise", idx)``, so reruns, ``resume`` and sharded runs give
 identical rows (time aside), and any row can be recomputed alone with ``Smooth.certify``.
 
-Output safety: nothing is written until every input is validated; a new output is created
-exclusively and locked while written (a second run on the same file fails with one line); a
-resume refuses a file whose header is not exactly its own format, or whose sidecar records
-other settings, and then touches nothing.
+Output safety: nothing is written until every input is validated; no output (TSV, sidecar,
+shard parts) may be the checkpoint or the data root; the default output name carries the
+checkpoint's name (:func:`default_out`); a new output is created exclusively and locked while
+written (a second run on the same file fails with one line); a resume refuses a file whose
+header is not exactly its own format, or whose sidecar is not one of the same command with the
+same settings, and then touches nothing (a file killed before its first row may lack the
+sidecar). Sizes are capped (``n``, ``n0``, ``n_max`` <= 10^9) and a noise buffer that cannot
+fit in the device's free memory is refused before it is allocated
+(:meth:`Settings.check_memory`). Every write boundary is a named fault point
+(:mod:`robustmaxup.runtime.faults`), where the kill-and-resume tests end the process.
 
 Example::
 
@@ -544,13 +550,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     dist = Dist.from_env()
     device = dist.device(job.device)
     info = get_info(job.dataset)
-    split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
-    indices = select_indices(len(split), job.skip, job.max_images)
-    if not indices:
-        raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
-                        "check --skip/--max")
     s = job.settings()
-    s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
     # loaded outside inference mode: the weights stay ordinary tensors (backward works later)
     model, meta = load_model(job.checkpoint, dataset=job.dataset, num_classes=info.num_classes,
                              device=device)
@@ -560,6 +560,12 @@ def run_job(job: SmoothingJob) -> list[Row]:
     check_output_path(out, "out")
     inputs = [("the checkpoint", job.checkpoint), ("the data root (--data-root)", job.data_root)]
     check_not_inputs([("out", p) for p in Output.at(out, mode_of(job.command, s).fmt, dist).paths()], inputs)
+    split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
+    indices = select_indices(len(split), job.skip, job.max_images)
+    if not indices:
+        raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
+                        "check --skip/--max")
+    s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
     smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile)
     _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
     chosen = [indices[i] for i in spread_indices(len(indices), 100).tolist()]

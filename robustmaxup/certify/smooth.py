@@ -13,12 +13,24 @@ of its batch, e.g. any model in eval mode, up to floating-point reduction order 
 Counting stays on the device (``torch.bincount`` of ``argmax``); the counts cross to the host
 once per phase.
 
+Sequential CERTIFY / PREDICT (:meth:`Smooth.certify_sequential`, :meth:`Smooth.predict_sequential`)
+draw the estimation samples in the same chunks but look at the votes at a fixed schedule of sample
+counts (:func:`~robustmaxup.certify.bounds.look_schedule`: geometric, multiples of
+``noise_chunk``, ending at ``n_max``) and stop as soon as the answer is decided, using an
+anytime-valid confidence sequence (:func:`~robustmaxup.certify.bounds.confidence_sequence`)
+instead of Clopper-Pearson. The schedule does not depend on ``batch_size`` nor on which images
+share a batch, so packing again changes only the speed; counts cross to the host once per look.
+
 Example::
 
     smooth = Smooth(model, num_classes=10, sigma=0.25)
     g = torch.Generator().manual_seed(0)
     cert = smooth.certify(x, n0=100, n=100_000, alpha=0.001, batch_size=1000, generator=g)
     cert.prediction, cert.radius     # (3, 0.61) or (ABSTAIN, 0.0)
+    g = torch.Generator().manual_seed(0)
+    cert = smooth.certify_sequential(x, n0=100, n_max=100_000, alpha=0.001, batch_size=1000,
+                                     radii=[0.25, 0.5, 0.75, 1.0], generator=g)
+    cert.n_used                      # e.g. 5800 samples instead of 100,000 (unanimous votes)
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +53,9 @@ log = logging.getLogger(__name__)
 
 ABSTAIN = -1
 
+# How sequential CERTIFY gives up on a radius it has not decided (see Smooth.certify_sequential).
+FUTILITY_RULES = ("projected", "unanimous")
+
 # --precision name -> autocast dtype (None: run in the input's own dtype).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -52,14 +67,22 @@ class Certificate:
     Attributes:
         prediction: the certified class, or ``ABSTAIN`` (-1).
         radius: certified L2 radius in [0, 1] pixel units (0.0 when abstaining).
-        p_lower: one-sided ``(1 - alpha)`` lower confidence bound on ``P[f(x+delta) = c_A]``.
-        counts: votes per class among the ``n`` estimation samples.
+        p_lower: one-sided ``(1 - alpha)`` lower confidence bound on ``P[f(x+delta) = c_A]``
+            (for sequential CERTIFY: the anytime-valid bound at the stopping time).
+        counts: votes per class among the ``n_used`` estimation samples.
+        n_used: estimation samples drawn (``n`` for fixed-n CERTIFY; the stopping time for
+            sequential CERTIFY). Optional when constructing: defaults to ``sum(counts)``.
     """
 
     prediction: int
     radius: float
     p_lower: float
     counts: tuple[int, ...]
+    n_used: int = -1
+
+    def __post_init__(self) -> None:
+        if self.n_used == -1:
+            object.__setattr__(self, "n_used", int(sum(self.counts)))
 
     @property
     def abstained(self) -> bool:
@@ -121,7 +144,7 @@ class Smooth:
         self._forward: nn.Module | None = None
         self._prepared_for: torch.device | None = None
         self._compile_logged = False
-        self._warned: set[tuple[int, float]] = set()
+        self._warned: set[tuple] = set()
         self._buf: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ public API
@@ -169,10 +192,120 @@ class Smooth:
         """
         self._check_args(xs, generators, n, alpha, batch_size, n0=n0)
         self.warn_if_too_few(n, alpha)
-        counts0 = self.sample_counts(xs, n0, batch_size, generators)
-        picks = [top_class(c) for c in counts0]
+        picks = self._select(xs, n0, batch_size, generators)
         counts = self.sample_counts(xs, n, batch_size, generators)
         return [self._decide(c_a, row, n, alpha) for c_a, row in zip(picks, counts)]
+
+    def certify_sequential(
+        self, x: torch.Tensor, n0: int, n_max: int, alpha: float, batch_size: int,
+        radii: Sequence[float] | None = None, generator: torch.Generator | None = None, *,
+        radius_tol: float = 0.02, sequence: str = bounds.DEFAULT_SEQUENCE, futility: str = "projected",
+    ) -> Certificate:
+        """Sequential (anytime-valid) CERTIFY for one image ``x`` ``[C, H, W]``: like
+        :meth:`certify`, but it stops drawing samples as soon as the answer is decided.
+
+        ``c_A`` is chosen from ``n0`` selection samples exactly as :meth:`certify` does (same
+        noise draws). Estimation samples are then drawn and, at each look ``t`` of the fixed
+        schedule ``bounds.confidence_sequence(sequence).schedule(n_max, noise_chunk)``, the
+        anytime-valid bounds ``L_t <= p_A <= U_t`` are updated from the votes ``k_t`` for
+        ``c_A`` (running max / min over looks). Sampling stops at ``n_max`` or earlier:
+
+        * with target ``radii``: when every ``r`` is decided -- certified (``L_t >=
+          Phi(r/sigma)``), refuted (``U_t < Phi(r/sigma)``) or out of reach: with
+          ``futility="unanimous"``, even if every remaining sample up to ``n_max`` voted for
+          ``c_A`` the bound at ``n_max`` would stay below ``Phi(r/sigma)``; with
+          ``futility="projected"`` (default), even if the remaining samples voted for ``c_A`` at
+          the rate ``U_t`` (the upper confidence bound, so an optimistic projection) it would
+          stay below -- this stops the runs that sit just above a threshold, which fixed-n
+          CERTIFY usually does not certify either; it changes only *when* sampling stops, never the
+          validity of the result;
+        * with ``radii=None``: when ``U_t <= 1/2`` (it will abstain), or when the radius is
+          pinned down: ``sigma * (Phi^-1(min(U_t, best)) - Phi^-1(L_t)) < radius_tol`` (``best``:
+          the bound reachable at ``n_max`` under the ``futility`` rule's projection, which also
+          caps ``U_t = 1`` on unanimous votes).
+
+        It returns ``(c_A, sigma * Phi^-1(L_tau))`` if ``L_tau > 1/2`` at the stopping time
+        ``tau``, else ``ABSTAIN``; ``n_used = tau``. If it runs to ``n_max`` its votes are those
+        of :meth:`certify` with ``n = n_max`` and the same generator.
+
+        Guarantee: with probability at least ``1 - alpha`` over the sampling, if a class and
+        radius ``R`` are returned then ``g(x + delta) = prediction`` for every ``||delta||_2 < R``
+        -- i.e. the returned radius is not larger than the true radius -- **whatever the stopping
+        rule**: ``L_t`` is a confidence sequence, ``P[L_t <= p_A for all t] >= 1 - alpha``
+        (Ville's inequality), so it also holds at the data-dependent time ``tau``. Re-computing
+        the fixed-n Clopper-Pearson bound after every batch and stopping when it certifies is
+        NOT valid: each check has error ``alpha`` at its own fixed ``n``, but stopping at the
+        first success takes the union of these events, whose probability grows with the number
+        of looks (the law of the iterated logarithm makes it tend to 1); ``tests/test_sequential.py``
+        measures several times ``alpha`` for that rule.
+
+        Args:
+            x: one image ``[C, H, W]`` in [0, 1], on the model's device.
+            n0: selection samples (>= 1). n_max: most estimation samples (>= 1).
+            alpha: failure probability in (0, 1). batch_size: samples per forward pass.
+            radii: target radii (>= 0) to decide, or ``None`` (estimate the radius to
+                ``radius_tol``).
+            generator: noise source on ``x.device`` (``None``: torch's global generator).
+            radius_tol: stopping width in radius units when ``radii`` is ``None``.
+            sequence: name in :data:`bounds.CONFIDENCE_SEQUENCES` (default: one-sided
+                beta-binomial mixture plus a Clopper-Pearson stage at ``n_max``, see
+                :func:`bounds.confidence_sequence`).
+            futility: ``"projected"`` or ``"unanimous"`` (see above).
+
+        Example::
+
+            g = torch.Generator().manual_seed(0)
+            cert = smooth.certify_sequential(x, 100, 100_000, 0.001, 1000, [0.25, 0.5], g)
+            cert.prediction, cert.radius, cert.n_used
+        """
+        return self.certify_sequential_batch(x[None], n0, n_max, alpha, batch_size, [generator], radii,
+                                             radius_tol=radius_tol, sequence=sequence, futility=futility)[0]
+
+    def certify_sequential_batch(
+        self, xs: torch.Tensor, n0: int, n_max: int, alpha: float, batch_size: int,
+        generators: Sequence[torch.Generator | None], radii: Sequence[float] | None = None, *,
+        radius_tol: float = 0.02, sequence: str = bounds.DEFAULT_SEQUENCE, futility: str = "projected",
+    ) -> list[Certificate]:
+        """Sequential CERTIFY (:meth:`certify_sequential`) for ``k`` images ``[k, C, H, W]``, one
+        generator each. Images that stop drop out of later looks; the certificates (and the
+        guarantee, per image) are exactly those of :meth:`certify_sequential` image by image,
+        for any ``batch_size``.
+
+        Example::
+
+            gens = [torch.Generator().manual_seed(s) for s in range(len(xs))]
+            certs = smooth.certify_sequential_batch(xs, 100, 100_000, 0.001, 4000, gens,
+                                                    radii=[0.25, 0.5, 0.75, 1.0])
+        """
+        self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0)
+        if not radius_tol > 0:
+            raise UserError(f"radius_tol must be > 0, got {radius_tol}")
+        if futility not in FUTILITY_RULES:
+            raise UserError(f"unknown futility rule {futility!r}; use one of {', '.join(FUTILITY_RULES)}")
+        seq = bounds.confidence_sequence(sequence)
+        thresholds = None if radii is None else bounds.radius_thresholds(radii, self.sigma)
+        looks = seq.schedule(int(n_max), self.noise_chunk)
+        self._warn_if_sequence_too_short(seq, looks, alpha)
+        picks = np.asarray(self._select(xs, n0, batch_size, generators), dtype=np.int64)
+        k = xs.shape[0]
+        votes = np.zeros((k, len(looks)), dtype=np.int64)   # count of c_A at each look
+        lower, upper = np.zeros(k), np.ones(k)
+
+        def step(j: int, idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            votes[idx, j] = counts[np.arange(len(idx)), picks[idx]]
+            path = votes[idx, :j + 1]
+            ts = np.asarray(looks[:j + 1])
+            lower[idx] = np.maximum(lower[idx], seq.lower(path, ts, alpha, looks))
+            upper[idx] = np.minimum(upper[idx], seq.upper(path, ts, alpha, looks))
+            if j == len(looks) - 1:
+                return np.ones(len(idx), dtype=bool)
+            best = seq.best_lower(path, looks, alpha, None if futility == "unanimous" else upper[idx])
+            return bounds.sequential_done(lower[idx], upper[idx], best, self.sigma, thresholds, radius_tol)
+
+        counts, n_used = self._run_looks(xs, looks, batch_size, generators, step)
+        log.debug("sequential certify: %d images, mean %.0f samples (n_max %d)", k, n_used.mean(), n_max)
+        return [self._certificate(int(c_a), row, float(p), int(t))
+                for c_a, row, p, t in zip(picks, counts, lower, n_used)]
 
     def predict(
         self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
@@ -200,6 +333,63 @@ class Smooth:
             p = bounds.binomial_test_pvalue(int(row[c_a]), n_b)
             out.append(c_a if p <= alpha else ABSTAIN)
         return out
+
+    def predict_sequential(
+        self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Sequential (anytime-valid) PREDICT for one image ``x`` ``[C, H, W]``: the class or
+        ``ABSTAIN``, drawing at most ``n_max`` samples and stopping once decided.
+
+        At each look ``t`` of ``bounds.look_schedule(n_max, noise_chunk)``, with the top two
+        vote counts ``n_A >= n_B`` (ties to the lower class index), it computes the one-sided
+        beta-binomial mixture evidence ``M = M(n_A, n_A + n_B)`` against ``q <= 1/2``, where
+        ``q = p_A / (p_A + p_B)`` is the chance that a vote for A or B is for A
+        (:func:`bounds.one_sided_mixture_log_evidence` at ``m = 1/2``). It returns A as soon as
+        ``M >= (C - 1) / alpha`` (``C = num_classes``), abstains as soon as even ``n_max - t``
+        further votes for A could not get there, and abstains at ``n_max``.
+
+        Guarantee: ``P[returns a class other than g(x)] <= alpha``, whatever the stopping time.
+        Proof sketch: if it returns ``c != c* = g(x)`` at some look then ``n_{c*} <= n_B`` there,
+        and the evidence only grows when B-votes are removed, so the pair process
+        ``M(n_c, n_c + n_{c*})`` -- a nonnegative supermartingale because ``p_c <= p_{c*}`` --
+        reached ``(C - 1)/alpha``: probability ``<= alpha / (C - 1)`` by Ville's inequality, and
+        there are at most ``C - 1`` such ``c``. (For fixed ``n`` the rank-verification argument
+        behind :meth:`predict` needs no ``C - 1`` factor; it is not known to survive
+        data-dependent stopping, so the union bound is kept.)
+
+        Example::
+
+            label = smooth.predict_sequential(x, n_max=10_000, alpha=0.001, batch_size=1000,
+                                              generator=torch.Generator().manual_seed(0))
+        """
+        return self.predict_sequential_batch(x[None], n_max, alpha, batch_size, [generator])[0]
+
+    def predict_sequential_batch(
+        self, xs: torch.Tensor, n_max: int, alpha: float, batch_size: int,
+        generators: Sequence[torch.Generator | None],
+    ) -> list[int]:
+        """Sequential PREDICT (:meth:`predict_sequential`) for ``k`` images ``[k, C, H, W]``, one
+        generator each; the same answers as image by image, for any ``batch_size``."""
+        self._check_args(xs, generators, n_max, alpha, batch_size)
+        looks = bounds.look_schedule(int(n_max), self.noise_chunk)
+        threshold = float(np.log((self.num_classes - 1) / alpha))
+        out = np.full(xs.shape[0], ABSTAIN, dtype=np.int64)
+        prior = bounds.MIXTURE_PRIOR
+
+        def step(j: int, idx: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            order = np.argsort(-counts, axis=1, kind="stable")
+            rows = np.arange(len(idx))
+            n_a, n_b = counts[rows, order[:, 0]], counts[rows, order[:, 1]]
+            evidence = bounds.one_sided_mixture_log_evidence(n_a, n_a + n_b, 0.5, *prior)
+            decided = evidence >= threshold
+            out[idx[decided]] = order[decided, 0]
+            rest = looks[-1] - looks[j]
+            futile = bounds.one_sided_mixture_log_evidence(n_a + rest, n_a + n_b + rest, 0.5, *prior) < threshold
+            return decided | futile
+
+        self._run_looks(xs, looks, batch_size, generators, step)
+        return [int(c) for c in out]
 
     def warn_if_too_few(self, n: int, alpha: float) -> bool:
         """Log (once per ``(n, alpha)``) if ``n`` samples can never certify; return whether ok."""
@@ -243,13 +433,59 @@ class Smooth:
         return counts.view(k, self.num_classes).cpu().numpy()
 
     # ------------------------------------------------------------------ internals
+    def _select(self, xs: torch.Tensor, n0: int, batch_size: int,
+                generators: Sequence[torch.Generator | None]) -> list[int]:
+        """CERTIFY's selection phase: ``c_A`` per image from ``n0`` noisy copies."""
+        return [top_class(c) for c in self.sample_counts(xs, n0, batch_size, generators)]
+
     def _decide(self, c_a: int, row: np.ndarray, n: int, alpha: float) -> Certificate:
-        k = int(row[c_a])
-        p_lower = bounds.clopper_pearson_lower(k, n, alpha)
+        return self._certificate(c_a, row, bounds.clopper_pearson_lower(int(row[c_a]), n, alpha), n)
+
+    def _certificate(self, c_a: int, row: np.ndarray, p_lower: float, n_used: int) -> Certificate:
         counts = tuple(int(c) for c in row)
         if p_lower > 0.5:
-            return Certificate(c_a, bounds.certified_radius(p_lower, self.sigma), p_lower, counts)
-        return Certificate(ABSTAIN, 0.0, p_lower, counts)
+            return Certificate(c_a, bounds.certified_radius(p_lower, self.sigma), p_lower, counts, n_used)
+        return Certificate(ABSTAIN, 0.0, p_lower, counts, n_used)
+
+    def _run_looks(
+        self, xs: torch.Tensor, looks: Sequence[int], batch_size: int,
+        generators: Sequence[torch.Generator | None],
+        step: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw samples look by look for the images still running.
+
+        At look ``j`` the images ``idx`` still running get ``looks[j] - looks[j-1]`` more noisy
+        copies each (their own generators, the usual chunks); then ``step(j, idx, counts[idx])``
+        (cumulative votes ``[len(idx), num_classes]``) returns which of them stop. Returns the
+        cumulative votes ``[k, num_classes]`` and the samples drawn per image ``[k]``.
+        """
+        k = xs.shape[0]
+        counts = np.zeros((k, self.num_classes), dtype=np.int64)
+        n_used = np.zeros(k, dtype=np.int64)
+        active = np.arange(k)
+        prev = 0
+        for j, t in enumerate(looks):
+            sub = xs if len(active) == k else xs[torch.as_tensor(active, device=xs.device)]
+            counts[active] += self.sample_counts(sub, t - prev, batch_size, [generators[i] for i in active])
+            n_used[active] = t
+            prev = t
+            stop = np.asarray(step(j, active, counts[active]), dtype=bool)
+            active = active[~stop]
+            if len(active) == 0:
+                break
+        return counts, n_used
+
+    def _warn_if_sequence_too_short(self, seq: bounds.ConfidenceSequence, looks: Sequence[int],
+                                    alpha: float) -> None:
+        key = (int(looks[-1]), float(alpha), seq.name)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        best = float(seq.lower(np.asarray([looks], dtype=np.int64), np.asarray(looks), alpha, tuple(looks))[0])
+        if best <= 0.5:
+            log.warning("n_max=%d samples can never certify with the %s confidence sequence at alpha=%g: "
+                        "even unanimous votes give a lower bound of %.4f <= 0.5; raise n_max",
+                        looks[-1], seq.name, alpha, best)
 
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
                     batch_size: int, n0: int | None = None) -> None:

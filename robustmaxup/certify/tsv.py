@@ -28,7 +28,7 @@ from typing import Iterable, Sequence, Union
 
 from robustmaxup.certify.smooth import ABSTAIN
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.io import atomic_write_text
+from robustmaxup.runtime.io import atomic_write_text, check_input_path
 
 
 def format_time(seconds: float) -> str:
@@ -145,11 +145,16 @@ class TsvContents:
 
 
 def _complete_lines(path: Path) -> tuple[list[str], int]:
+    check_input_path(path, "TSV")  # a regular file (never a device or pipe that never ends)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except MemoryError:
+        raise UserError(f"{path} is too large to be a TSV of this tool") from None
     end = data.rfind(b"\n") + 1
+    if b"\x00" in data[:end] or (end == 0 and b"\x00" in data[:4096]):
+        raise UserError(f"{path} is a binary file, not UTF-8 text; is it a TSV?")
     try:
         return data[:end].decode("utf-8").splitlines(), end
     except UnicodeDecodeError:

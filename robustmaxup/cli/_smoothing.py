@@ -23,7 +23,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
         p.add_argument("--n0", "--N0", dest="n0", type=int, default=100,
                        help="samples to select the top class (--N0 as in Cohen et al.'s certify.py)")
     p.add_argument("--n", "--N", dest="n", type=int, default=100_000,
-                   help="samples to estimate/test the top class (--N as in Cohen et al.'s certify.py)")
+                   help="samples to estimate/test the top class (--N as in Cohen et al.'s certify.py; "
+                        "at most 10^9, like --n0 and --n-max)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--skip", type=int, default=1, help="use dataset indices 0, skip, 2*skip, ...")
@@ -31,7 +32,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
                    help="at most this many images, spread evenly over the skip-selection (-1: all); "
                         "it counts images, unlike certify.py's --max, an index bound")
     p.add_argument("--out", default=None,
-                   help="output TSV (default: <command>_<split>_sigma<S>.tsv in the current directory)")
+                   help="output TSV (default: <command>_<checkpoint>_<split>_sigma<S>.tsv in the current "
+                        "directory; never the checkpoint or the data root)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted output file from its last complete row")
     p.add_argument("--images-per-batch", type=int, default=1,

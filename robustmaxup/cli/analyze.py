@@ -22,7 +22,10 @@ from typing import Sequence
 from robustmaxup.certify import analysis
 from robustmaxup.cli.common import make_parser, run
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.io import atomic_write_text
+from robustmaxup.runtime.io import (
+    atomic_write_text, check_distinct, check_not_inputs, check_output_path, shown,
+)
+from robustmaxup.runtime.text import safe_text
 
 log = logging.getLogger("robustmaxup")
 DEFAULT_RADII = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
@@ -34,38 +37,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help="certify TSV files (one table column each)")
     p.add_argument("--radii", type=float, nargs="+", default=DEFAULT_RADII, help="L2 radii (pixels in [0,1])")
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
-    p.add_argument("--plot", default=None, help="write certified accuracy vs radius to this image (.png/.pdf)")
-    p.add_argument("--out", default=None, help="also write the notes and table to this file")
+    p.add_argument("--plot", default=None,
+                   help="write certified accuracy vs radius to this image (.png, .pdf, .svg, ...)")
+    p.add_argument("--out", default=None,
+                   help="also write the notes and table to this file (never one of the inputs)")
     p.add_argument("--quiet", action="store_true", help="only the table")
     return p
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--out``/``--plot``: writable regular files, two files, neither an input TSV nor its
+    sidecar, and a plot format matplotlib writes; checked before anything is read or written."""
+    outputs = [(field, path) for field, path in (("out", args.out), ("plot", args.plot)) if path]
+    for field, path in outputs:
+        check_output_path(path, field)
+    check_distinct(outputs)
+    check_not_inputs(outputs, [(f"the input {kind}{shown(f)}", path) for f in args.files
+                               for kind, path in (("", f), ("sidecar of ", analysis.sidecar_path(f)))])
+    if args.plot:
+        analysis.plot_format(args.plot)
+
+
 def _body(args: argparse.Namespace) -> None:
-    if any(not r >= 0 for r in args.radii):
-        raise UserError("--radii must be >= 0")
+    if any(not r >= 0 or r == float("inf") for r in args.radii):
+        raise UserError("--radii must be finite and >= 0")
+    _check_outputs(args)
     results = [analysis.read_certify_tsv(f) for f in args.files]
     for res in results:
         if len(res) == 0:
-            raise UserError(f"{res.path} has no rows yet")
+            raise UserError(f"{shown(res.path)} has no rows yet")
     differ = analysis.differences(results)
     if differ:
         log.warning("warning: the files differ in %s; their columns are not a like-for-like "
                     "comparison", ", ".join(differ))
-    if args.plot:
-        try:
-            analysis.plot_certified_accuracy(results, args.plot)
-        except OSError as e:
-            raise UserError(f"cannot write --plot {args.plot}: {e.strerror or e}") from None
-        log.info("wrote %s", args.plot)
     table = analysis.format_table(results, args.radii, args.format)
     notes = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
     text = table if args.quiet else "\n".join([*notes, f"# {analysis.THRESHOLD_NOTE}", table])
+    if args.plot:
+        analysis.plot_certified_accuracy(results, args.plot)
+        log.info("wrote %s", args.plot)
     if args.out:
-        try:
-            atomic_write_text(args.out, text + "\n")
-        except OSError as e:
-            raise UserError(f"cannot write --out {args.out}: {e.strerror or e}") from None
-    print(text)
+        atomic_write_text(args.out, text + "\n")
+    print(safe_text(text, keep="\n\t"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from typing import Sequence
 from robustmaxup.cli.common import add_data_args, add_runtime_args, make_parser, run
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import check_int, parse_fraction
+from robustmaxup.runtime.io import check_not_inputs, file_label
 
 log = logging.getLogger("robustmaxup")
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescores", type=int, default=None,
                    help="re-scorings of x_adv (default: 5 for --smoothed, else 1)")
     p.add_argument("--out", default=None,
-                   help="output JSON (default: attack_<attack>_<norm>_eps<EPS>.json); the TSV goes beside it")
+                   help="output JSON (default: attack_<checkpoint>_<attack>_<norm>_eps<EPS>.json); the "
+                        "TSV goes beside it")
     p.add_argument("--save-adv", default=None, metavar="FILE", help="also save x_adv to this torch file")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last finished chunk (a finished run "
@@ -89,6 +91,13 @@ def attack_config(args: argparse.Namespace, eps: float, sigma: float | None):
     )
 
 
+def default_out(args: argparse.Namespace, eps: float) -> Path:
+    """``attack_<checkpoint>_<attack>_<norm>_eps<EPS>.json`` in the current directory
+    (``<checkpoint>``: :func:`~robustmaxup.runtime.io.file_label`, so two models attacked side
+    by side never share a default output)."""
+    return Path(f"attack_{file_label(args.checkpoint)}_{args.attack}_{args.norm}_eps{eps:.6g}.json")
+
+
 def _body(args: argparse.Namespace) -> None:
     from robustmaxup.attacks.evaluation import check_config
     from robustmaxup.attacks.runner import AttackPaths, evaluate_dataset
@@ -102,8 +111,11 @@ def _body(args: argparse.Namespace) -> None:
     info = get_info(args.dataset)
     # fail fast, before loading anything: the settings (sigma may still come from the checkpoint)
     check_config(attack_config(args, eps, args.sigma or (1.0 if args.smoothed else None)), info.image_shape)
-    out = Path(args.out) if args.out else Path(f"attack_{args.attack}_{args.norm}_eps{eps:.6g}.json")
-    AttackPaths.for_output(out, args.save_adv).check_fresh(args.resume)
+    out = Path(args.out) if args.out else default_out(args, eps)
+    paths = AttackPaths.for_output(out, args.save_adv)
+    check_not_inputs(paths.named(), [("the checkpoint", args.checkpoint),
+                                     ("the data root (--data-root)", args.data_root)])
+    paths.check_fresh(args.resume)
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, dataset=args.dataset, num_classes=info.num_classes,
                              device=device)

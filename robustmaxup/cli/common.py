@@ -1,4 +1,11 @@
-"""What every subcommand shares: one-line errors (exit 2), logging set-up, common flags."""
+"""What every subcommand shares: one-line errors (exit 2), logging set-up, common flags.
+
+Every user-caused failure ends in ONE stderr line and exit status 2: a UserError (its
+FieldError shown under the flag's name), and, as a safety net, a file-system error
+(``OSError``) or an allocation failure (``MemoryError``). Text reaching the terminal has its
+control characters escaped (:func:`robustmaxup.runtime.text.safe_text`): the error line here,
+every log record once :func:`setup_logging` ran.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import torch
 
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.text import install_safe_log_records, safe_text
 
 log = logging.getLogger("robustmaxup")
 
@@ -19,7 +27,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit status 2 (no usage dump)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {safe_text(message)} (see --help)\n")
 
 
 def make_parser(command: str, description: str) -> ArgumentParser:
@@ -32,6 +40,7 @@ def make_parser(command: str, description: str) -> ArgumentParser:
 def setup_logging(quiet: bool = False) -> None:
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    install_safe_log_records()  # control characters in any log line are escaped
 
 
 def flag_for(field: str, flags: Mapping[str, str] | None = None) -> str:
@@ -44,7 +53,7 @@ def flag_for(field: str, flags: Mapping[str, str] | None = None) -> str:
 def error_line(command: str, error: UserError, flags: Mapping[str, str] | None = None) -> str:
     """The one stderr line for ``error``; a :class:`FieldError` is shown with its flag's name."""
     text = error.renamed(flag_for(error.field, flags)) if isinstance(error, FieldError) else str(error)
-    text = " ".join(text.split())  # one line, whatever the message held
+    text = safe_text(text.strip())  # one line: newlines and control characters escaped
     return f"robustmaxup {command}: error: {text}"
 
 
@@ -64,6 +73,14 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
         body(args)
     except UserError as e:
         print(error_line(command, e, flags), file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(error_line(command, UserError("out of memory; lower the batch size or the number of "
+                                            "samples")), file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (disk full, permissions, ...): still one line
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(error_line(command, UserError(f"{e.strerror or e}{where}")), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustmaxup {command}: interrupted", file=sys.stderr)

@@ -2,18 +2,23 @@
 
 Example::
 
+    robustmaxup train --recipe smoothadv --dataset cifar10 --data-root DATA --out runs/smoothadv
     robustmaxup train --dataset cifar10 --data-root ../shared/data/cifar10-jpeg.tar.gz \\
-        --arch cifar_resnet110 --method maxup --sigma 0.25 --m 4 --epochs 90 --out runs/maxup
+        --arch cifar_resnet110 --method maxup --sigma 0.25 --copies 4 --epochs 90 --out runs/maxup
     robustmaxup train --config runs/maxup/config.json --seed 1 --out runs/maxup-seed1
+    robustmaxup train --list-recipes
 
 Every flag is generated from :func:`robustmaxup.train.options` (the config's fields, every
 registered method's hyper-parameters, the weight perturbations' options), so every method is
 trainable from here; an option the chosen method does not take is an error naming the method's
-options. ``--awp GAMMA`` / ``--amp EPS`` wrap any method in a weight perturbation.
+options. ``--awp-gamma GAMMA`` / ``--amp-eps EPS`` wrap any method in a weight perturbation.
+A former flag (``--m``, ``--m-train``, ``--eta``, ``--awp``, ``--amp``...) is an error naming the
+flag that replaced it.
 
-``--config`` replays a run: its ``config.json`` is the base layer and only the flags given on
-this command line override it (a flag equal to its default still does). This module only
-parses: values -> :class:`~robustmaxup.train.TrainConfig` -> :func:`~robustmaxup.train.train`.
+``--recipe NAME`` takes a paper's published set-up as the base layer; ``--config`` replays a run:
+its ``config.json`` is the base layer. In both, only the flags given on this command line
+override it (a flag equal to its default still does). This module only parses: values ->
+:class:`~robustmaxup.train.TrainConfig` -> :func:`~robustmaxup.train.train`.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from robustmaxup.cli.common import make_parser, run, setup_logging
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import parse_fraction
 from robustmaxup.train import TrainConfig, merge_flat, options, read_flat, train
+from robustmaxup.train.config import RENAMED, renamed_message
+from robustmaxup.train.recipes import recipe_table
 
 _GIVEN_ONLY = argparse.SUPPRESS  # a flag not given is absent from the parsed values
+_NOT_CONFIG = ("config", "list_recipes")
 
 
 def _parse_bool(text: str) -> bool:
@@ -48,11 +56,27 @@ def _number(text: str) -> float:
 _TYPES: dict[type, Callable[[str], Any]] = {bool: _parse_bool, float: _number, int: int, str: str}
 
 
+def _dashes(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Renamed(argparse.Action):
+    """A former flag: refused in one line naming the flag that replaced it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {renamed_message(self.dest, _dashes)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("train", "Train a classifier; writes config.json, metrics.jsonl, last.pt and "
                              "best.pt to --out.")
     p.add_argument("--config", default=_GIVEN_ONLY, metavar="CONFIG_JSON",
                    help="replay a run: its config.json gives the values, flags given here override them")
+    p.add_argument("--list-recipes", action="store_true", default=_GIVEN_ONLY,
+                   help="print every recipe (values and sources) and exit")
+    for old in RENAMED:
+        p.add_argument(_dashes(old), dest=old, action=_Renamed, nargs="?", default=_GIVEN_ONLY,
+                       help=argparse.SUPPRESS)
     groups: dict[str, Any] = {}
     for opt in options():
         group = groups.get(opt.group) or groups.setdefault(opt.group, p.add_argument_group(opt.group))
@@ -63,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         if opt.required:
             text += " (required unless --config gives it)"
-        elif opt.default is not None:
+        elif opt.default not in (None, ()):
             text += f" (default: {opt.default})"
         group.add_argument(opt.flag, dest=opt.name, type=_TYPES[opt.type], choices=opt.choices,
-                           metavar=opt.metavar, default=_GIVEN_ONLY, help=text)
+                           metavar=opt.metavar, nargs=opt.nargs, default=_GIVEN_ONLY, help=text)
     return p
 
 
@@ -76,18 +100,18 @@ def _flags() -> dict[str, str]:
 
 
 def _check_perturbation_flags(given: Mapping[str, Any], flat: Mapping[str, Any]) -> None:
-    """``--awp-warmup`` and the like modify a perturbation that ``--awp`` (here or in the base
-    layers) switches on."""
+    """``--awp-warmup`` and the like modify a perturbation that ``--awp-gamma`` (here, in the
+    recipe or in the base layers) switches on."""
     opts = [opt for opt in options() if opt.perturbation]
     for main in (opt for opt in opts if opt.main):
         if main.name not in flat and any(o.name in given for o in opts if o.perturbation == main.perturbation):
-            raise UserError(f"{main.flag}-* options need {main.flag} itself")
+            raise UserError(f"--{main.perturbation}-* options need {main.flag} itself")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config of parsed flags: the layers (``--config``'s file, later a recipe) as the base,
-    the flags given explicitly on top."""
-    given = {k: v for k, v in vars(args).items() if k != "config"}
+    """The config of parsed flags: the layers (``--config``'s file; ``--recipe``'s values) as the
+    base, the flags given explicitly on top."""
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     layers = [read_flat(args.config)] if "config" in vars(args) else []
     flat = merge_flat(*layers, given)
     _check_perturbation_flags(given, flat)
@@ -95,6 +119,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _body(args: argparse.Namespace) -> None:
+    if "list_recipes" in vars(args):
+        print(recipe_table())
+        return
     cfg = config_from_args(args)
     setup_logging(cfg.quiet)  # --config may set it
     train(cfg)

@@ -11,7 +11,7 @@ This package only imports the method modules (which registers them) and re-expor
 Example::
 
     from robustmaxup.methods import build_method
-    method = build_method("maxup", sigma=0.25, m=4)
+    method = build_method("maxup", sigma=0.25, copies=4)
 """
 
 from __future__ import annotations

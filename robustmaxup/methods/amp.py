@@ -2,17 +2,21 @@
 Adversarial Model Perturbation", CVPR): minimise the "AMP loss" ``max_{||v|| <= eps} L(w + v)``.
 
 The inner maximisation takes ``steps`` gradient-ascent steps from ``v = 0``:
-``v <- v + step_size * ∇L(w + v)``, then projects ``v`` onto the L2 ball of radius ``eps``; the
-step's gradient is taken at ``w + v`` and applied to ``w``. All trainable parameters move
-(weights, biases and BatchNorm affine parameters alike, as in the paper).
+``v <- v + step_size * ∇L(w + v)``, then projects ``v`` back into the ball; the step's gradient
+is taken at ``w + v``, ``w`` is restored, and the optimiser steps from ``w`` (the reference's
+order, hiyouga/AMP-Regularizer amp.py:60-64). All trainable parameters move (weights, biases and
+BatchNorm affine parameters alike, amp.py:49-58).
 
-The ball is the paper's: one L2 ball over the whole parameter vector. The authors' public code
-clips each parameter tensor to norm ``eps`` separately (a larger set: the global norm can reach
-``eps * sqrt(#tensors)``); ``per_tensor=True`` reproduces that.
+Which ball (``per_tensor``). The authors' code clips each parameter tensor to norm ``eps``
+separately (amp.py:54-56): every tensor's ``||v_i|| <= eps``, so the global norm can reach
+``eps * sqrt(#tensors)``. That is the default here (``per_tensor = True``). ``per_tensor = False``
+is the paper's formula instead: one L2 ball of radius ``eps`` over the whole parameter vector.
 
-Defaults (the paper's CIFAR-10 setting and the code's defaults): ``eps = 0.5``, ``steps = 1``
-(N, inner iterations), ``step_size = 1.0`` (ζ, inner learning rate), ``per_tensor = False``,
-``warmup = 0``. CLI: ``--amp 0.5 [--amp-steps 1 --amp-step-size 1]`` wraps any ``--method``.
+Defaults (the code's defaults, main.py:128-130): ``eps = 0.5``, ``steps = 1`` (inner iterations),
+``step_size = 1.0`` (inner learning rate), ``per_tensor = True``, ``warmup = 0``. (The reference
+training script also clips the gradient norm to 50, main.py:51, 134; robustmaxup does not.)
+CLI: ``--amp-eps 0.5 [--amp-steps 1 --amp-step-size 1 --amp-per-tensor false]`` wraps any
+``--method``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class AMP(PerturbationCore):
 
     Example::
 
-        amp = AMP(eps=0.5)
+        amp = AMP(eps=0.5)                      # per-tensor clip, as the reference
         with amp.perturbed(model, lambda: method.loss(model, prepared).loss):
             method.loss(model, prepared).loss.backward()
         optimizer.step()
@@ -59,15 +63,18 @@ class AMP(PerturbationCore):
     eps: float = 0.5
     steps: int = 1
     step_size: float = 1.0
-    per_tensor: bool = False
+    per_tensor: bool = True
     warmup: int = 0
 
     def __post_init__(self) -> None:
-        check_positive("amp", self.eps)
+        check_positive("amp_eps", self.eps)
         check_positive("amp_step_size", self.step_size)
         check_count("amp_steps", self.steps, 1)
         check_count("amp_warmup", self.warmup, 0)
         super().__post_init__()
+
+    def cost(self, loss_cost: float) -> float:
+        return self.steps * loss_cost          # one gradient of the method's loss per inner step
 
     def select(self, model: nn.Module) -> list[nn.Parameter]:
         return trainable(model, weights_only=False)

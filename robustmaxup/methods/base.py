@@ -62,6 +62,34 @@ class Method:
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called at the start of each epoch (0-based), e.g. for an epsilon warm-up."""
 
+    # --- how a loader batch becomes optimiser steps, and what it costs ------------------------
+    def reference_chunks(self) -> int:
+        """Optimiser steps the method's reference code takes per loader batch.
+
+        Under ``step_structure="reference"`` the engine splits a loader batch of B examples into
+        this many consecutive chunks of ``B // chunks`` examples (a remainder is dropped, as in
+        the reference code) and takes one ``prepare``/``loss``/step per chunk; under ``"joint"``
+        it takes one step on the whole batch. 1 (the default) makes the two the same."""
+        return 1
+
+    def prepare_cost(self) -> float:
+        """Estimated compute of :meth:`prepare` per training example, in forward passes of one
+        example: a no-grad forward counts 1, an attack step (forward plus a backward to the
+        input) counts 3. Default: nothing."""
+        return 0.0
+
+    def loss_cost(self) -> float:
+        """Estimated compute of :meth:`loss` plus its backward per training example (forward
+        passes of one example; a forward with its backward counts 3). Default: one forward."""
+        return 3.0
+
+    def cost(self) -> float:
+        """Estimated compute per training example: ``prepare_cost() + loss_cost()``. Plain
+        cross-entropy training costs 3. Used to give methods equal compute budgets
+        (``experiments/reproduce.py --budget``); ``tests/test_method_cost.py`` checks it against
+        counted forwards."""
+        return self.prepare_cost() + self.loss_cost()
+
     # --- the step --------------------------------------------------------------------------
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 generator: torch.Generator | None = None) -> Any:
@@ -98,13 +126,26 @@ class Method:
 class WeightPerturbation:
     """Interface of step wrappers (AWP, AMP): ``perturbed(model, loss_fn)`` is a context manager
     inside which the model's weights are perturbed (in the worst direction of ``loss_fn()``); the
-    engine takes the gradient there, and on exit the weights are restored exactly before the
-    optimiser steps."""
+    engine takes the gradient there; the optimiser steps either after the exit has restored the
+    weights exactly, or inside it with the exit then removing the perturbation
+    (:attr:`step_at_perturbed`)."""
 
     name: ClassVar[str] = "none"
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called at the start of each epoch (0-based), e.g. for a warm-up before perturbing."""
+
+    @property
+    def step_at_perturbed(self) -> bool:
+        """True: the engine calls ``optimizer.step()`` *inside* ``perturbed`` (at ``w + v``) and
+        the exit removes ``v`` afterwards (AWP's reference order: perturb, gradient, step,
+        restore). False: the exit restores ``w`` first and the engine steps after it (AMP's)."""
+        return False
+
+    def cost(self, loss_cost: float) -> float:
+        """Extra compute per training example once active, for a method whose loss costs
+        ``loss_cost`` (forward-pass units, see :meth:`Method.cost`)."""
+        return 0.0
 
     def perturbed(self, model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> ContextManager:
         raise NotImplementedError

@@ -8,8 +8,13 @@ actually pasted, ``λ' = 1 - box_area / (W·H)``::
 
     ỹ = λ' onehot(y) + (1 - λ') onehot(y[π])
 
-Default ``alpha = 1.0``; applied to every batch (the paper's ImageNet setting; its CIFAR scripts
-apply it with probability 0.5). Registered as augmentation and method ``cutmix``.
+Application probability. The reference applies CutMix to a whole batch with probability
+``cutmix_prob`` and otherwise trains on the clean batch (clovaai/CutMix-PyTorch train.py:227-228);
+its CIFAR command uses ``--cutmix_prob 0.5`` and its ImageNet command 1.0 (README.md:55, 70).
+The method ``cutmix`` defaults to the CIFAR value, ``cutmix_prob = 0.5``; the augmentation (what
+``--method maxup --augment cutmix`` draws its copies from) always mixes (``prob = 1``).
+
+Default ``alpha = 1.0`` (README.md:54, 69). Registered as augmentation and method ``cutmix``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import ClassVar
 import torch
 
 from robustmaxup.methods.augment import Mixed, mix_targets, random_partner, sample_beta
+from robustmaxup.errors import UserError
 from robustmaxup.methods.base import Augmentation, check_positive
 from robustmaxup.methods.families import MixingMethod
 from robustmaxup.methods.registry import register_augmentation, register_method
@@ -38,13 +44,20 @@ def cut_box(height: int, width: int, lam: float, x: torch.Tensor,
 
 
 def cutmix_batch(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, alpha: float = 1.0,
-                 generator: torch.Generator | None = None) -> Mixed:
+                 prob: float = 1.0, generator: torch.Generator | None = None) -> Mixed:
     """CutMix of a batch ``x`` ``[B, C, H, W]``, ``y`` ``[B]``; ``lam`` is the area-corrected λ'.
+    With probability ``1 - prob`` (one uniform draw per batch, taken first, as in the reference)
+    the batch is returned unmixed: ``lam = 1``, one-hot targets, each example its own partner.
 
     Example::
 
-        mixed = cutmix_batch(x, y, num_classes=10, generator=g)
+        mixed = cutmix_batch(x, y, num_classes=10, prob=0.5, generator=g)
     """
+    if prob < 1.0:
+        u = torch.rand((), generator=generator, device=x.device, dtype=torch.float64).item()
+        if u >= prob:
+            partner = torch.arange(x.shape[0], device=x.device)
+            return Mixed(x.clone(), mix_targets(y, partner, 1.0, num_classes, x.dtype), 1.0, partner)
     lam = sample_beta(alpha, x, generator)
     partner = random_partner(x, generator)
     height, width = x.shape[-2:]
@@ -55,6 +68,12 @@ def cutmix_batch(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, alpha: f
     return Mixed(x_mix, mix_targets(y, partner, lam_area, num_classes, x.dtype), lam_area, partner)
 
 
+def check_probability(flag: str, value: float) -> None:
+    """UserError unless ``0 <= value <= 1`` (flag named ``--flag-name``)."""
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--{flag.replace('_', '-')} must lie in [0, 1], got {value}")
+
+
 @register_augmentation
 @dataclass
 class CutMixAugmentation(Augmentation):
@@ -63,25 +82,31 @@ class CutMixAugmentation(Augmentation):
     name: ClassVar[str] = "cutmix"
     mixes_labels: ClassVar[bool] = True
     alpha: float = 1.0
+    prob: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive("alpha", self.alpha)
+        check_probability("cutmix_prob", self.prob)
 
     def __call__(self, x, y, *, num_classes, generator=None):
-        mixed = cutmix_batch(x, y, num_classes=num_classes, alpha=self.alpha, generator=generator)
+        mixed = cutmix_batch(x, y, num_classes=num_classes, alpha=self.alpha, prob=self.prob,
+                             generator=generator)
         return mixed.x, mixed.target
 
 
 @register_method
 @dataclass
 class CutMix(MixingMethod):
-    """Train on CutMix batches. Example: ``build_method("cutmix", alpha=1.0)``."""
+    """Train on CutMix batches, each mixed with probability ``cutmix_prob``. Example:
+    ``build_method("cutmix", alpha=1.0, cutmix_prob=0.5)``."""
 
     name: ClassVar[str] = "cutmix"
     alpha: float = 1.0
+    cutmix_prob: float = 0.5
 
     def __post_init__(self) -> None:
         check_positive("alpha", self.alpha)
+        check_probability("cutmix_prob", self.cutmix_prob)
 
     def augmentation(self) -> Augmentation:
-        return CutMixAugmentation(alpha=self.alpha)
+        return CutMixAugmentation(alpha=self.alpha, prob=self.cutmix_prob)

@@ -27,7 +27,8 @@ from robustmaxup.methods.base import (
     Augmentation, LossOutput, Method, check_count, check_positive, soft_cross_entropy,
 )
 
-__all__ = ["SmoothingMethod", "AdversarialMethod", "MixingMethod", "DEFAULT_BUDGET", "warmup_fraction"]
+__all__ = ["SmoothingMethod", "AdversarialMethod", "MixingMethod", "DEFAULT_BUDGET", "warmup_fraction",
+           "reference_start"]
 
 
 def warmup_fraction(epoch: int, warmup: int) -> float:
@@ -63,6 +64,23 @@ class SmoothingMethod(Method):
 DEFAULT_BUDGET = {"Linf": (8 / 255, 2 / 255), "L2": (128 / 255, 15 / 255)}
 
 
+def reference_start(x: torch.Tensor, eps: float, norm: str,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """The random start of Rice et al.'s PGD (locuslab/robust_overfitting train_cifar.py:76-87,
+    also csdongxian/AWP AT_AWP/train_cifar10.py:78-89): L∞ uniform in ``[-eps, eps]`` per
+    coordinate; L2 a Gaussian direction scaled to radius ``eps * U``, ``U ~ U(0, 1)`` — uniform
+    in the *radius*, not in the ball's volume (which would put almost every start on the
+    sphere). The attack then clips ``x + delta`` to the [0, 1] box, as the reference does."""
+    if norm == "Linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * eps
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+    radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device,
+                        dtype=x.dtype)
+    return direction / norms * radius * eps
+
+
 @dataclass
 class AdversarialMethod(Method):
     """Shared fields, validation and validation metric of PGD-AT and TRADES.
@@ -89,10 +107,12 @@ class AdversarialMethod(Method):
         self.attack_step_size = float(self.attack_step_size or step)
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """PGD-CE with a random start at the training budget, ``steps`` steps."""
+               generator: torch.Generator | None = None, train_mode: bool = False) -> torch.Tensor:
+        """PGD-CE at the training budget, ``steps`` steps, from Rice et al.'s random start
+        (:func:`reference_start`); ``train_mode``: BatchNorm batch statistics."""
+        start = reference_start(x, self.attack_eps, self.norm, generator)
         return pgd(model, x, y, eps=self.attack_eps, norm=self.norm, steps=steps,
-                   step_size=self.attack_step_size, random_start=True, generator=generator)
+                   step_size=self.attack_step_size, delta_init=start, train_mode=train_mode)
 
     def evaluate(self, model, x, y, *, generator=None):
         """Robust accuracy ``[B]`` under PGD-``eval_steps`` (gradients enabled inside, since the

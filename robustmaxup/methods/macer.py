@@ -1,20 +1,27 @@
 """MACER (Zhai, Dan, He, Zhang, Gong, Ravikumar, Hsieh & Wang 2020, "MACER: Attack-free and
 Scalable Robust Training via Maximizing Certified Radius", ICLR).
 
-With ``m_train`` noisy copies of each example and logits ``z_i = f(x + δ_i)``:
+With ``copies`` noisy copies of each example and logits ``z_i = f(x + δ_i)``:
 
 * classification loss: cross-entropy of the soft smoothed classifier,
   ``-log(mean_i softmax(z_i)_y + 1e-10)``;
-* robustness loss, on the examples the smoothed classifier with inverse temperature ``beta``
-  (``p̂ = mean_i softmax(beta * z_i)``) gets right: a hinge on the certified-radius surrogate
-  ``σ/2 · (Φ⁻¹(p̂_y) - Φ⁻¹(p̂_2nd))``, namely ``σ/2 · max(0, gamma - (Φ⁻¹(p̂_y) - Φ⁻¹(p̂_2nd)))``.
-  As in the paper's code, examples whose gap is not finite (p̂_y = 1 in float precision) or
-  exceeds ``gamma`` contribute nothing.
+* robustness loss, on the examples the smoothed classifier with inverse temperature
+  ``macer_beta`` (``p̂ = mean_i softmax(macer_beta * z_i)``) gets right: a hinge on the
+  certified-radius surrogate ``σ/2 · (Φ⁻¹(p̂_y) - Φ⁻¹(p̂_2nd))``, namely
+  ``σ/2 · max(0, macer_gamma - (Φ⁻¹(p̂_y) - Φ⁻¹(p̂_2nd)))``. As in the paper's code, examples
+  whose gap is not finite (p̂_y = 1 in float precision) or exceeds ``macer_gamma`` contribute
+  nothing.
 
 ``loss = mean_batch(classification) + lbd * sum_batch(robustness) / B``.
 
-Defaults (the paper's CIFAR-10 σ = 0.25 setting): ``m_train = 16`` (k), ``lbd = 12`` (λ; the
-paper uses 4 for σ = 1.0), ``gamma = 8`` (hinge), ``beta = 16`` (inverse temperature).
+Steps per loader batch: unlike SmoothAdv, SmoothMix and consistency, MACER's reference code does
+not chunk: each loader batch of B examples is replicated k times and takes ONE SGD step on all
+B·k noisy inputs (RuntianZ/macer macer.py:24-68). So :meth:`MACER.reference_chunks` is 1 and
+``step_structure`` makes no difference for MACER.
+
+Defaults (the authors' CIFAR-10 σ = 0.25 setting, RuntianZ/macer main.py:41-54): ``copies = 16``
+(k), ``lbd = 12`` (λ; the paper uses 4 for σ = 1.0), ``macer_gamma = 8`` (hinge),
+``macer_beta = 16`` (inverse temperature).
 """
 
 from __future__ import annotations
@@ -54,35 +61,42 @@ class MACER(SmoothingMethod):
 
     Example::
 
-        method = MACER(sigma=0.25, m_train=16, lbd=12.0, gamma=8.0, beta=16.0)
+        method = MACER(sigma=0.25, copies=16, lbd=12.0, macer_gamma=8.0, macer_beta=16.0)
         method.setup(num_classes=10)
         out = method.loss(model, method.prepare(model, x, y, generator=g))
     """
 
     name: ClassVar[str] = "macer"
-    m_train: int = 16
+    copies: int = 16
     lbd: float = 12.0
-    gamma: float = 8.0
-    beta: float = 16.0
+    macer_gamma: float = 8.0
+    macer_beta: float = 16.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_count("m_train", self.m_train, 2)
+        check_count("copies", self.copies, 2)
         check_positive("lbd", self.lbd, allow_zero=True)
-        check_positive("gamma", self.gamma)
-        check_positive("beta", self.beta)
+        check_positive("macer_gamma", self.macer_gamma)
+        check_positive("macer_beta", self.macer_beta)
+
+    def reference_chunks(self) -> int:
+        """1: MACER's reference takes one step per loader batch (see module docstring)."""
+        return 1
+
+    def loss_cost(self) -> float:
+        return 3.0 * self.copies
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
-        noise = draw_noise(x, int(self.m_train), self.sigma, generator)
+        noise = draw_noise(x, int(self.copies), self.sigma, generator)
         return (x.unsqueeze(0) + noise).flatten(0, 1), y          # copy-major [m*B, ...]
 
     def loss(self, model: nn.Module, prepared: Any) -> LossOutput:
         x, y = prepared
-        m, b = int(self.m_train), y.shape[0]
+        m, b = int(self.copies), y.shape[0]
         logits = model(x).view(m, b, -1)
         smoothed = F.softmax(at_least_fp32(logits), dim=-1).mean(0)                  # [B, K]
         classification = F.nll_loss(torch.log(smoothed + 1e-10), y)
-        hinge = radius_hinge(logits, y, beta=self.beta, gamma=self.gamma)
+        hinge = radius_hinge(logits, y, beta=self.macer_beta, gamma=self.macer_gamma)
         robustness = self.sigma / 2 * hinge.sum() / b
         loss = classification + self.lbd * robustness
         return LossOutput(loss, smoothed.detach(), y)

@@ -1,11 +1,14 @@
-"""MaxUp (Gong, Li, Chandra & Liu 2020, "MaxUp: A Simple Way to Improve Generalization of Neural
-Network Training", arXiv 2002.09024): draw m augmented copies of each example and minimise the
-loss of the *worst* copy, ``max_i ℓ(f(x'_i), y'_i)``.
+"""MaxUp (Gong, Ren, Ye & Liu 2020, "MaxUp: A Simple Way to Improve Generalization of Neural
+Network Training", arXiv 2002.09024): draw m = ``copies`` augmented copies of each example and
+minimise the loss of the *worst* copy, ``max_i ℓ(f(x'_i), y'_i)``.
 
 With Gaussian noise (the default, ``--augment gaussian``) the copies are ``x + δ_i``,
 δ_i ~ N(0, σ² I), which trains a base classifier for randomized smoothing. Other registered
-augmentations (mixup, CutMix, k-mixup) are maximised over the same way; with ``sigma > 0`` they
-also get Gaussian noise on top, so the result can still be smoothed. Defaults: m = 4, σ = 0.25.
+augmentations (mixup, CutMix, k-mixup) are maximised over the same way, with no noise unless
+``sigma`` is given: ``sigma > 0`` adds Gaussian noise on top of each mixed copy, so the result can
+still be smoothed. Defaults: ``copies = 4``; ``sigma = 0.25`` with ``--augment gaussian``, else 0;
+``alpha``: the augmentation's own default (mixup and CutMix 1.0, k-mixup 10.0). The resolved
+values are what ``hparams()`` records.
 
 Efficient gradient. The gradient of a max is the gradient of its argmax, so ``prepare`` scores
 all m·B copies in one batched forward *without* autograd, keeps each example's worst copy, and
@@ -23,7 +26,7 @@ see exactly the batches that are trained on, as in a plain Gaussian-augmentation
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -38,36 +41,57 @@ from robustmaxup.methods.base import (
 from robustmaxup.methods.registry import AUGMENTATIONS, register_method
 from robustmaxup.models.state import frozen_bn_stats
 
+#: σ of Gaussian MaxUp when none is given (Cohen et al.'s σ = 0.25 column)
+DEFAULT_SIGMA = 0.25
+
 
 @register_method
 @dataclass
 class MaxUp(Method):
+    """Minimise the worst of ``copies`` augmented copies (see module docstring).
+
+    Example::
+
+        method = MaxUp(copies=4)                          # Gaussian, σ = 0.25
+        method = MaxUp(copies=4, augment="cutmix")        # CutMix copies, no noise
+    """
+
     name: ClassVar[str] = "maxup"
-    sigma: float = 0.25
-    m: int = 4
+    sigma: float | None = field(default=None, metadata={
+        "help": "none: 0.25 with --augment gaussian, else 0 (no noise on mixed copies)"})
+    copies: int = 4
     augment: str = "gaussian"
-    alpha: float = 1.0    # Beta(alpha, alpha) mixing weight of mixup / CutMix / k-mixup copies
+    alpha: float | None = field(default=None, metadata={
+        "help": "Beta(alpha, alpha) of mixed copies; none: the augmentation's default"})
     k: int = 16           # k-mixup group size
     score_batch: int = 0  # max copies per scoring forward; 0 = all m·B at once
 
     def __post_init__(self) -> None:
-        check_count("m", self.m, 1)
-        check_positive("sigma", self.sigma, allow_zero=self.augment != "gaussian")
-        self._augmentation = self._build_augmentation()
-
-    def _build_augmentation(self) -> Augmentation:
+        check_count("copies", self.copies, 1)
         cls = AUGMENTATIONS.get(self.augment)
+        if self.sigma is None:
+            self.sigma = DEFAULT_SIGMA if self.augment == "gaussian" else 0.0
+        check_positive("sigma", self.sigma, allow_zero=self.augment != "gaussian")
+        if self.alpha is None:
+            defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+            self.alpha = defaults.get("alpha", 1.0)
+        self._augmentation = self._build_augmentation(cls)
+
+    def _build_augmentation(self, cls: type[Augmentation]) -> Augmentation:
         shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(self)}
         return cls(**{name: getattr(self, name) for name in shared})
+
+    def prepare_cost(self) -> float:
+        return float(self.copies) if self.copies > 1 else 0.0   # the no-grad scoring forward
 
     @property
     def family(self) -> str:  # type: ignore[override]
         return "smoothing" if self.sigma > 0 else "standard"
 
     def draw_copies(self, x: torch.Tensor, y: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """m augmented copies stacked as ``[m·B, ...]`` (copy-major) and their targets."""
+        """``copies`` augmented copies stacked as ``[m·B, ...]`` (copy-major) and their targets."""
         xs, ts = [], []
-        for _ in range(self.m):
+        for _ in range(self.copies):
             xi, ti = self._augmentation(x, y, num_classes=self.num_classes, generator=generator)
             if self.augment != "gaussian" and self.sigma > 0:
                 xi = gaussian_noise(xi, self.sigma, generator)
@@ -86,13 +110,13 @@ class MaxUp(Method):
                 per_example_loss(model(xs[i:i + chunk]).float(), ts[i:i + chunk])
                 for i in range(0, xs.shape[0], chunk)
             ])
-        worst = losses.view(self.m, batch).argmax(0)                     # [B]
+        worst = losses.view(self.copies, batch).argmax(0)                # [B]
         rows = worst * batch + torch.arange(batch, device=xs.device)     # copy-major index
         return xs[rows], ts[rows]
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
         xs, ts = self.draw_copies(x, y, generator)
-        if self.m == 1:
+        if self.copies == 1:
             return xs, ts
         return self.select_worst(model, xs, ts, x.shape[0])
 

@@ -1,7 +1,7 @@
 """The registries of the methods room, and the one way to build a method from its name.
 
 - ``METHODS``: training methods (``robustmaxup train --method``), one module each;
-- ``PERTURBATIONS``: weight-perturbation step wrappers (``--awp``, ``--amp``);
+- ``PERTURBATIONS``: weight-perturbation step wrappers (``--awp-gamma``, ``--amp-eps``);
 - ``AUGMENTATIONS``: what MaxUp maximises over (``--augment``) and the mixing methods train on.
 
 Method modules import their ``register_*`` decorator from here (never from the package
@@ -10,7 +10,7 @@ Method modules import their ``register_*`` decorator from here (never from the p
 Example::
 
     from robustmaxup.methods import build_method
-    method = build_method("maxup", sigma=0.25, m=4)
+    method = build_method("maxup", sigma=0.25, copies=4)
 """
 
 from __future__ import annotations

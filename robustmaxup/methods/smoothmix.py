@@ -1,11 +1,12 @@
 """SmoothMix (Jeong, Park, Kim, Lee, Kim & Shin 2021, "SmoothMix: Training Confidence-calibrated
 Smoothed Classifiers for Certified Robustness", NeurIPS).
 
-Each step draws ``m_train`` noise vectors δ_1..δ_m per example and runs ``attack_steps``
+Each step draws ``copies`` noise vectors δ_1..δ_m per example and runs ``attack_steps``
 normalised L2 gradient steps of length ``attack_step_size`` (α) from ``x`` on the soft smoothed
 classifier's cross-entropy ``-log mean_i softmax(f(x' + δ_i))_y`` (the SmoothAdv objective,
 :func:`robustmaxup.attacks.smooth_pgd`, same noise, model in eval mode, pixels kept in [0, 1]).
-The paper puts no norm bound on this adversary (``attack_eps = 0``); ``attack_eps > 0`` projects
+The paper puts no norm bound on this adversary (``smoothmix_max_norm = 0``; the code's
+``--maxnorm None``, code/train.py:66); ``smoothmix_max_norm > 0`` projects
 onto that L2 ball around ``x`` (each step when ``mix_step = 0``; with ``mix_step > 0`` the steps
 after the mix step are projected around ``x_s`` and the end point once more around ``x``).
 
@@ -19,15 +20,21 @@ of radius ``warm · s · α`` around ``x``. With ``x_s`` that point and ``x_T`` 
 where ``p̄(x) = mean_i softmax(f(x + δ_i))`` is the smoothed prediction at the clean point (the
 calibration target moves from it towards the uniform distribution). The loss is::
 
-    mean_i CE(f(x + δ_i), y)  +  eta · warm · mean_i [ 1{argmax p̄(x) = y} · KL(y_mix || softmax(f(x_mix + δ_i))) ]
+    mean_i CE(f(x + δ_i), y)  +  smoothmix_eta · warm · mean_i [ 1{argmax p̄(x) = y} · KL(y_mix || softmax(f(x_mix + δ_i))) ]
 
 (the Gaussian base loss plus the mixup loss, with the same noise δ_i throughout; gradients flow
 into ``p̄(x)`` as in the authors' code). ``warm = min(1, (epoch + 1) / warmup)`` ramps the mixup
-loss and the one-step radius up over the first ``warmup`` epochs.
+loss and the one-step radius up over the first ``warmup`` epochs (code/train.py:89-90).
 
-Defaults (the paper's CIFAR-10 σ = 0.25 setting): ``m_train = 2``, ``attack_steps = 4`` (T),
-``attack_step_size = 0.5`` (α; the paper uses 1.0 for σ = 0.5 and 2.0 for σ = 1.0),
-``eta = 5.0``, ``mix_step = 0``, ``warmup = 10``, ``attack_eps = 0`` (unbounded).
+Steps per loader batch (:meth:`SmoothMix.reference_chunks`): the reference splits each loader
+batch of B examples into m chunks of B/m (``_chunk_minibatch``, code/train.py:114-118, 158) and
+takes one SGD step per chunk on its B/m examples × m noise copies (code/train.py:159-198);
+``step_structure="reference"`` does the same, ``"joint"`` one step on the whole batch.
+
+Defaults (the authors' CIFAR-10 σ = 0.25 command, jh-jeong/smoothmix EXPERIMENTS.MD:77-78):
+``copies = 2``, ``attack_steps = 4`` (T), ``attack_step_size = 0.5`` (α; 1.0 for σ = 0.5 and 2.0
+for σ = 1.0, EXPERIMENTS.MD:79-82), ``smoothmix_eta = 5.0``, ``mix_step = 0``, ``warmup = 10``
+(code/train.py:67), ``smoothmix_max_norm = 0`` (unbounded).
 """
 
 from __future__ import annotations
@@ -62,27 +69,27 @@ class SmoothMix(SmoothingMethod):
 
     Example::
 
-        method = SmoothMix(sigma=0.25, m_train=2, attack_steps=4, attack_step_size=0.5, eta=5.0)
+        method = SmoothMix(sigma=0.25, copies=2, attack_steps=4, attack_step_size=0.5, smoothmix_eta=5.0)
         method.setup(num_classes=10); method.on_epoch_start(0, 150)
         out = method.loss(model, method.prepare(model, x, y, generator=g))
     """
 
     name: ClassVar[str] = "smoothmix"
-    eta: float = 5.0
+    smoothmix_eta: float = 5.0
     mix_step: int = 0
     attack_steps: int = 4
     attack_step_size: float = 0.5
-    attack_eps: float = field(default=0.0, metadata={"help": "0: no norm bound (the paper)"})
-    m_train: int = 2
+    smoothmix_max_norm: float = field(default=0.0, metadata={"help": "0: no norm bound (the paper)"})
+    copies: int = 2
     warmup: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive("eta", self.eta, allow_zero=True)
+        check_positive("smoothmix_eta", self.smoothmix_eta, allow_zero=True)
         check_count("attack_steps", self.attack_steps, 1)
         check_positive("attack_step_size", self.attack_step_size)
-        check_positive("attack_eps", self.attack_eps, allow_zero=True)
-        check_count("m_train", self.m_train, 1)
+        check_positive("smoothmix_max_norm", self.smoothmix_max_norm, allow_zero=True)
+        check_count("copies", self.copies, 1)
         check_count("warmup", self.warmup, 0)
         check_count("mix_step", self.mix_step, 0)
         if self.mix_step >= self.attack_steps:
@@ -93,27 +100,37 @@ class SmoothMix(SmoothingMethod):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._warm = warmup_fraction(epoch, int(self.warmup))
 
+    def reference_chunks(self) -> int:
+        """m: one SGD step per chunk of B/m examples (see module docstring)."""
+        return int(self.copies)
+
+    def prepare_cost(self) -> float:
+        return 3.0 * self.copies * self.attack_steps
+
+    def loss_cost(self) -> float:
+        return 6.0 * self.copies              # the clean and the mixed point's m copies
+
     def _adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
                    steps: int) -> torch.Tensor:
-        """``steps`` SmoothMix steps from ``x`` (unbounded unless ``attack_eps`` > 0)."""
+        """``steps`` SmoothMix steps from ``x`` (unbounded unless ``smoothmix_max_norm`` > 0)."""
         alpha = self.attack_step_size
-        eps = self.attack_eps or steps * alpha     # a walk of `steps` steps of length α stays inside
-        return smooth_pgd(model, x, y, eps=eps, sigma=self.sigma, m=int(self.m_train), steps=steps,
+        eps = self.smoothmix_max_norm or steps * alpha   # a walk of `steps` steps of length α stays inside
+        return smooth_pgd(model, x, y, eps=eps, sigma=self.sigma, m=int(self.copies), steps=steps,
                           step_size=alpha, noise=noise)
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
-        m, s, steps = int(self.m_train), int(self.mix_step), int(self.attack_steps)
+        m, s, steps = int(self.copies), int(self.mix_step), int(self.attack_steps)
         noise = draw_noise(x, m, self.sigma, generator)
         x_start = x
         if s > 0:
             x_start = self._adversary(model, x, y, noise, s)
         x_end = self._adversary(model, x_start, y, noise, steps - s)
-        if self.attack_eps > 0:
-            x_end = clip_l2(x_end, x, self.attack_eps)
+        if self.smoothmix_max_norm > 0:
+            x_end = clip_l2(x_end, x, self.smoothmix_max_norm)
         if s > 0:
             radius = self._warm * s * self.attack_step_size
-            if self.attack_eps > 0:
-                radius = min(radius, self.attack_eps)
+            if self.smoothmix_max_norm > 0:
+                radius = min(radius, self.smoothmix_max_norm)
             x_start = clip_l2(x_start, x, radius)
         lam = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype) / 2
         x_mix = (1 - lam).view(-1, *[1] * (x.dim() - 1)) * x_start + lam.view(-1, *[1] * (x.dim() - 1)) * x_end
@@ -133,5 +150,5 @@ class SmoothMix(SmoothingMethod):
         log_q = F.log_softmax(at_least_fp32(logits_mix), dim=-1).view(m, b, -1)
         kl = (torch.xlogy(target, target).unsqueeze(0) - target.unsqueeze(0) * log_q).sum(-1)   # [m, B]
         mix = (correct.unsqueeze(0) * kl).mean()
-        loss = ce + self.eta * self._warm * mix
+        loss = ce + self.smoothmix_eta * self._warm * mix
         return LossOutput(loss, logits_clean.detach(), y.repeat(m))

@@ -1,16 +1,18 @@
 """TRADES (Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan 2019, "Theoretically Principled Trade-off
 between Robustness and Accuracy", ICML)::
 
-    loss = CE(f(x), y) + beta · KL(softmax(f(x)) || softmax(f(x_adv)))     (batch mean)
+    loss = CE(f(x), y) + trades_beta · KL(softmax(f(x)) || softmax(f(x_adv)))     (batch mean)
 
 with ``x_adv`` maximising that KL over the ε-ball: PGD (:func:`robustmaxup.attacks.pgd` with a
 callable loss) from ``x + 0.001·N(0, I)``, model in eval mode, the clean prediction held fixed
 during the attack. Clean and adversarial batches go through the model in two forwards (as in the
 authors' code). Validation metric: PGD-``eval_steps`` (CE) robust accuracy at the training ε.
 
-Defaults: ``beta = 6`` (the paper's CIFAR-10 value, 1/λ), L∞, 10 steps, ε = 8/255, step 2/255
-(the paper writes ε = 0.031, step 0.007); ``norm = "L2"``: ε = 128/255, step 15/255.
-``attack_eps = 0``/``attack_step_size = 0`` mean "the norm's default".
+Defaults: ``trades_beta = 6`` (the paper's CIFAR-10 value, 1/λ; yaodongyu/TRADES
+train_trades_cifar10.py:36), L∞, 10 steps, ε = 8/255, step 2/255 (the reference script uses
+ε = 0.031, step 0.007, train_trades_cifar10.py:30-35: the ``trades`` recipe sets those);
+``norm = "L2"``: ε = 128/255, step 15/255. ``attack_eps = 0``/``attack_step_size = 0`` mean "the
+norm's default". The attack runs in eval mode, as the reference's (trades.py:28).
 """
 
 from __future__ import annotations
@@ -51,16 +53,22 @@ class TRADES(AdversarialMethod):
 
     Example::
 
-        method = TRADES(beta=6.0)
+        method = TRADES(trades_beta=6.0)
         out = method.loss(model, method.prepare(model, x, y, generator=g))
     """
 
     name: ClassVar[str] = "trades"
-    beta: float = 6.0
+    trades_beta: float = 6.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive("beta", self.beta, allow_zero=True)
+        check_positive("trades_beta", self.trades_beta, allow_zero=True)
+
+    def prepare_cost(self) -> float:
+        return 1.0 + 3.0 * self.attack_steps    # the clean prediction, then the attack steps
+
+    def loss_cost(self) -> float:
+        return 6.0                              # clean and adversarial forwards, with backward
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
         with torch.no_grad(), model_state(model, train=False):
@@ -77,4 +85,4 @@ class TRADES(AdversarialMethod):
         logits_adv = model(x_adv)
         ce = F.cross_entropy(logits_clean, y)
         kl = trades_kl(logits_clean, logits_adv)
-        return LossOutput(ce + self.beta * kl, logits_adv.detach(), y)
+        return LossOutput(ce + self.trades_beta * kl, logits_adv.detach(), y)

@@ -2,12 +2,24 @@
 
 Both wrap one training step of ANY method: inside ``perturbed(model, loss_fn)`` the weights are
 moved to ``w + v``, ``v`` found by gradient ascent on the method's own loss ``loss_fn()``; the
-engine takes the step's gradient there; on exit every perturbed weight is copied back from a
-saved copy, so the weights the optimiser steps from are *bitwise* the original ones::
+engine takes the step's gradient there. Where the optimiser steps is the perturbation's
+:attr:`step_at_perturbed`, following each reference code:
 
-    with perturbation.perturbed(model, lambda: method.loss(model, prepared).loss):
-        method.loss(model, prepared).loss.backward()     # gradient at w + v
-    optimizer.step()                                     # applied to w
+* False (AMP, ``hiyouga/AMP-Regularizer`` amp.py:60-64): on exit every perturbed weight is copied
+  back from a saved copy, so the optimiser steps from *bitwise* the original weights::
+
+      with perturbation.perturbed(model, loss_fn):
+          method.loss(model, prepared).loss.backward()     # gradient at w + v
+      optimizer.step()                                     # applied to w
+
+* True (AWP, ``csdongxian/AWP`` AT_AWP/train_cifar10.py:340-363: perturb, gradient, step,
+  restore): the optimiser steps at ``w + v`` and the exit removes ``v`` from the stepped
+  weights, ``w' = w + (stepped - (w + v))``. Weight decay (and so momentum) then sees
+  ``w + v``, as in the reference; without a step the exit gives ``w`` bitwise::
+
+      with perturbation.perturbed(model, loss_fn):
+          method.loss(model, prepared).loss.backward()
+          optimizer.step()                                 # at w + v; v removed on exit
 
 The search for ``v`` runs with BatchNorm running statistics frozen (its forwards still use batch
 statistics in train mode) and takes gradients with ``torch.autograd.grad``, so it leaves nothing
@@ -71,8 +83,9 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class PerturbationCore(WeightPerturbation):
-    """Dataclass base of AWP/AMP: its fields are the ``--awp-*``/``--amp-*`` options (the first
-    one is set by ``--awp``/``--amp`` itself). ``warmup`` epochs run unperturbed."""
+    """Dataclass base of AWP/AMP: its fields are the ``--awp-*``/``--amp-*`` options (the first,
+    ``--awp-gamma``/``--amp-eps``, switches the perturbation on). ``warmup`` epochs run
+    unperturbed."""
 
     name: ClassVar[str] = "core"
 
@@ -96,21 +109,28 @@ class PerturbationCore(WeightPerturbation):
 
     @contextlib.contextmanager
     def perturbed(self, model: nn.Module, loss_fn: LossFn) -> Iterator[list[torch.Tensor]]:
-        """Weights at ``w + v`` inside the block (yields ``v``, empty when inactive); exactly ``w``
-        again on exit, even on error. Gradients accumulated inside stay in ``p.grad``."""
+        """Weights at ``w + v`` inside the block (yields ``v``, empty when inactive). On exit,
+        even on error: exactly ``w`` again, or, with :attr:`step_at_perturbed`, ``w`` plus
+        whatever the block changed (the optimiser's step taken at ``w + v``). Gradients
+        accumulated inside stay in ``p.grad``."""
         if not self._active:
             yield []
             return
         params = self.select(model)
         originals = [p.detach().clone() for p in params]
+        deltas: list[torch.Tensor] = []
         try:
             deltas = self.search(model, loss_fn, params, originals)
             set_weights(params, originals, deltas)
             yield deltas
         finally:
             with torch.no_grad():
-                for p, w in zip(params, originals):
-                    p.copy_(w)
+                if self.step_at_perturbed and deltas:
+                    for p, w, v in zip(params, originals, deltas):   # the same w + v as set above
+                        p.copy_(w + (p - (w + v.to(w.dtype))))
+                else:
+                    for p, w in zip(params, originals):
+                        p.copy_(w)
 
     def hparams(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -23,9 +23,11 @@ import torch
 from robustmaxup.checkpoints import read_checkpoint, save_checkpoint
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.dist import Dist
-from robustmaxup.runtime.io import atomic_write_json, atomic_write_text
+from robustmaxup.runtime.faults import fault_point
+from robustmaxup.runtime.io import atomic_write_json, atomic_write_text, shown
+from robustmaxup.runtime.text import safe_text
 from robustmaxup.runtime.records import check_resume
-from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at
+from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides
 from robustmaxup.train.state import Run
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,10 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
         return None
     ckpt = read_checkpoint(path)
     if "history" not in ckpt:  # robustmaxup.engine's checkpoints: other seed streams, nested config
-        raise UserError(f"cannot resume run directory {out}: its last.pt was written by an older "
+        raise UserError(f"cannot resume run directory {shown(out)}: its last.pt was written by an older "
                         "robustmaxup, which drew the training subset and validation hold-out "
                         "differently; start a new run")
+    _check_resumable(ckpt, out)
     saved = ckpt.get("config") or {}
     keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
     check_resume(saved, record, keys, what=f"run directory {out}")
@@ -65,12 +68,38 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
     return ckpt
 
 
+def _check_resumable(ckpt: Mapping[str, Any], out: Path) -> None:
+    """UserError unless ``ckpt`` holds the training state a resume reads, with its types."""
+    rng = ckpt.get("rng")
+    problems = [
+        ("history", isinstance(ckpt.get("history"), list)
+         and all(isinstance(m, dict) for m in ckpt["history"])),
+        ("config", isinstance(ckpt.get("config"), (dict, type(None)))),
+        ("optimizer", isinstance(ckpt.get("optimizer"), dict)),
+        ("epoch", isinstance(ckpt.get("epoch"), int) and not isinstance(ckpt.get("epoch"), bool)),
+        ("rng", isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
+         and isinstance(rng.get("generators"), list) and len(rng["generators"]) > 0
+         and all(isinstance(g, torch.Tensor) for g in rng["generators"])),
+        ("best", isinstance(ckpt.get("best"), (dict, type(None)))),
+    ]
+    bad = [key for key, ok in problems if not ok]
+    if bad:
+        raise UserError(f"cannot resume run directory {shown(out)}: its last.pt has no valid {bad[0]}; "
+                        "it is damaged or not a checkpoint of robustmaxup train")
+
+
 def restore(run: Run, ckpt: Mapping[str, Any]) -> None:
-    """Load model, optimiser, RNG states and the training state of ``ckpt`` into ``run``."""
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    run.state.generator.set_state(ckpt["rng"]["generators"][run.dist.rank])
+    """Load model, optimiser, RNG states and the training state of ``ckpt`` into ``run``
+    (UserError if they do not fit the run)."""
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        run.state.generator.set_state(ckpt["rng"]["generators"][run.dist.rank])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = safe_text(str(e).strip().splitlines()[0][:160]) if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot resume run directory {shown(run.out)}: its last.pt does not fit this "
+                        f"run ({first})") from None
     run.state.epoch = int(ckpt["epoch"])
     run.state.best = ckpt.get("best")
     run.state.history = [dict(m) for m in ckpt["history"]]
@@ -118,8 +147,11 @@ def save(run: Run, metrics: Mapping[str, Any]) -> None:
         ckpt["best"] = state.best
         save_checkpoint(run.out / BEST, {**ckpt, "selection": f"best {state.best['metric']} on "
                         f"{state.best['val_size']} held-out training images, epoch {state.epoch}"})
+        fault_point("train.best")
     save_checkpoint(run.out / LAST, ckpt)
+    fault_point("train.checkpoint")
     write_metrics(run.out, state.history)
+    fault_point("train.metrics")
 
 
 # --- the run directory's text files ----------------------------------------------------------------
@@ -143,5 +175,9 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 
 
 def write_config(run: Run, provenance: Mapping[str, Any]) -> None:
-    """``config.json``: the flat config (flag names, method defaults resolved) and provenance."""
-    atomic_write_json(run.out / CONFIG, {**run.record, "provenance": dict(provenance)})
+    """``config.json``: the flat config (flag names, method defaults resolved: every value of a
+    run made from a ``recipe`` too), ``recipe_overrides`` (the recipe's values that were given
+    otherwise, ``{key: {"recipe": ..., "value": ...}}``; empty without a recipe) and provenance."""
+    atomic_write_json(run.out / CONFIG, {**run.record, "recipe_overrides": recipe_overrides(run.record),
+                                         "provenance": dict(provenance)})
+    fault_point("train.config")

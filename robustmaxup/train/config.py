@@ -10,17 +10,20 @@ A config has three kinds of values:
 
 :meth:`TrainConfig.flat` writes all of them into one flat dict; a perturbation argument is
 named ``<perturbation>_<field>`` (``awp_gamma``, ``awp_warmup``, ``amp_eps``, ...), whatever
-order the arguments were given in. :meth:`TrainConfig.from_flat` is its exact inverse.
-:func:`merge_flat` stacks flat layers (a saved ``config.json``, later a recipe, then the values
-given explicitly), the later layer winning. :func:`options` describes every flat name (type,
-default, help, flag) for the command line, which generates its flags from it.
+order the arguments were given in, and its flag is ``--awp-gamma`` etc.
+:meth:`TrainConfig.from_flat` is its exact inverse. :func:`merge_flat` stacks flat layers (a
+saved ``config.json``, then the values given explicitly), the later layer winning; a layer that
+names a ``recipe`` (:mod:`robustmaxup.train.recipes`) brings the recipe's values in as a base
+layer right under its own values. :func:`options` describes every flat name (type, default,
+help, flag) for the command line, which generates its flags from it.
 
 Example::
 
     cfg = TrainConfig(dataset="digits", out="runs/d", arch="digits_cnn", method="maxup",
-                      method_args={"sigma": 0.25, "m": 4}, perturbation=PerturbationSpec("awp"))
+                      method_args={"sigma": 0.25, "copies": 4}, perturbation=PerturbationSpec("awp"))
     cfg.flat()["awp_gamma"]                     # 0.005 (AWP's default, filled in)
     TrainConfig.from_flat(cfg.flat()) == cfg    # True
+    TrainConfig.from_recipe("smoothadv", dataset="cifar10", out="runs/sa").epochs   # 150
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from robustmaxup.errors import UserError
 from robustmaxup.methods import METHODS, PERTURBATIONS
@@ -39,17 +42,41 @@ from robustmaxup.models import MODELS
 from robustmaxup.runtime.checks import (
     FieldError, check_choice, check_int, check_positive, check_range,
 )
+from robustmaxup.train.recipes import RECIPES, recipe_values
 
 __all__ = [
     "TrainConfig", "PerturbationSpec", "Option", "options", "core_options", "method_options",
-    "perturbation_options", "merge_flat", "read_flat", "SCHEDULES", "lr_at", "RESUMABLE_CHANGES",
+    "perturbation_options", "merge_flat", "read_flat", "SCHEDULES", "SCHEDULE_PARAMS", "lr_at",
+    "RESUMABLE_CHANGES", "RENAMED", "STEP_STRUCTURES", "recipe_overrides",
 ]
 
 #: Flat keys that may differ between an interrupted run and its continuation.
 RESUMABLE_CHANGES = frozenset({"resume", "device", "epochs", "quiet", "workers", "out", "cache_dir"})
 
 #: Keys of a ``config.json`` that record how a run was made but set nothing.
-_RECORD_ONLY = frozenset({"provenance"})
+_RECORD_ONLY = frozenset({"provenance", "recipe_overrides"})
+
+#: Former flat names (and flags) -> (the names that replaced them, why). A layer or flag using one
+#: is refused with a hint naming the new ones, so an old command line cannot silently change
+#: meaning (see :func:`renamed_message`).
+RENAMED: dict[str, tuple[tuple[str, ...], str]] = {
+    "m": (("copies",), "one name for the number of noise/augmented copies of every method"),
+    "m_train": (("copies",), "one name for the number of noise/augmented copies of every method"),
+    "eta": (("smoothmix_eta", "consistency_eta"), "SmoothMix's mixup weight, consistency's entropy weight"),
+    "beta": (("trades_beta", "macer_beta"), "TRADES' KL weight, MACER's inverse temperature"),
+    "gamma": (("macer_gamma",), "MACER's hinge; the learning-rate decay is lr_gamma"),
+    "awp": (("awp_gamma",), "AWP's relative perturbation size"),
+    "amp": (("amp_eps",), "AMP's perturbation radius; mixed precision is precision"),
+}
+
+
+def renamed_message(old: str, flag: Callable[[str], str] = lambda name: name) -> str:
+    """``"was renamed <new> (<why>)"`` for a former name, new names written by ``flag``."""
+    new, why = RENAMED[old]
+    return f"was renamed {' or '.join(flag(n) for n in new)} ({why})"
+
+#: How a loader batch becomes optimiser steps (:meth:`Method.reference_chunks`).
+STEP_STRUCTURES = ("reference", "joint")
 
 #: Keys of a saved config that a replay does not take over: the record, and ``resume`` (an
 #: action, not a setting: replaying a resumed run's config must not resume by itself).
@@ -95,6 +122,41 @@ def _perturbation_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+# --- learning-rate schedules ------------------------------------------------------------------
+# Each maps (config, 0-based epoch) to the factor applied to ``lr``; SCHEDULE_PARAMS names the
+# fields it reads (a recipe using the schedule must set them).
+
+def _step(cfg: "TrainConfig", epoch: int) -> float:
+    return cfg.lr_gamma ** (epoch // cfg.lr_step)
+
+
+def _multistep(cfg: "TrainConfig", epoch: int) -> float:
+    return cfg.lr_gamma ** sum(1 for m in cfg.lr_milestones if epoch >= m)
+
+
+def _piecewise(cfg: "TrainConfig", epoch: int) -> float:
+    """Rice et al.'s piecewise schedule (locuslab/robust_overfitting train_cifar.py:248-255):
+    the full rate for the first half of training, /10 until three quarters, /100 after."""
+    t = epoch / cfg.epochs
+    return 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01
+
+
+def _cosine(cfg: "TrainConfig", epoch: int) -> float:
+    return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+SCHEDULES = {"step": _step, "multistep": _multistep, "piecewise": _piecewise, "cosine": _cosine}
+SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "step": ("lr_step", "lr_gamma"), "multistep": ("lr_milestones", "lr_gamma"),
+    "piecewise": (), "cosine": (),
+}
+
+
+def lr_at(cfg: "TrainConfig", epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: a pure function of the config, so resuming is exact."""
+    return cfg.lr * SCHEDULES[cfg.schedule](cfg, epoch)
+
+
 # --- the config -----------------------------------------------------------------------------
 
 def _meta(help: str, group: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
@@ -110,7 +172,17 @@ class TrainConfig:
     """Everything that defines a run. Field names are ``robustmaxup train``'s flag names; the
     method's hyper-parameters are in ``method_args`` and a weight perturbation in
     ``perturbation`` (a :class:`PerturbationSpec`; a bare name such as ``"awp"`` is accepted and
-    means its defaults). Defaults: Cohen et al.'s CIFAR recipe."""
+    means its defaults). Defaults: Cohen et al.'s CIFAR recipe.
+
+    ``recipe`` records which recipe the values came from; constructing a config with it does not
+    apply the recipe: :meth:`from_recipe` (or :func:`merge_flat` of a layer naming it) does.
+
+    ``step_structure`` (see :meth:`robustmaxup.methods.Method.reference_chunks`):
+    ``"reference"`` (default) splits each loader batch into the chunks the method's reference
+    code takes one SGD step on each (SmoothAdv, SmoothMix, consistency: m chunks of B/m examples
+    with m noise copies each, i.e. m steps of B noisy inputs); ``"joint"`` takes one step on the
+    whole batch (B·m noisy inputs, m times fewer updates). Other methods take one step per
+    batch either way."""
 
     dataset: str = field(metadata=_meta("digits, cifar10, cifar100, imagenet", _DATA))
     out: str = field(metadata=_meta("run directory (must be empty or absent unless resuming)", _DATA))
@@ -119,6 +191,9 @@ class TrainConfig:
     cache_dir: str | None = field(default=None, metadata=_meta("cache for decoded archives", _DATA))
     arch: str = field(default="cifar_resnet110", metadata=_meta("architecture (robustmaxup.models.MODELS)", _DATA))
     method: str = field(default="gaussian", metadata=_meta("training method", _DATA))
+    recipe: str | None = field(default=None, metadata=_meta(
+        "a paper's published set-up as the base layer; flags given override it (--list-recipes)",
+        _DATA, choices=tuple(RECIPES.names())))
     method_args: dict[str, Any] = field(default_factory=dict)
     perturbation: PerturbationSpec | None = None
     resume: bool = field(default=False, metadata=_meta("continue the run in the run directory from last.pt", _DATA))
@@ -128,9 +203,18 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata=_meta("SGD momentum", _OPT))
     nesterov: bool = field(default=False, metadata=_meta("Nesterov momentum", _OPT))
     weight_decay: float = field(default=1e-4, metadata=_meta("SGD weight decay", _OPT))
-    schedule: str = field(default="step", metadata=_meta("learning-rate schedule", _OPT, choices=("step", "cosine")))
+    schedule: str = field(default="step", metadata=_meta(
+        "learning-rate schedule (piecewise: Rice et al.'s, lr until 1/2 of the epochs, lr/10 until "
+        "3/4, then lr/100)", _OPT, choices=tuple(SCHEDULES)))
     lr_step: int = field(default=30, metadata=_meta("step schedule: epochs between decays", _OPT))
-    lr_gamma: float = field(default=0.1, metadata=_meta("step schedule: decay factor", _OPT))
+    lr_milestones: tuple[int, ...] = field(default=(), metadata=_meta(
+        "multistep schedule: 0-based epochs from which the lr is multiplied by --lr-gamma", _OPT,
+        metavar="EPOCH"))
+    lr_gamma: float = field(default=0.1, metadata=_meta("step/multistep schedule: decay factor", _OPT))
+    step_structure: str = field(default="reference", metadata=_meta(
+        "reference: the SGD steps per loader batch of the method's reference code (SmoothAdv, "
+        "SmoothMix, consistency: m steps on B/m examples x m copies); joint: one step on B x m",
+        _OPT, choices=STEP_STRUCTURES))
     data_augment: bool = field(default=True, metadata=_meta(
         "no random crop/flip of training images", _OPT, flag="--no-data-augment"))
     val_size: int = field(default=-1, metadata=_meta(
@@ -150,12 +234,15 @@ class TrainConfig:
         self.method_args = dict(self.method_args)
         if isinstance(self.perturbation, str):
             self.perturbation = PerturbationSpec(self.perturbation)
+        if isinstance(self.lr_milestones, (list, tuple)):  # JSON gives a list
+            self.lr_milestones = tuple(self.lr_milestones)
 
     # --- flags <-> config: the one mapping ---------------------------------------------------
     def flat(self) -> dict[str, Any]:
         """The config as one flat dict of flag names: core fields, then the method's arguments,
         then the perturbation's as ``<name>_<field>``. :meth:`from_flat` inverts it exactly."""
         d = {name: getattr(self, name) for name in _core_names()}
+        d["lr_milestones"] = list(self.lr_milestones)  # as JSON writes it, so records compare equal
         d.update(self.method_args)
         if self.perturbation is not None:
             d.update(self.perturbation.flat())
@@ -165,7 +252,13 @@ class TrainConfig:
     def from_flat(cls, flat: Mapping[str, Any]) -> "TrainConfig":
         """The config of a flat dict (:meth:`flat`'s output, a ``config.json``, merged layers):
         core names are fields, ``<perturbation>_<field>`` names the perturbation's arguments,
-        every other name is a method argument (``build_method`` rejects ones it does not take)."""
+        every other name is a method argument (``build_method`` rejects ones it does not take).
+        ``recipe`` is taken as the record it is: the recipe's values come in through
+        :func:`merge_flat` (or :meth:`from_recipe`), so ``from_flat`` stays the exact inverse of
+        :meth:`flat`. A former name (:data:`RENAMED`) is a FieldError naming its replacement."""
+        for key in flat:
+            if key in RENAMED:
+                raise FieldError(key, renamed_message(key))
         rest = {k: v for k, v in flat.items() if k not in _RECORD_ONLY}
         core = {k: rest.pop(k) for k in list(rest) if k in _core_names()}
         chosen: dict[str, dict[str, Any]] = {}
@@ -180,6 +273,17 @@ class TrainConfig:
                 raise FieldError(name, "is required")
         spec = PerturbationSpec(*next(iter(chosen.items()))) if chosen else None
         return cls(**core, method_args=rest, perturbation=spec)
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **values: Any) -> "TrainConfig":
+        """Recipe ``recipe`` (:data:`~robustmaxup.train.recipes.RECIPES`) with ``values``
+        (flat names: core fields, method options, ``awp_gamma``...) overriding it.
+
+        Example::
+
+            TrainConfig.from_recipe("macer", dataset="cifar10", out="runs/m", epochs=10)
+        """
+        return cls.from_flat(merge_flat({"recipe": recipe, **values}))
 
     # --- validation --------------------------------------------------------------------------
     def validate(self) -> None:
@@ -199,7 +303,15 @@ class TrainConfig:
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_int("lr_step", self.lr_step, minimum=1)
+        if not isinstance(self.lr_milestones, tuple):
+            raise FieldError("lr_milestones", f"must be a list of epochs, got {self.lr_milestones!r}")
+        for i, m in enumerate(self.lr_milestones):
+            check_int("lr_milestones", m, minimum=0)
+            if i and m <= self.lr_milestones[i - 1]:
+                raise FieldError("lr_milestones", f"must increase, got {list(self.lr_milestones)}")
         check_positive("lr_gamma", self.lr_gamma)
+        check_choice("step_structure", self.step_structure, STEP_STRUCTURES)
+        check_choice("recipe", self.recipe, (None, *RECIPES.names()))
         check_int("val_size", self.val_size, minimum=-1)  # -1: automatic
         check_int("max_train", self.max_train, minimum=0)
         check_int("max_eval", self.max_eval, minimum=0)
@@ -224,38 +336,36 @@ def _core_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method_args", "perturbation")]
 
 
-# --- learning-rate schedules ------------------------------------------------------------------
-
-def _step(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.lr_gamma ** (epoch // cfg.lr_step)
-
-
-def _cosine(cfg: TrainConfig, epoch: int) -> float:
-    return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-
-
-SCHEDULES = {"step": _step, "cosine": _cosine}
-
-
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of (0-based) ``epoch``: a pure function of the config, so resuming is exact."""
-    return cfg.lr * SCHEDULES[cfg.schedule](cfg, epoch)
-
-
 # --- layers of flat values ------------------------------------------------------------------
 
 def _is_method_key(key: str) -> bool:
     return key not in _core_names() and _perturbation_key(key) is None
 
 
-def merge_flat(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Stack flat layers, the later winning key by key (a saved config, a recipe, then the values
-    given explicitly). Two rules keep a layer's choice whole: a layer that names another
-    ``method`` drops the earlier layers' method options the new method does not take, and a
-    layer that sets options of a weight perturbation drops the earlier layers' options of
-    another one."""
-    out: dict[str, Any] = {}
+def _expand(layers: tuple[Mapping[str, Any], ...]) -> Iterator[Mapping[str, Any]]:
+    """The layers, each naming a ``recipe`` preceded by that recipe's values; FieldError for a
+    former name (:data:`RENAMED`) or an unknown recipe."""
     for layer in layers:
+        for key in layer:
+            if key in RENAMED:
+                raise FieldError(key, renamed_message(key))
+        name = layer.get("recipe")
+        if name is not None:
+            if name not in RECIPES:
+                raise FieldError("recipe", f"must be one of {', '.join(RECIPES.names())}, got {name!r}")
+            yield recipe_values(name)
+        yield layer
+
+
+def merge_flat(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Stack flat layers, the later winning key by key (a saved config, then the values given
+    explicitly). A layer naming a ``recipe`` is preceded by the recipe's values, so the recipe
+    is the base under that layer's own values (and above the earlier layers). Two rules keep a
+    layer's choice whole: a layer that names another ``method`` drops the earlier layers' method
+    options the new method does not take, and a layer that sets options of a weight
+    perturbation drops the earlier layers' options of another one."""
+    out: dict[str, Any] = {}
+    for layer in _expand(layers):
         method = layer.get("method")
         if method is not None and method != out.get("method") and method in METHODS:
             takes = set(METHODS.get(method).hparam_names())
@@ -265,6 +375,21 @@ def merge_flat(*layers: Mapping[str, Any]) -> dict[str, Any]:
             out = {k: v for k, v in out.items()
                    if (hit := _perturbation_key(k)) is None or hit[0] in named}
         out.update(layer)
+    return out
+
+
+def recipe_overrides(record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """For a flat record naming a recipe: ``{key: {"recipe": value, "value": value}}`` for every
+    value of the recipe the record does not keep (what was given explicitly over it); ``{}``
+    without a recipe."""
+    name = record.get("recipe")
+    if name is None or name not in RECIPES:
+        return {}
+    out = {}
+    for key, value in recipe_values(name).items():
+        now = record.get(key)
+        if now != value:
+            out[key] = {"recipe": value, "value": now}
     return out
 
 
@@ -290,8 +415,9 @@ class Option:
     """One flat name: its value type (``bool``, ``int``, ``float``, ``str``), default (None: the
     method's or perturbation's own), help, group, flag and, for fixed sets, its choices.
     ``switch``: a flag without a value that sets ``not default`` (``--nesterov``,
-    ``--no-data-augment``). ``perturbation``: the weight perturbation an option belongs to;
-    ``main``: its option whose flag switches the perturbation on (``--awp``)."""
+    ``--no-data-augment``). ``nargs``: ``"+"`` for a list (``--lr-milestones 200 400``).
+    ``perturbation``: the weight perturbation an option belongs to; ``main``: its option whose
+    flag switches the perturbation on (``--awp-gamma``, ``--amp-eps``)."""
 
     name: str
     type: type
@@ -305,6 +431,7 @@ class Option:
     required: bool = False
     perturbation: str | None = None
     main: bool = False
+    nargs: str | None = None
 
 
 def _value_type(annotation: Any, default: Any) -> type:
@@ -328,13 +455,15 @@ def core_options() -> list[Option]:
         if f.name in ("method_args", "perturbation"):
             continue
         default = None if f.default is dataclasses.MISSING else f.default
-        kind = _value_type(hints[f.name], default)
+        many = isinstance(default, tuple)
+        kind = int if many else _value_type(hints[f.name], default)
         help_text = f.metadata["help"]
         if f.name == "method":
             help_text += ": " + ", ".join(METHODS.names())
         out.append(Option(f.name, kind, default, help_text, f.metadata["group"],
                           f.metadata.get("flag") or _flag(f.name), f.metadata.get("choices"),
-                          switch=kind is bool, required=f.default is dataclasses.MISSING))
+                          metavar=f.metadata.get("metavar"), switch=kind is bool,
+                          required=f.default is dataclasses.MISSING, nargs="+" if many else None))
     return out
 
 
@@ -357,9 +486,9 @@ def method_options() -> list[Option]:
 
 
 def perturbation_options() -> list[Option]:
-    """``<name>_<field>`` for every weight perturbation's fields. The first field is the main
-    value, set by the flag ``--<name>`` (``--awp GAMMA``, ``--amp EPS``); the others by
-    ``--<name>-<field>``."""
+    """``<name>_<field>`` for every weight perturbation's fields, flag ``--<name>-<field>``. The
+    first field is the main value, whose flag switches the perturbation on (``--awp-gamma``,
+    ``--amp-eps``); the others modify it."""
     out = []
     for name in PERTURBATIONS:
         cls = PERTURBATIONS.get(name)
@@ -368,8 +497,7 @@ def perturbation_options() -> list[Option]:
             default = f.default if f.default is not dataclasses.MISSING else None
             out.append(Option(f"{name}_{f.name}", _value_type(hints.get(f.name, f.type), default), None,
                               f"{name}: {f.name} (default {default})",
-                              "weight perturbation (wraps any method)",
-                              _flag(name) if i == 0 else _flag(f"{name}_{f.name}"),
+                              "weight perturbation (wraps any method)", _flag(f"{name}_{f.name}"),
                               metavar=f.name.upper(), perturbation=name, main=i == 0))
     return out
 

@@ -1,5 +1,11 @@
-"""The training loop: :func:`setup` a run, then epochs of :func:`train_step` with per-epoch
-:func:`evaluate`, checkpoints and metrics; :func:`train` does it all.
+"""The training loop: :func:`setup` a run, then epochs of :func:`train_batch` (one loader batch:
+one or more :func:`train_step`) with per-epoch :func:`evaluate`, checkpoints and metrics;
+:func:`train` does it all.
+
+Steps per loader batch (``cfg.step_structure``): ``"reference"`` splits each loader batch into
+``method.reference_chunks()`` consecutive chunks and takes one optimiser step per chunk, as the
+method's reference code does (SmoothAdv, SmoothMix, consistency: m steps of B/m examples x m noise
+copies); ``"joint"`` takes one step on the whole batch.
 
 It knows methods only through their interface (``prepare``/``loss``/``evaluate`` and the epoch
 hook) and weight perturbations only through ``perturbed(model, loss_fn)``. Every random draw
@@ -13,7 +19,7 @@ Example::
 
     from robustmaxup.train import TrainConfig, train
     summary = train(TrainConfig(dataset="digits", arch="digits_cnn", method="maxup",
-                                method_args={"sigma": 0.25, "m": 4}, epochs=10, batch=64,
+                                method_args={"sigma": 0.25, "copies": 4}, epochs=10, batch=64,
                                 lr=0.05, out="runs/digits-maxup"))
     summary["metrics"]["test"], summary["best"]
 """
@@ -29,7 +35,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from robustmaxup.methods import LossOutput, PERTURBATIONS, WeightPerturbation, build_method
+from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturbation, build_method
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.io import ensure_writable_dir
@@ -37,11 +43,12 @@ from robustmaxup.runtime.records import provenance
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.train import checkpointing
 from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
-from robustmaxup.train.state import Run, build_run, check_out_dir, load_splits
+from robustmaxup.train.state import Run, RunDirLock, build_run, check_out_dir, load_splits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["setup", "train", "train_epoch", "train_step", "evaluate", "build_perturbation"]
+__all__ = ["setup", "train", "train_epoch", "train_batch", "train_step", "evaluate",
+           "build_perturbation", "steps_per_batch"]
 
 
 def build_perturbation(spec: PerturbationSpec | None) -> WeightPerturbation | None:
@@ -72,6 +79,7 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
     dist.check_divides("batch", cfg.batch)
     device = dist.device(cfg.device)
     out = check_out_dir(cfg)
+    lock = RunDirLock(out)  # held from creation to the end (released by train())
     ckpt = checkpointing.load_for_resume(cfg, out, cfg.record(method.hparams()), dist)
     dist.init(device)
     try:
@@ -82,12 +90,14 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
             if dist.distributed and dist.main:
                 dist.barrier()
         run = build_run(cfg, method=method, perturbation=perturbation, dist=dist, device=device,
-                        out=out, splits=splits)
+                        out=out, splits=splits, lock=lock)
         if dist.main:  # created only once the data, model and method are known to be good
             ensure_writable_dir(out)
+            lock.acquire()
         if ckpt is not None:
             checkpointing.restore(run, ckpt)
     except BaseException:
+        lock.release()
         dist.close()
         raise
     return run
@@ -101,6 +111,7 @@ def train(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> dict[str
     try:
         return _fit(run)
     finally:
+        run.lock.release()
         run.dist.close()
 
 
@@ -154,12 +165,12 @@ def train_epoch(run: Run, epoch: int, progress: bool = False) -> dict[str, float
     for x, y in _progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress):
         if run.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        out = train_step(run, x, y)
-        stats["loss"] += out.loss.detach().double() * len(y)
-        stats["seen"] += len(y)
-        if out.logits is not None:
-            stats["correct"] += (out.logits.argmax(1) == out.targets).sum()
-            stats["count"] += len(out.targets)
+        for n, out in train_batch(run, x, y):
+            stats["loss"] += out.loss.detach().double() * n
+            stats["seen"] += n
+            if out.logits is not None:
+                stats["correct"] += (out.logits.argmax(1) == out.targets).sum()
+                stats["count"] += len(out.targets)
     keys = sorted(stats)
     totals = dict(zip(keys, run.dist.all_reduce_sum(torch.stack([stats[k] for k in keys])).tolist()))
     seconds = time.perf_counter() - t0
@@ -171,24 +182,48 @@ def train_epoch(run: Run, epoch: int, progress: bool = False) -> dict[str, float
     }
 
 
+def steps_per_batch(cfg: TrainConfig, method: Method) -> int:
+    """Optimiser steps per loader batch: the method's reference chunks, or 1 (``"joint"``)."""
+    return method.reference_chunks() if cfg.step_structure == "reference" else 1
+
+
+def train_batch(run: Run, x: torch.Tensor, y: torch.Tensor) -> list[tuple[int, LossOutput]]:
+    """One loader batch: :func:`steps_per_batch` optimiser steps, each on the next
+    ``len(y) // steps`` examples (a remainder is dropped, as in the reference code); returns
+    ``(examples, output)`` of each step."""
+    chunks = steps_per_batch(run.cfg, run.method)
+    if chunks == 1:
+        return [(len(y), train_step(run, x, y))]
+    size = len(y) // chunks
+    return [(size, train_step(run, x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]))
+            for i in range(chunks)]
+
+
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
     """One optimiser step of the method on batch ``(x, y)`` (already on the run's device),
-    inside the weight perturbation if there is one."""
+    inside the weight perturbation if there is one: the optimiser steps after the perturbation
+    is removed, or at the perturbed weights if the perturbation says so (AWP's reference order,
+    :attr:`~robustmaxup.methods.WeightPerturbation.step_at_perturbed`)."""
     method, model = run.method, run.forward
     with run.autocast:
         prepared = method.prepare(model, x, y, generator=run.state.generator)
     context: contextlib.AbstractContextManager = contextlib.nullcontext()
+    step_inside = False
     if run.perturbation is not None:
         def loss_fn() -> torch.Tensor:
             with run.autocast:
                 return method.loss(run.model, prepared).loss
         context = run.perturbation.perturbed(run.model, loss_fn)
+        step_inside = run.perturbation.step_at_perturbed
     run.optimizer.zero_grad(set_to_none=True)
     with context:
         with run.autocast:
             out = method.loss(model, prepared)
         out.loss.backward()
-    run.optimizer.step()
+        if step_inside:
+            run.optimizer.step()
+    if not step_inside:
+        run.optimizer.step()
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,14 @@ from robustmaxup.methods import Method, WeightPerturbation
 from robustmaxup.models import build_model
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
+from robustmaxup.runtime.faults import fault_point
+from robustmaxup.runtime.io import FileLock, check_not_inputs, check_output_path, shown
 from robustmaxup.runtime.seeds import seed_everything, stream_generator, stream_seed
 from robustmaxup.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "TrainState", "build_run", "load_splits", "check_out_dir", "metric_name"]
+__all__ = ["Run", "TrainState", "RunDirLock", "build_run", "load_splits", "check_out_dir", "metric_name"]
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Run:
     loaders: Mapping[str, Any]
     record: Mapping[str, Any]
     state: TrainState
+    lock: RunDirLock | None = None
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -89,16 +93,65 @@ def metric_name(method: Method) -> str:
     return "clean accuracy"
 
 
+#: the files of a run directory, and its lock file (present while a run holds it, or after a kill)
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json")
+LOCK_FILE = ".robustmaxup.lock"
+
+
 def check_out_dir(cfg: TrainConfig) -> Path:
-    """The run directory; a FieldError if it is a file, or non-empty without ``resume``.
-    Nothing is created here."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise FieldError("out", f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
-        raise FieldError("resume", f"is needed to continue the non-empty run directory {out} "
+    """The run directory; a FieldError if it cannot be one (a file, a name too long, under
+    ``/proc``), is the data root, is non-empty without ``resume``, or (with ``resume``) holds
+    a run file that is not a regular file. Nothing is created here.
+
+    ``--config DIR/config.json --out DIR`` is allowed only with ``resume``: the resume guard
+    then ensures the config.json the run rewrites records the same run.
+    """
+    out = check_output_path(cfg.out, "out", kind="dir")
+    check_not_inputs([("out", out)], [("the data root (--data-root)", cfg.data_root)])
+    if not out.is_dir():
+        return out
+    if not cfg.resume and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise FieldError("resume", f"is needed to continue the non-empty run directory {shown(out)} "
                                    "(or choose another output directory)")
+    if cfg.resume:
+        for name in RUN_FILES:
+            path = out / name
+            if os.path.lexists(path) and not (path.is_file() and not path.is_symlink()):
+                raise FieldError("out", f"{shown(out)} holds a {name} that is not a regular file; "
+                                        "it is not a run directory of robustmaxup train")
     return out
+
+
+def _listing(out: Path) -> list[tuple[str, int, int]]:
+    try:
+        return sorted((p.name, p.lstat().st_size, p.lstat().st_mtime_ns)
+                      for p in out.iterdir() if p.name != LOCK_FILE)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+class RunDirLock:
+    """The lock of a run directory, held for the whole run: a second ``train`` into the same
+    ``--out`` fails with one line instead of interleaving checkpoints. Created when the
+    directory is checked (nothing on disk then); :meth:`acquire` locks it once the directory
+    exists and refuses if another run changed it since the check; a killed run leaves no stale
+    lock (``flock`` dies with the process)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self._checked = out, _listing(out)
+        self._lock = FileLock(out / LOCK_FILE, what=f"run directory {shown(out)}")
+
+    def acquire(self) -> "RunDirLock":
+        self._lock.acquire()
+        if _listing(self.out) != self._checked:
+            self._lock.release()
+            raise UserError(f"run directory {shown(self.out)} changed while this run started "
+                            "(another run?); check it and start again")
+        fault_point("train.locked")
+        return self
+
+    def release(self) -> None:
+        self._lock.release()
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, Any]:
@@ -121,21 +174,28 @@ def load_splits(cfg: TrainConfig) -> dict[str, Any]:
     return {"train": train, "val": val, "test": test}
 
 
-def _check_steps(cfg: TrainConfig, train: Any) -> None:
-    """Refuse a run that would take no optimiser step (the last short batch is dropped)."""
+def _check_steps(cfg: TrainConfig, train: Any, method: Method, world: int) -> None:
+    """Refuse a run that would take no optimiser step (the last short batch is dropped), or
+    whose reference chunks would hold no example."""
     if cfg.batch > len(train):
         raise FieldError("batch", f"must be at most the number of training images ({len(train)}), "
                                   f"got {cfg.batch}: no training step would be taken")
+    chunks = method.reference_chunks() if cfg.step_structure == "reference" else 1
+    if cfg.batch // world < chunks:
+        raise FieldError("batch", f"must give each process at least {chunks} examples "
+                                  f"({method.name}'s reference structure takes {chunks} steps per "
+                                  f"loader batch), got {cfg.batch} over {world} process(es)")
 
 
 def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbation | None,
-              dist: Dist, device: torch.device, out: Path, splits: Mapping[str, Any]) -> Run:
+              dist: Dist, device: torch.device, out: Path, splits: Mapping[str, Any],
+              lock: RunDirLock | None = None) -> Run:
     """Build the model, optimiser, loaders and wrappers of a validated config (see
     :func:`robustmaxup.train.loop.setup`, which calls this); creates nothing on disk."""
     splits = {"train": splits["train"], "val": splits.get("val"), "test": splits.get("test")}
     if splits["train"] is None:
         raise UserError("a run needs a training split")
-    _check_steps(cfg, splits["train"])
+    _check_steps(cfg, splits["train"], method, dist.world)
     info = splits["train"].info
     method.setup(num_classes=info.num_classes)
     seed_everything(stream_seed(cfg.seed, "train.init"))
@@ -150,7 +210,7 @@ def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbat
     return Run(cfg=cfg, out=out, device=device, dist=dist, model=model,
                forward=_wrap(model, cfg, dist, device), method=method, perturbation=perturbation,
                optimizer=optimizer, splits=splits, loaders=_make_loaders(cfg, splits, dist, device),
-               record=cfg.record(method.hparams()), state=state)
+               record=cfg.record(method.hparams()), state=state, lock=lock)
 
 
 def _make_loaders(cfg: TrainConfig, splits: Mapping[str, Any], dist: Dist, device: torch.device) -> dict[str, Any]:
