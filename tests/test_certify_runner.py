@@ -176,3 +176,42 @@ def test_leading_double_dash_is_accepted(capsys):
     """`torchrun ... -m robustmaxup -- train ...` hands the `--` on to us."""
     assert main(["--", "analyze", "--help"]) == 0
     assert "usage: robustmaxup analyze" in capsys.readouterr().out
+
+
+SEQ = ["--sequential", "--n-max", "3000", "--radii", "0.1", "0.2"]
+
+
+def test_sequential_cli_rows_sidecar_resume_and_analyze(ckpt, tmp_path, capsys):
+    from robustmaxup.runtime.seeds import stream_generator
+
+    out = tmp_path / "seq.tsv"
+    assert main(["certify", ckpt, *FAST, *SEQ, "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == CERTIFY_SEQUENTIAL.header
+    rows = [CertifyRow.from_line(line, CERTIFY_SEQUENTIAL) for line in lines[1:]]
+    assert all(0 < r.n_used <= 3000 for r in rows)
+    meta = json.loads(Path(str(out) + ".json").read_text())
+    assert meta["mode"] == "certify_sequential" and meta["sequential"]["radii"] == [0.1, 0.2]
+    assert meta["confidence_sequence"] == meta["sequential"]["sequence"] and meta["sequential"]["n_max"] == 3000
+    # any row is recomputed alone by Smooth.certify_sequential from (seed, idx)
+    model, _ = load_model(ckpt, dataset="digits")
+    split = load_split("digits", "test")
+    x, y = split[rows[1].idx]
+    cert = Smooth(model, 10, 0.25).certify_sequential(
+        x, 20, 3000, 0.01, 100, radii=[0.1, 0.2], generator=stream_generator(0, "certify.noise", rows[1].idx))
+    assert (cert.prediction, round(cert.radius, 6), cert.n_used) == (rows[1].predict, rows[1].radius, rows[1].n_used)
+    # a killed run (torn last line) resumes to the same rows, batched differently
+    torn = tmp_path / "torn.tsv"
+    torn.write_text("\n".join(lines[:3]) + "\n" + lines[3][:5])
+    Path(str(torn) + ".json").write_text(Path(str(out) + ".json").read_text())
+    assert main(["certify", ckpt, *FAST, *SEQ, "--out", str(torn), "--resume", "--images-per-batch", "4"]) == 0
+    no_time = lambda p: [line.split("\t")[:5] + line.split("\t")[6:] for line in Path(p).read_text().splitlines()]  # noqa: E731
+    assert no_time(torn) == no_time(out)
+    # resuming with other sequential settings, or as fixed-n, is refused
+    assert main(["certify", ckpt, *FAST, *SEQ[:-1], "--out", str(torn), "--resume"]) == 2
+    assert main(["certify", ckpt, *FAST, "--out", str(torn), "--resume"]) == 2
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--radii", "0.1"]) == 0
+    text = capsys.readouterr().out
+    mean = sum(r.n_used for r in rows) / len(rows)
+    assert f"| samples/image | {mean:.0f} |" in text and "sequential, mean" in text

@@ -175,3 +175,16 @@ def test_reproduce_uses_each_methods_recipe_and_scales_for_an_equal_budget():
     assert rep.recipe_for("smoothmix", "0.5") == ("smoothmix_s0.5", [])
     assert rep.recipe_for("macer", "0.5") == ("macer", ["--sigma", "0.5"])
     assert rep.DIGITS_DERIVATION[:2] == ["--dataset", "digits"] and "--arch" in rep.DIGITS_DERIVATION
+
+
+@pytest.mark.parametrize("copies", ["1000000000", "100000"])
+def test_absurd_copies_fail_fast_with_one_line(tmp_path, capsys, copies):
+    """MaxUp --copies 10**9 once grew memory without bound; now it fails before any data or file."""
+    from robustmaxup.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--method", "maxup",
+                 "--copies", copies, "--batch", "1024", "--epochs", "1", "--out", str(out), "--quiet"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "--copies" in err[0], err
+    assert not out.exists()

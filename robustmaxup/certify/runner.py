@@ -83,9 +83,15 @@ class SequentialSettings:
     n_max: int = 100_000
     radii: tuple[float, ...] | None = (0.25, 0.5, 0.75, 1.0)
     radius_tol: float = 0.02
+    sequence: str = bounds.DEFAULT_SEQUENCE
+    futility: str = "projected"
 
     def check(self) -> None:
+        from robustmaxup.certify.smooth import FUTILITY_RULES
+
         check_int("n_max", self.n_max, minimum=1, maximum=MAX_SAMPLES)
+        check_choice("sequence", self.sequence, list(bounds.CONFIDENCE_SEQUENCES))
+        check_choice("futility", self.futility, FUTILITY_RULES)
         for r in self.radii or ():
             check_positive("radii", r, allow_zero=True)
         check_positive("radius_tol", self.radius_tol)
@@ -151,7 +157,8 @@ def _sequential_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], id
                      gens: Sequence[torch.Generator], s: Settings) -> list[Row]:
     q = s.sequential
     certs = smooth.certify_sequential_batch(xs, s.n0, q.n_max, s.alpha, s.batch_size, gens,
-                                            radii=q.radii, radius_tol=q.radius_tol)
+                                            radii=q.radii, radius_tol=q.radius_tol,
+                                            sequence=q.sequence, futility=q.futility)
     return [CertifyRow(i, y, c.prediction, c.radius, int(c.prediction == y), n_used=c.n_used)
             for i, y, c in zip(idxs, labels, certs)]
 
@@ -334,6 +341,8 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
     s.check_memory(tuple(split[indices[0]][0].shape), len(indices[dist.rank::dist.world]), device,
                    smooth.noise_chunk)
     sidecar = {**(record or {}), **_settings_record(command, smooth, split, indices, s, dist, device)}
+    # as the sidecar file will hold it (tuples become lists), so a resume compares like with like
+    sidecar = json.loads(json.dumps(sidecar, default=str))
     if out is None:
         rows: list[Row] = []
         _compute(mode, smooth, split, indices[dist.rank::dist.world], s, device, rows.extend, progress)
@@ -397,7 +406,7 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
         "sigma": smooth.sigma, "n0": s.n0, "n": s.n, "alpha": s.alpha, "seed": s.seed,
         "batch_size": s.batch_size, "images_per_batch": s.images_per_batch,
         "sequential": dataclasses.asdict(s.sequential) if s.sequential else None,
-        "confidence_sequence": _sequence_name() if s.sequential else None,
+        "confidence_sequence": s.sequential.sequence if s.sequential else None,
         "noise_chunk": smooth.noise_chunk, "precision": smooth.precision,
         "autocast": str(smooth.autocast_dtype(device)),
         "noise_seed_rule": "runtime.seeds.stream_generator(seed, 'certify.noise', idx, device)",
@@ -407,10 +416,6 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
         "radius_threshold": "certified at r means radius >= r",
         "provenance": provenance(device),
     }
-
-
-def _sequence_name() -> str | None:
-    return bounds.DEFAULT_SEQUENCE
 
 
 # ----------------------------------------------------------------------------- public API

@@ -47,6 +47,7 @@ from torch import nn
 
 from robustmaxup.certify import bounds
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.checks import FieldError
 from robustmaxup.models.state import model_state
 
 log = logging.getLogger(__name__)
@@ -279,9 +280,9 @@ class Smooth:
         """
         self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0)
         if not radius_tol > 0:
-            raise UserError(f"radius_tol must be > 0, got {radius_tol}")
+            raise FieldError("radius_tol", f"must be > 0, got {radius_tol}")
         if futility not in FUTILITY_RULES:
-            raise UserError(f"unknown futility rule {futility!r}; use one of {', '.join(FUTILITY_RULES)}")
+            raise FieldError("futility", f"must be one of {', '.join(FUTILITY_RULES)}, got {futility!r}")
         seq = bounds.confidence_sequence(sequence)
         thresholds = None if radii is None else bounds.radius_thresholds(radii, self.sigma)
         looks = seq.schedule(int(n_max), self.noise_chunk)
@@ -496,7 +497,7 @@ class Smooth:
         bounds.check_alpha(alpha)
         for name, value in (("n0", n0), ("n", n), ("batch", batch_size)):
             if value is not None and value < 1:
-                raise UserError(f"--{name} must be >= 1, got {value}")
+                raise FieldError(name, f"must be >= 1, got {value}")
         for g in generators:
             if g is not None and g.device.type != xs.device.type:
                 raise ValueError(f"generator on {g.device} but images on {xs.device}")

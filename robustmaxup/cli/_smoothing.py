@@ -55,13 +55,18 @@ def add_sequential_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-max", type=int, default=d.n_max, help="most estimation samples per image")
     g.add_argument("--radius-tol", type=float, default=d.radius_tol,
                    help="stop when the radius is known to this precision (with --radii empty)")
+    g.add_argument("--sequence", default=d.sequence, help="anytime-valid confidence sequence "
+                   "(robustmaxup.certify.bounds.CONFIDENCE_SEQUENCES)")
+    g.add_argument("--futility", default=d.futility, choices=["projected", "unanimous"],
+                   help="give a radius up when even projected (or unanimous) further votes cannot reach it")
 
 
 def job_from_args(command: str, args: argparse.Namespace) -> SmoothingJob:
     sequential = None
     if getattr(args, "sequential", False):
         sequential = SequentialSettings(n_max=args.n_max, radii=tuple(args.radii) or None,
-                                        radius_tol=args.radius_tol)
+                                        radius_tol=args.radius_tol, sequence=args.sequence,
+                                        futility=args.futility)
     return SmoothingJob(
         command=command, checkpoint=args.checkpoint, dataset=args.dataset, data_root=args.data_root,
         cache_dir=args.cache_dir, split=args.split, sigma=args.sigma,

@@ -78,6 +78,7 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
     dist = Dist.from_env()
     dist.check_divides("batch", cfg.batch)
     device = dist.device(cfg.device)
+    check_copies_fit(cfg, method, dist, device)
     out = check_out_dir(cfg)
     lock = RunDirLock(out)  # held from creation to the end (released by train())
     ckpt = checkpointing.load_for_resume(cfg, out, cfg.record(method.hparams()), dist)
@@ -101,6 +102,22 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
         dist.close()
         raise
     return run
+
+
+def check_copies_fit(cfg: TrainConfig, method: Method, dist: Dist, device: torch.device) -> None:
+    """Fail fast, before any data or file, when a method's noisy copies per forward (MaxUp's
+    scoring pass, the multi-noise methods' replicated batches) cannot fit in memory."""
+    from robustmaxup.data import get_info
+    from robustmaxup.runtime.checks import check_int
+    from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, batch_bytes, check_memory
+
+    copies = getattr(method, "copies", None)
+    if copies is None:
+        return
+    check_int("copies", copies, minimum=1, maximum=MAX_NOISE_DRAWS)
+    per_rank = max(1, cfg.batch // dist.world)
+    need = batch_bytes(per_rank * copies, get_info(cfg.dataset).image_shape)
+    check_memory("copies", need, device, what=f"{per_rank} examples x {copies} copies in one forward")
 
 
 def train(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> dict[str, Any]:
