@@ -26,3 +26,28 @@ def digits_batch():
     x = torch.tensor(d.images[:16] / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(d.target[:16], dtype=torch.long)
     return x, y
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory) -> str:
+    """A digits_cnn briefly trained with Gaussian noise (so the votes are not trivial), saved
+    as a robustmaxup checkpoint with training sigma 0.25. Tests must not modify the file."""
+    from robustmaxup.checkpoints import build_model_for, save_checkpoint
+    from robustmaxup.data import load_split
+
+    torch.manual_seed(0)
+    split = load_split("digits", "train")
+    x, y = split.batch(list(range(len(split))))
+    model = build_model_for("digits_cnn", "digits")
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(15):
+        i = torch.randint(0, len(x), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[i] + 0.25 * torch.randn_like(x[i])), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
+                           "model": model.eval().state_dict(), "method": "gaussian",
+                           "hparams": {"sigma": 0.25}, "epoch": 1})
+    return str(path)

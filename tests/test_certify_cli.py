@@ -29,20 +29,8 @@ def _save(path, model, **extra):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A digits_cnn briefly trained with Gaussian noise (so the votes are not trivial)."""
-    torch.manual_seed(0)
-    split = load_split("digits", "train")
-    x, y = split.batch(list(range(len(split))))
-    model = build_model("digits_cnn", "digits")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        i = torch.randint(0, len(x), (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[i] + 0.25 * torch.randn_like(x[i])), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return _save(tmp_path_factory.mktemp("ckpt") / "digits.pt", model.eval())
+def ckpt(digits_checkpoint):
+    return digits_checkpoint
 
 
 def _rows(path):

@@ -26,23 +26,8 @@ FAST = ["--dataset", "digits", "--n0", "20", "--n", "200", "--batch", "100", "--
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    split = load_split("digits", "train")
-    x, y = split.batch(list(range(len(split))))
-    model = build_model_for("digits_cnn", "digits")
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        i = torch.randint(0, len(x), (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[i] + 0.25 * torch.randn_like(x[i])), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
-                           "model": model.state_dict(), "method": "gaussian",
-                           "hparams": {"sigma": 0.25}, "epoch": 1})
-    return str(path)
+def ckpt(digits_checkpoint):
+    return digits_checkpoint
 
 
 def _lines(path):

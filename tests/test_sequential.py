@@ -19,22 +19,12 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.errors import UserError
+from classifiers import Constant, LinearK, gen  # noqa: E402
 
 SEQ = bounds.confidence_sequence()
 
 
 # ----------------------------------------------------------------------------- models
-class Constant(nn.Module):
-    """Always predicts ``cls``."""
-
-    def __init__(self, cls: int, num_classes: int = 10) -> None:
-        super().__init__()
-        self.cls, self.num_classes = cls, num_classes
-
-    def forward(self, x):
-        out = torch.zeros(x.shape[0], self.num_classes, dtype=x.dtype, device=x.device)
-        out[:, self.cls] = 1.0
-        return out
 
 
 class Linear2(nn.Module):
@@ -60,24 +50,6 @@ class Bins3(nn.Module):
         v = x.flatten(1)[:, 0]
         cls = (v > self.c1).long() + (v > self.c2).long()
         return nn.functional.one_hot(cls, 3).to(x.dtype)
-
-
-class LinearK(nn.Module):
-    """A multi-class linear classifier (float64), whose votes vary under noise."""
-
-    def __init__(self, d: int, k: int, seed: int) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.lin = nn.Linear(d, k).double()
-        with torch.no_grad():
-            self.lin.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
-
-    def forward(self, x):
-        return self.lin(x.flatten(1))
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def allowed(trials: int, alpha: float) -> int:

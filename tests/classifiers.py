@@ -1,0 +1,38 @@
+"""Base classifiers whose smoothed behaviour is known in closed form, shared by the
+certification tests (test_smooth.py, test_sequential.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Constant(nn.Module):
+    """Always predicts ``cls``."""
+
+    def __init__(self, cls: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], self.num_classes, dtype=x.dtype, device=x.device)
+        out[:, self.cls] = 1.0
+        return out
+
+
+class LinearK(nn.Module):
+    """A multi-class linear classifier (float64), whose votes vary under noise."""
+
+    def __init__(self, d: int, k: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = nn.Linear(d, k).double()
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.lin(x.flatten(1))
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
