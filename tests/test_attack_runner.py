@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from robustmaxup.attacks import AttackConfig, ChunkRecord, evaluate_dataset
-from robustmaxup.checkpoints import build_model_for, load_model, save_checkpoint
+from robustmaxup.checkpoints import load_model
 from robustmaxup.cli.attack import main
 from robustmaxup.data import load_split, spread_indices
 from robustmaxup.errors import UserError
@@ -22,23 +21,8 @@ RESULT_KEYS = ("n", "indices", "attacks", "attack_config", "seed", "clean_accura
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """A digits CNN trained for one quick epoch (good enough to be attacked)."""
-    torch.manual_seed(0)
-    split = load_split("digits", "train")
-    x, y = split.batch(list(range(len(split))))
-    model = build_model_for("digits_cnn", "digits")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for i in range(0, len(x), 64):
-        loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
-                           "model": model.eval().state_dict(), "method": "gaussian",
-                           "hparams": {"sigma": 0.25}, "epoch": 1})
-    return path
+def ckpt(digits_checkpoint) -> Path:
+    return Path(digits_checkpoint)
 
 
 def _cli(ckpt: Path, out: Path, *extra: str) -> list[str]:

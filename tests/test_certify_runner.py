@@ -11,13 +11,12 @@ import torch
 
 from robustmaxup.certify import Smooth
 from robustmaxup.certify.runner import certify_dataset, predict_dataset
-from robustmaxup.data import select_indices
 from robustmaxup.certify.tsv import (
     CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, read_rows, write_rows,
 )
-from robustmaxup.checkpoints import build_model_for, load_model, save_checkpoint
+from robustmaxup.checkpoints import load_model
 from robustmaxup.cli import main
-from robustmaxup.data import load_split
+from robustmaxup.data import load_split, select_indices
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.io import open_locked
 

@@ -118,8 +118,8 @@ class AttackPaths:
         base = out.with_suffix("") if out.suffix == ".json" else out
         paths = cls(out, tsv, out.with_name(out.name + ".state.pt"),
                     base.with_name(base.name + ".autoattack.log"), adv, out.with_name(out.name + ".lock"))
-        for field, path in paths.named()[1:]:
-            check_output_path(path, field)
+        for name, path in paths.named()[1:]:
+            check_output_path(path, name)
         check_distinct(paths.named())
         return paths
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -28,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from robustmaxup.certify.smooth import ABSTAIN
-from robustmaxup.certify.tsv import read_certify
+from robustmaxup.certify.tsv import read_certify, read_sidecar, sidecar_path
 from robustmaxup.errors import UserError
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError
@@ -84,26 +83,13 @@ SIDECAR_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``FILE.tsv.json``, the sidecar of ``FILE.tsv``."""
-    return Path(str(path) + ".json")
-
-
 def _read_sidecar(path: Path) -> dict | None:
     """The sidecar of ``path`` (None if there is none); UserError if it is unreadable or its
     keys have other types than :data:`SIDECAR_TYPES` (a foreign or edited file)."""
-    sidecar = sidecar_path(path)
-    if not os.path.lexists(sidecar):
+    meta = read_sidecar(path)
+    if meta is None:
         return None
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        reason = getattr(e, "strerror", None) or type(e).__name__
-        raise UserError(f"the sidecar {shown(sidecar)} is not readable JSON ({reason}); fix or "
-                        "remove it") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"the sidecar {shown(sidecar)} holds a JSON {type(meta).__name__}, not an "
-                        "object; fix or remove it")
+    sidecar = sidecar_path(path)
     for key, types in SIDECAR_TYPES.items():
         value = meta.get(key)
         bad = value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)

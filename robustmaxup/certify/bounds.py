@@ -203,6 +203,14 @@ def _counts(k: np.ndarray | int, t: np.ndarray | int) -> tuple[np.ndarray, np.nd
     return k, t
 
 
+def _mirror(lower: Callable[..., Any], k: np.ndarray | int, t: np.ndarray | int, alpha: float,
+            **kwargs: Any) -> np.ndarray | float:
+    """The upper bound that mirrors ``lower`` (``p -> 1 - p``): ``1 - lower(t - k, t, alpha)``."""
+    kk, tt = _counts(k, t)
+    return _scalar_or_array(1.0 - np.asarray(lower(
+        (tt - kk).astype(np.int64), tt.astype(np.int64), alpha, **kwargs)), k)
+
+
 def _scalar_or_array(value: np.ndarray, like: np.ndarray | int) -> np.ndarray | float:
     return float(value) if np.ndim(like) == 0 and value.ndim == 0 else value
 
@@ -303,9 +311,7 @@ def one_sided_mixture_upper(k: np.ndarray | int, t: np.ndarray | int, alpha: flo
         >>> one_sided_mixture_upper(10, 10, 0.01)
         1.0
     """
-    kk, tt = _counts(k, t)
-    return _scalar_or_array(1.0 - np.asarray(one_sided_mixture_lower(
-        (tt - kk).astype(np.int64), tt.astype(np.int64), alpha, a=b, b=a)), k)
+    return _mirror(one_sided_mixture_lower, k, t, alpha, a=b, b=a)
 
 
 def beta_mixture_log_evidence(k: np.ndarray, t: np.ndarray, m: np.ndarray,
@@ -357,9 +363,7 @@ def beta_mixture_upper(k: np.ndarray | int, t: np.ndarray | int, alpha: float,
         >>> beta_mixture_upper(5, 5, 0.01)
         1.0
     """
-    kk, tt = _counts(k, t)
-    return _scalar_or_array(1.0 - np.asarray(beta_mixture_lower(
-        (tt - kk).astype(np.int64), tt.astype(np.int64), alpha, a=b, b=a)), k)
+    return _mirror(beta_mixture_lower, k, t, alpha, a=b, b=a)
 
 
 def clopper_pearson_lower_array(k: np.ndarray | int, t: np.ndarray | int, alpha: float) -> np.ndarray | float:
@@ -387,9 +391,7 @@ def clopper_pearson_upper_array(k: np.ndarray | int, t: np.ndarray | int, alpha:
         >>> clopper_pearson_upper_array(3, 3, 0.05)
         1.0
     """
-    kk, tt = _counts(k, t)
-    return _scalar_or_array(1.0 - np.asarray(clopper_pearson_lower_array(
-        (tt - kk).astype(np.int64), tt.astype(np.int64), alpha)), k)
+    return _mirror(clopper_pearson_lower_array, k, t, alpha)
 
 
 def staged_clopper_pearson_lower(k: np.ndarray | int, t: np.ndarray | int, alpha: float,

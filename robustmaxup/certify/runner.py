@@ -47,10 +47,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from robustmaxup.certify import bounds
-from robustmaxup.certify.smooth import ABSTAIN, PRECISIONS, Smooth
+from robustmaxup.certify.smooth import ABSTAIN, FUTILITY_RULES, PRECISIONS, Smooth
 from robustmaxup.certify.tsv import (
     CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, Row, TsvFormat, format_time,
-    merge_rows, part_path, read_rows, write_rows,
+    merge_rows, part_path, read_rows, read_sidecar, sidecar_path, write_rows,
 )
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import (
@@ -87,8 +87,6 @@ class SequentialSettings:
     futility: str = "projected"
 
     def check(self) -> None:
-        from robustmaxup.certify.smooth import FUTILITY_RULES
-
         check_int("n_max", self.n_max, minimum=1, maximum=MAX_SAMPLES)
         check_choice("sequence", self.sequence, list(bounds.CONFIDENCE_SEQUENCES))
         check_choice("futility", self.futility, FUTILITY_RULES)
@@ -140,6 +138,7 @@ class Mode:
     """What differs between CERTIFY, sequential CERTIFY and PREDICT."""
 
     name: str
+    command: str  # the subcommand whose output this is: "certify" or "predict"
     fmt: TsvFormat
     # (smooth, xs [k,C,H,W], labels, idxs, generators, settings, seconds per image) -> rows
     run_group: Callable[..., list[Row]]
@@ -182,9 +181,10 @@ def _warn_predict(smooth: Smooth, s: Settings) -> None:
 
 
 MODES = {
-    "certify": Mode("certify", CERTIFY, _certify_rows, _warn_certify),
-    "certify_sequential": Mode("certify_sequential", CERTIFY_SEQUENTIAL, _sequential_rows, _warn_certify),
-    "predict": Mode("predict", PREDICT, _predict_rows, _warn_predict),
+    "certify": Mode("certify", "certify", CERTIFY, _certify_rows, _warn_certify),
+    "certify_sequential": Mode("certify_sequential", "certify", CERTIFY_SEQUENTIAL, _sequential_rows,
+                               _warn_certify),
+    "predict": Mode("predict", "predict", PREDICT, _predict_rows, _warn_predict),
 }
 
 
@@ -209,7 +209,7 @@ class Output:
     def at(cls, out: str | Path, fmt: TsvFormat, dist: Dist) -> "Output":
         final = Path(out)
         mine = final if not dist.distributed else part_path(final, dist.rank)
-        return cls(final, mine, Path(str(final) + ".json"), fmt, dist)
+        return cls(final, mine, sidecar_path(final), fmt, dist)
 
     def parts(self) -> list[Path]:
         return [part_path(self.final, r) for r in range(self.dist.world)]
@@ -236,7 +236,7 @@ class Output:
             return
         rows = sum(len(read_rows(path, self.fmt).rows) for path in existing)  # foreign: refused
         if self.sidecar.exists():
-            saved = _read_sidecar(self.sidecar)
+            saved = read_sidecar(self.final)
             if saved.get("command") != record.get("command") or saved.get("mode") != record.get("mode"):
                 raise UserError(f"{shown(self.sidecar)} is not the sidecar of a {self.fmt.name} output; "
                                 "cannot resume; choose another output")
@@ -260,23 +260,14 @@ class Output:
             f.flush()
         return f
 
-    def merge(self) -> int:
-        """Rank 0: the final file's rows plus every part, sorted by idx; parts removed."""
-        rows = merge_rows([self.final, *self.parts()], self.fmt)
+    def merge(self) -> dict[int, Row]:
+        """Rank 0: the final file's rows plus every part, written sorted by idx; parts removed.
+        Returns the rows."""
+        rows = dict(sorted(merge_rows([self.final, *self.parts()], self.fmt).items()))
         write_rows(self.final, self.fmt, rows.values())
         for part in self.parts():
             part.unlink(missing_ok=True)
-        return len(rows)
-
-
-def _read_sidecar(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        raise UserError(f"{shown(path)} is not a readable JSON sidecar; cannot resume its TSV") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{shown(path)} is not a robustmaxup sidecar; cannot resume its TSV")
-    return data
+        return rows
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -337,7 +328,7 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
     if not indices:
         raise FieldError("indices", "select no image; check skip/max")
     dist = dist or Dist()
-    device = _device_of(smooth, split, indices)
+    device = _device_of(smooth)
     s.check_memory(tuple(split[indices[0]][0].shape), len(indices[dist.rank::dist.world]), device,
                    smooth.noise_chunk)
     sidecar = {**(record or {}), **_settings_record(command, smooth, split, indices, s, dist, device)}
@@ -355,10 +346,11 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
 def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: Settings,
                  output: Output, sidecar: dict[str, Any], device: torch.device,
                  progress: bool) -> list[Row]:
-    dist, command = output.dist, mode.name.split("_")[0]
+    dist, command = output.dist, mode.command
     ensure_writable_dir(output.final.parent)
     mine = indices[dist.rank::dist.world]
     t_start = time.perf_counter()
+    rows: dict[int, Row] = {}
     with dist.group(device, backend="gloo", long_wait=True):
         done = output.done()
         todo = [i for i in mine if i not in done]
@@ -379,17 +371,18 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
         dist.barrier()
         if dist.main:
             fault_point(f"{command}.merge")
-            count = output.merge() if dist.distributed else len(read_rows(output.final, mode.fmt).rows)
+            rows = output.merge() if dist.distributed else read_rows(output.final, mode.fmt).rows
+            count = len(rows)
             elapsed = time.perf_counter() - t_start
             fault_point(f"{command}.sidecar")
             atomic_write_json(output.sidecar, {**sidecar, "complete": count == len(indices),
                                                "rows": count, "total_time_s": elapsed})
             log.info("wrote %s (%d rows) in %s", output.final, count, format_time(elapsed))
         dist.barrier()
-    return [r for r in read_rows(output.final, mode.fmt).rows.values()] if dist.main else []
+    return list(rows.values())  # rank 0 only; the other ranks' rows are in the file
 
 
-def _device_of(smooth: Smooth, split: Any, indices: Sequence[int]) -> torch.device:
+def _device_of(smooth: Smooth) -> torch.device:
     p = next(iter(smooth.base_classifier.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 

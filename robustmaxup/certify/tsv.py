@@ -21,14 +21,15 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 from robustmaxup.certify.smooth import ABSTAIN
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.io import atomic_write_text, check_input_path
+from robustmaxup.runtime.io import atomic_write_text, check_input_path, shown
 
 
 def format_time(seconds: float) -> str:
@@ -228,6 +229,29 @@ def merge_rows(sources: Sequence[str | os.PathLike], fmt: TsvFormat) -> dict[int
         if Path(src).exists():
             rows.update(read_rows(src, fmt).rows)
     return rows
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``FILE.tsv.json``, the JSON sidecar of ``FILE.tsv`` (its settings and provenance)."""
+    return Path(str(path) + ".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The sidecar of the TSV ``path`` as a dict (None if there is none); UserError if it is not
+    readable JSON or not a JSON object."""
+    sidecar = sidecar_path(path)
+    if not os.path.lexists(sidecar):
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise UserError(f"the sidecar {shown(sidecar)} is not readable JSON ({reason}); fix or "
+                        "remove it") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"the sidecar {shown(sidecar)} holds a JSON {type(meta).__name__}, not an "
+                        "object; fix or remove it")
+    return meta
 
 
 def part_path(out: str | os.PathLike, rank: int) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from robustmaxup.certify.runner import SequentialSettings, SmoothingJob
-from robustmaxup.certify.smooth import PRECISIONS
+from robustmaxup.certify.smooth import FUTILITY_RULES, PRECISIONS
 from robustmaxup.cli.common import add_data_args, add_runtime_args
 
 #: library field -> flag, where the flag is not ``--field-name``
@@ -57,7 +57,7 @@ def add_sequential_args(p: argparse.ArgumentParser) -> None:
                    help="stop when the radius is known to this precision (with --radii empty)")
     g.add_argument("--sequence", default=d.sequence, help="anytime-valid confidence sequence "
                    "(robustmaxup.certify.bounds.CONFIDENCE_SEQUENCES)")
-    g.add_argument("--futility", default=d.futility, choices=["projected", "unanimous"],
+    g.add_argument("--futility", default=d.futility, choices=FUTILITY_RULES,
                    help="give a radius up when even projected (or unanimous) further votes cannot reach it")
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, Mapping, NoReturn, Sequence
-
-import torch
+from typing import Callable, Mapping, NoReturn, Sequence
 
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError

@@ -6,7 +6,7 @@ r"""Files that are never half-written, outputs that never destroy inputs, and lo
   (``O_EXCL``) and hold an advisory lock on it while writing, so two runs can never write one
   output at once; :class:`FileLock`: the same for a whole run (a lock file beside its outputs).
   Locks are ``flock``\ s: they die with the process, so a killed run never leaves a stale one.
-* :func:`check_output_path` (alias :func:`check_writable_location`): a path could be written --
+* :func:`check_output_path`: a path could be written --
   a name the file system takes, not under ``/proc``, ``/sys`` or ``/dev``, not a directory or
   special file, a writable folder; nothing is created (validation happens before any output
   is touched). :func:`check_input_path`: the same for a file to read.
@@ -130,11 +130,6 @@ def check_output_path(path: str | os.PathLike, field: str = "out", *, kind: str 
     if not os.access(probe, os.W_OK | os.X_OK):
         raise FieldError(field, f"cannot create {shown(p)}: folder {shown(probe)} is not writable")
     return p
-
-
-def check_writable_location(path: str | os.PathLike, *, field: str = "out") -> None:
-    """:func:`check_output_path` for a file (kept for its callers)."""
-    check_output_path(path, field)
 
 
 def check_input_path(path: str | os.PathLike, what: str, *, kind: str = "file") -> Path:
