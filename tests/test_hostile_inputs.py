@@ -334,6 +334,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("train-val-size-neg", T + ["--out", "{d}/run", "--val-size", "-2"], None, "--val-size"),
     ("train-no-step", T + ["--out", "{d}/run", "--batch", "5000"], None, "--batch"),
     ("train-lr-inf", T + ["--out", "{d}/run", "--lr", "inf"], None, "--lr"),
+    ("train-config-device", ["train", "--config", "/dev/zero", "--out", "{d}/run"], None, "regular file"),
     ("train-out-too-long", T + ["--out", "{d}/" + LONG], None, "too long"),
     ("train-out-proc", T + ["--out", "/proc/run"], None, "/proc"),
     ("train-out-file", T + ["--out", "{ck}"], None, "not a directory"),

@@ -42,6 +42,7 @@ from robustmaxup.models import MODELS
 from robustmaxup.runtime.checks import (
     FieldError, check_choice, check_int, check_positive, check_range,
 )
+from robustmaxup.runtime.io import check_input_path
 from robustmaxup.train.recipes import RECIPES, recipe_values
 
 __all__ = [
@@ -396,11 +397,13 @@ def recipe_overrides(record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def read_flat(path: str | os.PathLike) -> dict[str, Any]:
     """The flat values of a run's ``config.json``, as a base layer for :func:`merge_flat`:
     everything but its provenance and the ``resume`` action."""
+    try:  # an existing regular file: a device such as /dev/zero would be read forever
+        check_input_path(path, "file")
+    except UserError as e:
+        raise FieldError("config", str(e)) from None
     try:
         with open(path) as f:
             data = json.load(f)
-    except FileNotFoundError:
-        raise FieldError("config", f"file {path} does not exist") from None
     except (OSError, ValueError) as e:
         raise FieldError("config", f"file {path} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(data, dict):
