@@ -103,6 +103,7 @@ def test_resume_rewrites_a_lost_metrics_line_from_the_checkpoint(tmp_path):
 
 def test_resume_refuses_a_changed_config(tmp_path, capsys):
     train(_cfg(tmp_path / "run", epochs=1))
+    capsys.readouterr()  # only the CLI call's stderr is under test (the library call may log)
     code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--sigma", "0.5",
                      "--epochs", "2", "--out", str(tmp_path / "run"), "--resume", "--quiet"])
     err = capsys.readouterr().err

@@ -35,9 +35,24 @@ def make_parser(command: str, description: str) -> ArgumentParser:
     )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when the handler
+    was made: a command run in-process (tests, notebooks) leaves no handler bound to a stream
+    that has since been closed or replaced."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; sys.stderr always wins
+        pass
+
+
 def setup_logging(quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=[handler], force=True)
     install_safe_log_records()  # control characters in any log line are escaped
 
 
