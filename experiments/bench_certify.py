@@ -3,22 +3,36 @@
 Claim: ``robustmaxup.certify.Smooth`` certifies an image several times faster than the reference
 CERTIFY loop of Cohen et al. (2019) on the same GPU, with the same model and the same N, because
 it runs the base classifier in bf16 autocast with channels_last and cudnn.benchmark (optionally
-torch.compile), draws noise in place into a reused buffer, and counts votes on the device with
-one host transfer per phase instead of a ``.cpu().numpy()`` copy and a Python counting loop per
-batch.
+torch.compile), can fold each Conv-BatchNorm pair into one convolution (``fold``: a CIFAR
+ResNet's forward pass is bound by memory traffic, and folding removes a read and a write of every
+BatchNorm's activations), draws noise in place into a reused buffer, and counts votes on the
+device with one host transfer per phase instead of a ``.cpu().numpy()`` copy and a Python
+counting loop per batch.
 
-Evidence: this script times both, in one run and on the same inputs (random-weight models; the
-speed of a forward pass does not depend on the weights), for CIFAR-10 ResNet-110 at N = 100,000
-and ImageNet ResNet-50 at N = 10,000 (time extrapolated linearly to N = 100,000), and prints
-s/image for each and the ratio. ``--quick`` runs small models (digits_cnn, cifar_resnet20) with
-small N on the CPU in well under a minute, so any machine exercises the script; on a CPU both
-paths run fp32 and the ratio is close to 1 (the GPU-specific gains do not apply there).
-Results go to ``--out`` as JSON with the config, git SHA and hardware.
+Evidence: this script times the reference and each ``--variants`` entry (precision, folding,
+compile mode, batch size, images per batch: see :class:`Variant`), alternating, in one run and
+on the same inputs (random-weight models; the speed of a forward pass does not depend on the
+weights), for CIFAR-10 ResNet-110 at N = 100,000 and ImageNet ResNet-50 at N = 10,000 (time
+extrapolated linearly to N = 100,000), and prints s/image for each and its ratio to the
+reference. ``--quick`` runs small models (digits_cnn, cifar_resnet20) with small N on the CPU in
+about a minute, so any machine exercises the script. Results go to ``--out`` as JSON with the
+config, git SHA and hardware.
 
-Measured so far: ``--quick`` on a shared 2-core CPU (load ~5): digits_cnn N=1000 1.03 vs
-1.02 s/image (x1.01), cifar_resnet20 N=200 5.3 vs 3.8 s/image (x1.4, mostly load noise): on a
-CPU the two are equal, as expected. The GPU claim is NOT yet measured: run
-``python experiments/bench_certify.py --out bench_certify.json`` on a GPU and put the numbers here.
+Floors (counted before any GPU run; experiments/GPU_PLAN.md): ResNet-110 is 0.506 GFLOP per
+32x32 forward pass (torch.utils.flop_counter), so N = 100,000 is 5.1e13 FLOP per image (0.06 s
+at the H100's measured 800 TFLOP/s, which 16- to 64-channel convolutions will not approach). Its
+conv outputs are 1.05 M values per image; an eager bf16 forward (separate BatchNorm, ReLU and
+add kernels) reads or writes each ~7.5 times, ~16 MB per image (0.52 s per 100,000 samples at
+3 TB/s); with BatchNorm folded ~5.5 times (0.38 s); folded and compiled (add+ReLU fused) ~4.5
+times (0.31 s). The 0.30 s/image goal is a memory-traffic goal; batches whose activations stay
+in the 50 MB L2 cache (a 16x32x32 bf16 activation of 1,000 images is 33 MB) can beat these
+DRAM floors, so small batches are worth timing too.
+
+Measured so far: ``--quick`` on a shared 2-core CPU (load ~6): digits_cnn N=1000 reference
+0.92 s/image, fp32 0.92 (x0.99), fp32+fold 0.41 (x2.23); cifar_resnet20 N=200: load noise
+dominates (x0.8 to x0.9). The GPU claim is NOT yet measured: run
+``python experiments/bench_certify.py --variants bf16 bf16+fold bf16+fold+batch=4000
+--out experiments/results/bench_certify_h100.json`` on a GPU and put the numbers here.
 
 The reference loop is written out below (``reference_certify``): fp32, fixed batch size, noise
 from the global RNG per batch, ``argmax`` copied to the host with ``.cpu().numpy()`` after every
@@ -28,9 +42,11 @@ batch and counted with a Python loop, then the same one-sided Clopper-Pearson bo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,38 +119,83 @@ def time_ours(smooth, xs, cfg, device):
     return (time.perf_counter() - t0) / len(xs), out
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way of running our CERTIFY: ``bf16+fold+batch=4000+compile=max-autotune`` and the like
+    (tokens joined by ``+``: ``fp32``/``bf16``/``auto``, ``fold`` (BatchNorm folding),
+    ``compile`` or ``compile=MODE``, ``batch=N``, ``ipb=K`` images per batch)."""
+
+    spec: str
+    precision: str = "auto"
+    fold_bn: bool = False
+    compile: bool | str = False
+    batch: int | None = None
+    images_per_batch: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Variant":
+        fields: dict = {}
+        for token in filter(None, spec.split("+")):
+            key, _, value = token.partition("=")
+            if key in ("fp32", "bf16", "auto") and not value:
+                fields["precision"] = key
+            elif key == "fold" and not value:
+                fields["fold_bn"] = True
+            elif key == "compile":
+                fields["compile"] = value or True
+            elif key in ("batch", "ipb") and value.isdigit() and int(value) > 0:
+                fields["batch" if key == "batch" else "images_per_batch"] = int(value)
+            else:
+                raise SystemExit(f"bench_certify: bad variant token {token!r} in {spec!r}")
+        return cls(spec, **fields)
+
+
 def bench_one(cfg, device, args):
     torch.manual_seed(0)
     model = build_model_for(cfg["arch"], cfg["dataset"]).to(device).eval()
     shape = cfg["shape"]
     xs = torch.rand(cfg["images"], *shape, device=device)
     warm = {**cfg, "n": min(cfg["n"], 2 * cfg["batch"])}
-    # warm-up both paths (cudnn autotune, allocator, compile) on one image, untimed
+    # warm-up (cudnn autotune, allocator, compile) on one image, untimed
     reference_certify(model, xs[0], warm["n0"], warm["n"], cfg["alpha"], cfg["batch_ref"], cfg["sigma"],
                       cfg["num_classes"])
-    smooth = Smooth(model, cfg["num_classes"], cfg["sigma"], precision=args.precision, compile=args.compile)
-    t0 = time.perf_counter()
-    time_ours(smooth, xs[:1], warm, device)
-    warmup_s = time.perf_counter() - t0
-    ref_times, our_times = [], []
+    variants = []
+    for v in map(Variant.parse, args.variants):
+        vcfg = {**cfg, "batch": v.batch or cfg["batch"],
+                "images_per_batch": v.images_per_batch or cfg["images_per_batch"]}
+        smooth = Smooth(model, cfg["num_classes"], cfg["sigma"], precision=v.precision,
+                        compile=v.compile, fold_bn=v.fold_bn)
+        t0 = time.perf_counter()
+        time_ours(smooth, xs[:1], {**vcfg, "n": min(cfg["n"], 2 * vcfg["batch"])}, device)
+        variants.append((v, vcfg, smooth, time.perf_counter() - t0))
+    ref_times: list[float] = []
+    times: dict[str, list[float]] = {v.spec: [] for v, *_ in variants}
+    outs: dict[str, list] = {}
     for _ in range(args.repeats):  # alternate, keep the best of each: robust to shared machines
         ref_s, ref_out = time_reference(model, xs, cfg, device)
-        ours_s, ours_out = time_ours(smooth, xs, cfg, device)
         ref_times.append(ref_s)
-        our_times.append(ours_s)
-    ref_s, ours_s = min(ref_times), min(our_times)
+        for v, vcfg, smooth, _ in variants:
+            s, outs[v.spec] = time_ours(smooth, xs, vcfg, device)
+            times[v.spec].append(s)
+    ref_s = min(ref_times)
     scale = cfg["extrapolate_to"] / cfg["n"] if cfg.get("extrapolate_to") else 1.0
-    result = {
-        **cfg,
-        "reference_s_per_image": ref_s, "ours_s_per_image": ours_s,
-        "speedup": ref_s / ours_s,
-        "ours_warmup_s": warmup_s, "reference_times": ref_times, "ours_times": our_times,
-        "reference_predictions": ref_out, "ours_predictions": ours_out,
+    rows = []
+    for v, vcfg, _, warmup_s in variants:
+        best = min(times[v.spec])
+        agree = sum(a[0] == b[0] for a, b in zip(outs[v.spec], ref_out)) / len(ref_out)
+        rows.append({"variant": v.spec, **dataclasses.asdict(v), "batch": vcfg["batch"],
+                     "images_per_batch": vcfg["images_per_batch"], "s_per_image": best,
+                     "s_per_image_at_target_n": best * scale, "speedup": ref_s / best,
+                     "times": times[v.spec], "warmup_s": warmup_s,
+                     "prediction_agreement_with_reference": agree, "predictions": outs[v.spec]})
+    best_row = min(rows, key=lambda r: r["s_per_image"])
+    return {
+        **cfg, "reference_s_per_image": ref_s, "reference_times": ref_times,
+        "reference_s_per_image_at_target_n": ref_s * scale, "reference_predictions": ref_out,
+        "variants": rows, "best_variant": best_row["variant"],
+        "ours_s_per_image": best_row["s_per_image"], "speedup": best_row["speedup"],
+        "ours_s_per_image_at_target_n": best_row["s_per_image_at_target_n"],
     }
-    if scale != 1.0:
-        result["reference_s_per_image_at_target_n"] = ref_s * scale
-        result["ours_s_per_image_at_target_n"] = ours_s * scale
-    return result
 
 
 def configs(quick: bool, args) -> list[dict]:
@@ -165,8 +226,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1000, help="our batch size (CIFAR)")
     p.add_argument("--batch-imagenet", type=int, default=400, help="our batch size (ImageNet)")
     p.add_argument("--images-per-batch", type=int, default=1)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--variants", nargs="+", default=["auto", "auto+fold"],
+                   help="ways of running ours, timed in the same run (see Variant), e.g. "
+                        "bf16 bf16+fold bf16+fold+batch=4000 bf16+fold+compile=max-autotune")
     p.add_argument("--out", default=None, help="write results as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -177,11 +239,15 @@ def main(argv=None) -> int:
     for cfg in configs(args.quick, args):
         r = bench_one(cfg, device, args)
         results.append(r)
-        target = " (at N=100k: %.3f vs %.3f s/image)" % (
-            r["reference_s_per_image_at_target_n"], r["ours_s_per_image_at_target_n"]) \
-            if "reference_s_per_image_at_target_n" in r else ""
-        print(f"{r['name']:<42} reference {r['reference_s_per_image']:.3f} s/image   "
-              f"ours {r['ours_s_per_image']:.3f} s/image   speedup x{r['speedup']:.2f}{target}")
+        def at_target(key: str, row: dict) -> str:
+            return f" ({row[key + '_at_target_n']:.3f} at N=100k)" if r.get("extrapolate_to") else ""
+
+        print(f"{r['name']}: reference {r['reference_s_per_image']:.3f} s/image"
+              f"{at_target('reference_s_per_image', r)}")
+        for v in r["variants"]:
+            print(f"  {v['variant']:<40} {v['s_per_image']:.3f} s/image{at_target('s_per_image', v)}"
+                  f"  x{v['speedup']:.2f}  agreement {v['prediction_agreement_with_reference']:.2f}"
+                  f"  warm-up {v['warmup_s']:.1f} s")
     report = {
         "benchmark": "bench_certify", "quick": args.quick, "device": str(device),
         "args": vars(args), "results": results, "total_s": time.perf_counter() - t_all,

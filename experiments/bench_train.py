@@ -118,10 +118,11 @@ def reference_step_factory(split: ImageSplit, arch: str, batch: int, sigma: floa
 # --- ours ------------------------------------------------------------------------------------
 
 def our_step_factory(split: ImageSplit, arch: str, batch: int, method: str, method_args: dict[str, Any],
-                     device: torch.device) -> Callable[[], None]:
+                     device: torch.device, compile: bool = False) -> Callable[[], None]:
     out = tempfile.mkdtemp(prefix="bench_train_")
     cfg = TrainConfig(dataset="cifar10", out=out, arch=arch, method=method, method_args=method_args,
-                      batch=batch, device=str(device), val_size=0, max_eval=0, quiet=True)
+                      batch=batch, device=str(device), val_size=0, max_eval=0, quiet=True,
+                      compile=compile)
     run = setup(cfg, splits={"train": split, "val": None, "test": None})
     run.model.train()
     loader = run.loaders["train"]
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, nargs="+", default=None, help="MaxUp copies m (default 2 4 8)")
     p.add_argument("--methods", nargs="*", default=None, help="only these labels' methods (default: all)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers")
+    p.add_argument("--compile", action="store_true",
+                   help="also time Gaussian and MaxUp m=4 with torch.compile (compile time untimed)")
     p.add_argument("--out", default=None, help="write results JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     results["reference (Cohen-style gaussian)"] = ref
     for label, method, hp in configs:
         results[label] = _measure(our_step_factory(split, arch, batch, method, hp, device), device, warmup, steps, batch)
+    if args.compile:
+        for label, method, hp in [c for c in configs if c[0] in ("gaussian", "maxup m=4")]:
+            step = our_step_factory(split, arch, batch, method, hp, device, compile=True)
+            results[f"{label} (compiled)"] = _measure(step, device, warmup + 2, steps, batch)
     base = results["gaussian"]
     print(f"\n{arch}, batch {batch}, {steps} timed steps, device {provenance(device)['device']}")
     print(f"{'configuration':<34} {'img/s':>9} {'vs ref':>8} {'time/gauss':>11} {'mem/gauss':>10}")

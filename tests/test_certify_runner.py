@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from robustmaxup.certify import Smooth
-from robustmaxup.certify.runner import certify_dataset, predict_dataset
+from robustmaxup.certify.runner import certify_dataset, predict_dataset, run_job
 from robustmaxup.certify.tsv import (
     CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, read_rows, write_rows,
 )
 from robustmaxup.checkpoints import load_model
 from robustmaxup.cli import main
+from robustmaxup.cli._smoothing import job_from_args
+from robustmaxup.cli.certify import build_parser as certify_parser
 from robustmaxup.data import load_split, select_indices
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.io import open_locked
@@ -199,3 +201,33 @@ def test_sequential_cli_rows_sidecar_resume_and_analyze(ckpt, tmp_path, capsys):
     text = capsys.readouterr().out
     mean = sum(r.n_used for r in rows) / len(rows)
     assert f"| samples/image | {mean:.0f} |" in text and "sequential, mean" in text
+
+
+@pytest.mark.parametrize("existing", ["tsv", "sidecar"])
+def test_an_existing_output_is_refused_before_the_model_is_loaded(ckpt, tmp_path, monkeypatch, existing):
+    import robustmaxup.checkpoints as checkpoints
+
+    out = tmp_path / "c.tsv"
+    (out if existing == "tsv" else tmp_path / "c.tsv.json").write_text("x")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the existing output was refused")
+
+    monkeypatch.setattr(checkpoints, "load_model", no_load)
+    args = certify_parser().parse_args([ckpt, *FAST, "--out", str(out)])
+    with pytest.raises(UserError, match="already exists"):
+        run_job(job_from_args("certify", args))
+    assert out.read_text() == "x" if existing == "tsv" else not out.exists()
+
+
+def test_sidecar_time_counts_every_calls_work_not_only_the_last(ckpt, tmp_path):
+    from robustmaxup.certify.tsv import read_certify
+
+    out = tmp_path / "c.tsv"
+    assert main(["certify", ckpt, *FAST, "--out", str(out)]) == 0
+    first = json.loads((tmp_path / "c.tsv.json").read_text())
+    rows_total = sum(r.time for r in read_certify(out)[0])
+    assert first["total_time_s"] == pytest.approx(rows_total, abs=1e-3) and first["this_call_s"] > 0
+    assert main(["certify", ckpt, *FAST, "--out", str(out), "--resume"]) == 0  # nothing left to do
+    again = json.loads((tmp_path / "c.tsv.json").read_text())
+    assert again["total_time_s"] == pytest.approx(first["total_time_s"], abs=1e-3)

@@ -141,42 +141,6 @@ def test_former_flags_are_refused_in_one_line_naming_the_new_flag(tmp_path, caps
     assert not out.exists()
 
 
-def _reproduce():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "reproduce.py"
-    spec = importlib.util.spec_from_file_location("reproduce", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_reproduce_uses_each_methods_recipe_and_scales_for_an_equal_budget():
-    import argparse
-
-    rep = _reproduce()
-    args = argparse.Namespace(sigma=None, epochs=None, budget=False, measure_cost=0, device="cpu")
-    rows = rep.plan(rep.PRESETS["cifar10"], list(rep.METHOD_RUNS), args, [])
-    assert {label: r["epochs"] for label, r in rows.items()} == {
-        "gaussian": 90, "maxup m=4": 90, "maxup m=8": 90, "smoothadv": 150, "smoothmix": 150,
-        "consistency": 150, "macer": 440}
-    assert rows["macer"]["train"][:3] == ["train", "--recipe", "macer"]
-    args.budget = True
-    rows = rep.plan(rep.PRESETS["cifar10"], list(rep.METHOD_RUNS), args, [])
-    # Gaussian costs 3 forward passes per example; MaxUp m=4 7 (4 no-grad scores + 3); SmoothMix
-    # 3·m·T + 6·m = 36 with m = 2, T = 4: 90 Gaussian epochs buy 39 and 8 epochs
-    assert rows["maxup m=4"]["relative_cost"] == pytest.approx(7 / 3) and rows["maxup m=4"]["epochs"] == 39
-    assert rows["smoothmix"]["epochs"] == 8
-    flags = rows["smoothmix"]["flags"]
-    assert flags[flags.index("--lr-milestones") + 1:flags.index("--warmup")] == ["3", "5"]  # 51, 101 x 8/150
-    assert rows["gaussian"]["epochs"] == 90 and rows["gaussian"]["flags"] == []
-    # a σ with its own recipe takes it; otherwise --sigma overrides the recipe's
-    assert rep.recipe_for("smoothmix", "0.5") == ("smoothmix_s0.5", [])
-    assert rep.recipe_for("macer", "0.5") == ("macer", ["--sigma", "0.5"])
-    assert rep.DIGITS_DERIVATION[:2] == ["--dataset", "digits"] and "--arch" in rep.DIGITS_DERIVATION
-
-
 @pytest.mark.parametrize("copies", ["1000000000", "100000"])
 def test_absurd_copies_fail_fast_with_one_line(tmp_path, capsys, copies):
     """MaxUp --copies 10**9 once grew memory without bound; now it fails before any data or file."""

@@ -111,6 +111,18 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "epochs" not in err  # epochs may change
 
 
+
+def test_resume_refuses_fewer_epochs_than_done(tmp_path, capsys):
+    train(_cfg(tmp_path / "run", epochs=2))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    capsys.readouterr()
+    code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 epochs done, more than the 1 asked for" in err, err
+    assert len(err.strip().splitlines()) == 1 and (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
 ERRORS = [
     (["--sigma", "-1"], "--sigma"),
     (["--method", "maxup", "--copies", "0"], "--copies"),

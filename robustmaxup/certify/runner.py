@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 ETA_AFTER_IMAGES = 5
 #: result-defining settings: a resume refuses to continue a file made with other values
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "mode", "n0", "n", "alpha",
-               "seed", "noise_chunk", "precision", "indices", "sequential")
+               "seed", "noise_chunk", "precision", "fold_bn", "indices", "sequential")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -227,13 +227,10 @@ class Output:
         rows (a run killed before its first row) may lack the sidecar."""
         for path in self.paths():
             check_output_path(path, "out")
-        existing = [p for p in [self.final, *self.parts()] if p.exists()]
         if not resume:
-            blocking = existing + ([self.sidecar] if self.sidecar.exists() else [])
-            if blocking:
-                raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it, "
-                                "or choose another output")
+            self.check_absent()
             return
+        existing = [p for p in [self.final, *self.parts()] if p.exists()]
         rows = sum(len(read_rows(path, self.fmt).rows) for path in existing)  # foreign: refused
         if self.sidecar.exists():
             saved = read_sidecar(self.final)
@@ -244,6 +241,13 @@ class Output:
         elif rows:
             raise UserError(f"{shown(self.final)} has no sidecar {shown(self.sidecar.name)}; its settings "
                             "are unknown, so it cannot be resumed; choose another output")
+
+    def check_absent(self) -> None:
+        """UserError if a file of this output exists (a run without resume writes none over)."""
+        blocking = [p for p in [self.final, *self.parts(), self.sidecar] if p.exists()]
+        if blocking:
+            raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it, "
+                            "or choose another output")
 
     def done(self) -> set[int]:
         """Indices already written (in the final file or this rank's part)."""
@@ -375,9 +379,13 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
             count = len(rows)
             elapsed = time.perf_counter() - t_start
             fault_point(f"{command}.sidecar")
+            # every call's work, interruptions included: the rows' own times, not this call's clock
+            total = sum(r.time for r in rows.values())
             atomic_write_json(output.sidecar, {**sidecar, "complete": count == len(indices),
-                                               "rows": count, "total_time_s": elapsed})
-            log.info("wrote %s (%d rows) in %s", output.final, count, format_time(elapsed))
+                                               "rows": count, "total_time_s": total,
+                                               "this_call_s": elapsed})
+            log.info("wrote %s (%d rows) in %s (this call %s)", output.final, count,
+                     format_time(total), format_time(elapsed))
         dist.barrier()
     return list(rows.values())  # rank 0 only; the other ranks' rows are in the file
 
@@ -400,7 +408,7 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
         "batch_size": s.batch_size, "images_per_batch": s.images_per_batch,
         "sequential": dataclasses.asdict(s.sequential) if s.sequential else None,
         "confidence_sequence": s.sequential.sequence if s.sequential else None,
-        "noise_chunk": smooth.noise_chunk, "precision": smooth.precision,
+        "noise_chunk": smooth.noise_chunk, "precision": smooth.precision, "fold_bn": smooth.fold_bn,
         "autocast": str(smooth.autocast_dtype(device)),
         "noise_seed_rule": "runtime.seeds.stream_generator(seed, 'certify.noise', idx, device)",
         "world_size": dist.world,
@@ -482,6 +490,7 @@ class SmoothingJob:
     images_per_batch: int = 1
     precision: str = "auto"
     compile: bool = False
+    fold_bn: bool = False
     device: str = "auto"
     seed: int = 0
     quiet: bool = False
@@ -537,6 +546,18 @@ def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
                         "checkpoint is broken, or try --precision fp32")
 
 
+def _check_out(job: SmoothingJob, out: Path, s: Settings, dist: Dist) -> None:
+    """UserError for an output that is not a writable file path, is one of the job's inputs, or
+    (without resume) exists already; nothing is touched."""
+    output = Output.at(out, mode_of(job.command, s).fmt, dist)
+    for path in output.paths():
+        check_output_path(path, "out")
+    inputs = [("the checkpoint", job.checkpoint), ("the data root (--data-root)", job.data_root)]
+    check_not_inputs([("out", p) for p in output.paths()], inputs)
+    if not job.resume:
+        output.check_absent()
+
+
 def run_job(job: SmoothingJob) -> list[Row]:
     """Validate ``job``, load model and data, check them, then certify or predict (see module
     docstring); no output file is touched before every check has passed."""
@@ -549,22 +570,23 @@ def run_job(job: SmoothingJob) -> list[Row]:
     device = dist.device(job.device)
     info = get_info(job.dataset)
     s = job.settings()
+    if job.out is not None:  # refuse a bad output before the (slow) loading
+        _check_out(job, Path(job.out), s, dist)
     # loaded outside inference mode: the weights stay ordinary tensors (backward works later)
     model, meta = load_model(job.checkpoint, dataset=job.dataset, num_classes=info.num_classes,
                              device=device)
     sigma, source = resolve_sigma(job.sigma, meta, verb="certifying",
                                   missing_hint="pass --sigma (e.g. --sigma 0.25)")
     out = Path(job.out) if job.out else default_out(job, sigma)
-    check_output_path(out, "out")
-    inputs = [("the checkpoint", job.checkpoint), ("the data root (--data-root)", job.data_root)]
-    check_not_inputs([("out", p) for p in Output.at(out, mode_of(job.command, s).fmt, dist).paths()], inputs)
+    _check_out(job, out, s, dist)
     split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
     indices = select_indices(len(split), job.skip, job.max_images)
     if not indices:
         raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
                         "check --skip/--max")
     s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
-    smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile)
+    smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile,
+                    fold_bn=job.fold_bn)
     _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
     chosen = [indices[i] for i in spread_indices(len(indices), 100).tolist()]
     acc, n_check = clean_accuracy(lambda b: smooth.logits(b, compiled=False), split, chosen,

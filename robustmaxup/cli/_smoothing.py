@@ -41,6 +41,9 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold each Conv-BatchNorm pair into one convolution (faster; same function "
+                        "up to rounding)")
     add_runtime_args(p)
 
 
@@ -73,5 +76,6 @@ def job_from_args(command: str, args: argparse.Namespace) -> SmoothingJob:
         n0=getattr(args, "n0", None), n=args.n, alpha=args.alpha, batch_size=args.batch,
         skip=args.skip, max_images=args.max, out=args.out, resume=args.resume,
         images_per_batch=args.images_per_batch, precision=args.precision, compile=args.compile,
+        fold_bn=args.fold_bn,
         device=args.device, seed=args.seed, quiet=args.quiet, sequential=sequential,
     )

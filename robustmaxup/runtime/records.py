@@ -48,16 +48,28 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+#: for a source tree copied without its ``.git`` (a container image, a remote machine that gets
+#: the working tree only): the commit it was copied from, and ``1``/``0`` for a dirty tree
+GIT_SHA_ENV, GIT_DIRTY_ENV = "ROBUSTMAXUP_GIT_SHA", "ROBUSTMAXUP_GIT_DIRTY"
+
+
 def git_sha() -> str | None:
-    """The git commit of the source tree this package was imported from, or None."""
+    """The git commit of the source tree this package was imported from; outside git, the value
+    of ``$ROBUSTMAXUP_GIT_SHA`` if set; else None."""
     out = _git("rev-parse", "HEAD")
-    return out.strip() or None if out else None
+    if out is not None:
+        return out.strip() or None
+    return os.environ.get(GIT_SHA_ENV, "").strip() or None
 
 
 def git_dirty() -> bool | None:
-    """Whether that tree has uncommitted changes to tracked files (None outside git)."""
+    """Whether that tree has uncommitted changes to tracked files; outside git,
+    ``$ROBUSTMAXUP_GIT_DIRTY`` (``1``/``0``) if set; else None."""
     out = _git("status", "--porcelain", "--untracked-files=no")
-    return None if out is None else bool(out.strip())
+    if out is not None:
+        return bool(out.strip())
+    flag = os.environ.get(GIT_DIRTY_ENV, "").strip()
+    return {"1": True, "0": False}.get(flag)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,46 @@
+"""Provenance: the git commit and dirty flag of the source tree, also where it was copied
+without its ``.git`` (the environment fallback), and the resume rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from robustmaxup.errors import UserError
+from robustmaxup.runtime import records
+
+
+def test_provenance_reads_git_in_a_checkout():
+    if records._git("rev-parse", "HEAD") is None:
+        pytest.skip("not running from a git checkout")
+    info = records.provenance("cpu")
+    assert len(info["git_sha"]) == 40 and isinstance(info["git_dirty"], bool)
+    assert info["device"].startswith("cpu")
+
+
+def test_environment_names_the_commit_of_a_tree_copied_without_git(monkeypatch):
+    monkeypatch.setattr(records, "_git", lambda *args: None)
+    monkeypatch.delenv(records.GIT_SHA_ENV, raising=False)
+    monkeypatch.delenv(records.GIT_DIRTY_ENV, raising=False)
+    assert records.git_sha() is None and records.git_dirty() is None
+    monkeypatch.setenv(records.GIT_SHA_ENV, " 0123abc\n")
+    monkeypatch.setenv(records.GIT_DIRTY_ENV, "1")
+    assert records.provenance()["git_sha"] == "0123abc"
+    assert records.provenance()["git_dirty"] is True
+    monkeypatch.setenv(records.GIT_DIRTY_ENV, "0")
+    assert records.git_dirty() is False
+    monkeypatch.setenv(records.GIT_DIRTY_ENV, "maybe")
+    assert records.git_dirty() is None
+
+
+def test_git_wins_over_the_environment(monkeypatch):
+    monkeypatch.setattr(records, "_git", lambda *args: "" if args[0] == "status" else "f" * 40 + "\n")
+    monkeypatch.setenv(records.GIT_SHA_ENV, "0123abc")
+    monkeypatch.setenv(records.GIT_DIRTY_ENV, "1")
+    assert records.git_sha() == "f" * 40 and records.git_dirty() is False
+
+
+def test_check_resume_names_each_changed_setting():
+    records.check_resume({"n": 10, "alpha": 0.001}, {"n": 10, "alpha": 0.001}, ["n", "alpha"], what="r")
+    with pytest.raises(UserError, match=r"different n \(1000, now 100\)"):
+        records.check_resume({"n": 1000, "alpha": 0.001}, {"n": 100, "alpha": 0.001}, ["n", "alpha"],
+                             what="r.tsv")
