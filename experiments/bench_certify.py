@@ -189,6 +189,9 @@ def bench_one(cfg, device, args):
                      "times": times[v.spec], "warmup_s": warmup_s,
                      "prediction_agreement_with_reference": agree, "predictions": outs[v.spec]})
     best_row = min(rows, key=lambda r: r["s_per_image"])
+    if args.profile:
+        v, vcfg, smooth, _ = next(t for t in variants if t[0].spec == best_row["variant"])
+        profile_table(smooth, xs[:1], vcfg, device, Path(f"{args.profile}.{cfg['arch']}.txt"))
     return {
         **cfg, "reference_s_per_image": ref_s, "reference_times": ref_times,
         "reference_s_per_image_at_target_n": ref_s * scale, "reference_predictions": ref_out,
@@ -196,6 +199,20 @@ def bench_one(cfg, device, args):
         "ours_s_per_image": best_row["s_per_image"], "speedup": best_row["speedup"],
         "ours_s_per_image_at_target_n": best_row["s_per_image_at_target_n"],
     }
+
+
+def profile_table(smooth, xs, cfg, device, path: Path) -> None:
+    """torch.profiler over one image's certification (10 batches) with the fastest variant: the
+    operators by device time (self CUDA time on a GPU, CPU time elsewhere), as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    small = {**cfg, "n": 10 * cfg["batch"]}
+    with profile(activities=activities) as prof:
+        time_ours(smooth, xs, small, device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=30))
+    log.info("wrote the profile of %s to %s", cfg["name"], path)
 
 
 def configs(quick: bool, args) -> list[dict]:
@@ -230,6 +247,8 @@ def main(argv=None) -> int:
                    help="ways of running ours, timed in the same run (see Variant), e.g. "
                         "bf16 bf16+fold bf16+fold+batch=4000 bf16+fold+compile=max-autotune")
     p.add_argument("--out", default=None, help="write results as JSON here")
+    p.add_argument("--profile", default=None, metavar="PREFIX",
+                   help="also profile the fastest variant per model into PREFIX.<arch>.txt")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args.images = args.images or (1 if args.quick else 4)

@@ -62,7 +62,7 @@ bench)
         bounded 200 $PY experiments/bench_train.py --quick --methods maxup --copies 4 --out "$OUT/bench_train_$GPU.json"
     else
         bounded 300 $PY experiments/bench_certify.py --variants bf16 bf16+fold bf16+fold+batch=250 \
-            bf16+fold+batch=4000 bf16+fold+compile --out "$OUT/bench_certify_$GPU.json"
+            bf16+fold+batch=4000 bf16+fold+compile --out "$OUT/bench_certify_$GPU.json" --profile "$OUT/profile"
         bounded 220 $PY experiments/bench_train.py --compile --out "$OUT/bench_train_$GPU.json"
     fi
     ;;

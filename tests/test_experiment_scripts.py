@@ -1,0 +1,31 @@
+"""The GPU session's scripts parse what they will be given (they cannot be tried on a GPU here)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from experiment_scripts import EXPERIMENTS, load_experiment  # noqa: E402
+
+
+def test_bench_certify_variants_parse():
+    Variant = load_experiment("bench_certify").Variant
+    v = Variant.parse("bf16+fold+batch=250+compile=max-autotune+ipb=3")
+    assert (v.precision, v.fold_bn, v.batch, v.compile, v.images_per_batch) == \
+        ("bf16", True, 250, "max-autotune", 3)
+    assert Variant.parse("fp32") == Variant("fp32", precision="fp32")
+    assert Variant.parse("auto+compile").compile is True
+    for bad in ("fold=1", "batch=0", "batch=x", "turbo", "bf16+ipb"):
+        with pytest.raises(SystemExit, match="bad variant token"):
+            Variant.parse(bad)
+
+
+def test_gpu_call_script_is_valid_bash_and_refuses_an_unknown_step(tmp_path):
+    script = EXPERIMENTS / "gpu_call.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    run = subprocess.run(["bash", str(script), "turbo"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PY": "false"})
+    assert run.returncode == 2 and "unknown step 'turbo'" in run.stderr
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
