@@ -80,13 +80,18 @@ def test_method_evaluate_contract(name, digits_batch):
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", PERTURBATIONS.names())
-def test_weight_perturbation_contract(name, digits_batch):
-    x, y = digits_batch
+def _gaussian_step(batch):
+    """A Gaussian method, a training-mode model and the method's prepared batch."""
+    x, y = batch
     method = build_method("gaussian")
     method.setup(num_classes=10)
     model = _model().train()
-    prepared = method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+    return method, model, method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", PERTURBATIONS.names())
+def test_weight_perturbation_contract(name, digits_batch):
+    method, model, prepared = _gaussian_step(digits_batch)
     params = _snapshot(model)
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     wrapper = PERTURBATIONS.get(name)()
@@ -107,11 +112,7 @@ def test_weight_perturbation_contract(name, digits_batch):
 @pytest.mark.parametrize("name", PERTURBATIONS.names())
 def test_weight_perturbation_warmup_leaves_weights_alone(name, digits_batch):
     """During ``warmup`` epochs the wrapper is inactive: no perturbation, nothing to restore."""
-    x, y = digits_batch
-    method = build_method("gaussian")
-    method.setup(num_classes=10)
-    model = _model().train()
-    prepared = method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+    method, model, prepared = _gaussian_step(digits_batch)
     wrapper = PERTURBATIONS.get(name)(warmup=2)
     assert set(wrapper.hparams()) >= {"warmup"}
     wrapper.on_epoch_start(0, 10)

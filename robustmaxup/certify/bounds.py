@@ -602,9 +602,10 @@ CP_SHARE = 0.25
 
 
 def mixture_cp_lower(k: np.ndarray | int, t: np.ndarray | int, alpha: float, n_max: int,
-                     cp_share: float = CP_SHARE) -> np.ndarray | float:
+                     cp_share: float = CP_SHARE, *,
+                     prior: tuple[float, float] = MIXTURE_PRIOR) -> np.ndarray | float:
     """The default lower confidence sequence: the one-sided mixture
-    (:func:`one_sided_mixture_lower`, prior :data:`MIXTURE_PRIOR`) at level
+    (:func:`one_sided_mixture_lower`, ``prior``: :data:`MIXTURE_PRIOR` by default) at level
     ``(1 - cp_share) alpha`` at every ``t``, and at ``t = n_max`` the larger of it and the fixed-n
     one-sided Clopper-Pearson bound at level ``cp_share * alpha``.
 
@@ -626,7 +627,7 @@ def mixture_cp_lower(k: np.ndarray | int, t: np.ndarray | int, alpha: float, n_m
         raise ValueError(f"cp_share must lie in (0, 1), got {cp_share}")
     check_alpha(alpha)
     kk, tt = _counts(k, t)
-    a, b = MIXTURE_PRIOR
+    a, b = prior
     lower = np.asarray(one_sided_mixture_lower(k, t, alpha * (1.0 - cp_share), a=a, b=b), dtype=np.float64)
     at_end = tt == n_max
     if np.any(at_end):
@@ -638,23 +639,17 @@ def mixture_cp_lower(k: np.ndarray | int, t: np.ndarray | int, alpha: float, n_m
 def mixture_cp_upper(k: np.ndarray | int, t: np.ndarray | int, alpha: float, n_max: int,
                      cp_share: float = CP_SHARE) -> np.ndarray | float:
     """Upper counterpart of :func:`mixture_cp_lower` (same guarantee, mirrored: ``>= p`` at every
-    ``t <= n_max`` with probability ``>= 1 - alpha``).
+    ``t <= n_max`` with probability ``>= 1 - alpha``): ``1 - mixture_cp_lower(t - k, t)`` with the
+    prior mirrored, i.e. the smaller of :func:`one_sided_mixture_upper` and, at ``t = n_max``, the
+    fixed-n Clopper-Pearson upper bound.
 
     Example::
 
         >>> mixture_cp_upper(10, 10, 0.01, n_max=100)
         1.0
     """
-    if not 0.0 < cp_share < 1.0:
-        raise ValueError(f"cp_share must lie in (0, 1), got {cp_share}")
-    kk, tt = _counts(k, t)
     a, b = MIXTURE_PRIOR
-    upper = np.asarray(one_sided_mixture_upper(k, t, alpha * (1.0 - cp_share), a=a, b=b), dtype=np.float64)
-    at_end = tt == n_max
-    if np.any(at_end):
-        upper = np.where(at_end, np.minimum(upper, clopper_pearson_upper_array(
-            kk.astype(np.int64), tt.astype(np.int64), alpha * cp_share)), upper)
-    return _scalar_or_array(upper, k)
+    return _mirror(mixture_cp_lower, k, t, alpha, n_max=n_max, cp_share=cp_share, prior=(b, a))
 
 
 def _last(fn: Callable[..., Any], **kw: Any) -> PathBound:

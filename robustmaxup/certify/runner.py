@@ -570,7 +570,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     device = dist.device(job.device)
     info = get_info(job.dataset)
     s = job.settings()
-    if job.out is not None:  # refuse a bad output before the (slow) loading
+    if job.out:  # refuse a bad output before the (slow) loading
         _check_out(job, Path(job.out), s, dist)
     # loaded outside inference mode: the weights stay ordinary tensors (backward works later)
     model, meta = load_model(job.checkpoint, dataset=job.dataset, num_classes=info.num_classes,
@@ -578,7 +578,8 @@ def run_job(job: SmoothingJob) -> list[Row]:
     sigma, source = resolve_sigma(job.sigma, meta, verb="certifying",
                                   missing_hint="pass --sigma (e.g. --sigma 0.25)")
     out = Path(job.out) if job.out else default_out(job, sigma)
-    _check_out(job, out, s, dist)
+    if not job.out:  # the default name needs sigma, known only now
+        _check_out(job, out, s, dist)
     split = load_split(job.dataset, job.split, root=job.data_root, cache_dir=job.cache_dir)
     indices = select_indices(len(split), job.skip, job.max_images)
     if not indices:

@@ -66,7 +66,9 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     """
     original = copy.deepcopy(model).eval()
     try:
-        gm = fx.symbolic_trace(copy.deepcopy(original))
+        # the traced module holds ``original``'s layers; folding sets new ones in its place
+        # (fuse_conv_bn_eval copies), so ``original`` stays as it is
+        gm = fx.symbolic_trace(original)
     except Exception as e:  # noqa: BLE001 - any tracing failure means "cannot fold"
         log.info("BatchNorm folding skipped: the model cannot be traced by torch.fx (%s)",
                  str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
