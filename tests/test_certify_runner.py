@@ -231,3 +231,21 @@ def test_sidecar_time_counts_every_calls_work_not_only_the_last(ckpt, tmp_path):
     assert main(["certify", ckpt, *FAST, "--out", str(out), "--resume"]) == 0  # nothing left to do
     again = json.loads((tmp_path / "c.tsv.json").read_text())
     assert again["total_time_s"] == pytest.approx(first["total_time_s"], abs=1e-3)
+
+
+def test_a_default_output_that_is_an_input_is_refused_even_with_resume(ckpt, tmp_path, monkeypatch):
+    """The default name (known only once sigma is) gets the same input check as an explicit
+    --out: with --resume, nothing else would stop certify from appending rows to the input."""
+    from robustmaxup.certify.runner import _check_out, default_out
+    from robustmaxup.runtime.dist import Dist
+
+    monkeypatch.chdir(tmp_path)
+    args = certify_parser().parse_args([ckpt, *FAST, "--resume"])
+    job = job_from_args("certify", args)
+    out = default_out(job, 0.25)
+    out.write_text("an input, not a certify file\n")
+    job = job_from_args("certify", certify_parser().parse_args(
+        [ckpt, *FAST, "--resume", "--data-root", str(out)]))
+    with pytest.raises(UserError, match="an input of this command"):
+        _check_out(job, out, job.settings(), Dist.from_env())
+    assert out.read_text() == "an input, not a certify file\n"
