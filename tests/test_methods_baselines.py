@@ -153,6 +153,39 @@ def test_smoothadv_trains_on_same_noise_inside_warmed_ball(batch):
     assert single[0].shape == x.shape and torch.equal(single[1], y)
 
 
+def _salman_pgd_l2(model, x, y, noise, eps, steps):
+    """An independent re-statement of SmoothAdv's multi-noise PGD_L2 (Hadisalman/smoothing-adversarial
+    code/attacks.py:140-180): from x, steps of length 2ε/steps along the normalised gradient of
+    -log mean_i softmax(f(x' + δ_i))_y, then clip the point to [0, 1], then renorm δ to ε."""
+    m, b = noise.shape[0], x.shape[0]
+    delta = torch.zeros_like(x, requires_grad=True)
+    for _ in range(steps):
+        probs = F.softmax(model(((x + delta).unsqueeze(0) + noise).flatten(0, 1)), -1).view(m, b, -1).mean(0)
+        (grad,) = torch.autograd.grad(F.nll_loss(torch.log(probs.clamp(min=1e-20)), y), delta)
+        with torch.no_grad():
+            step = delta + 2 * eps / steps * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            step = (x + step).clamp(0, 1) - x
+            delta = step.renorm(2, 0, eps).requires_grad_(True)
+    return (x + delta).detach()
+
+
+def test_smoothadv_attack_is_the_reference_attack_box_then_ball(batch):
+    """SmoothAdv's adversary equals the reference's, whose clip-then-renorm order lands on a
+    different point than ball-then-box once both constraints bind (digits have many 0 pixels)."""
+    x, y = batch
+    x, y = x[:16].double(), y[:16]
+    model = _model().double().eval()
+    method = _method("smoothadv", smoothadv_eps=1.0, attack_steps=3, copies=2)
+    xs, _ = method.prepare(model, x, y, generator=_gen(6))
+    noise = draw_noise(x, 2, method.sigma, _gen(6))               # the same first draw
+    ours = xs.view(2, *x.shape)[0] - noise[0]
+    reference = _salman_pgd_l2(model, x, y, noise, 1.0, 3)
+    assert (ours - reference).abs().max() < 1e-6
+    from robustmaxup.attacks import smooth_pgd
+    other_order = smooth_pgd(model, x, y, eps=1.0, sigma=0.25, m=2, steps=3, noise=noise)
+    assert (other_order - reference).abs().max() > 1e-2             # the order matters here
+
+
 # --- SmoothMix ----------------------------------------------------------------------------------
 
 def test_smoothmix_mixes_on_the_adversarial_segment(batch):
@@ -185,6 +218,25 @@ def test_smoothmix_one_step_adversary_is_held_in_warmed_radius(batch):
     assert ((x_mix - x).flatten(1).norm(dim=1) <= bound + 1e-5).all()
     with pytest.raises(UserError, match="--mix-step"):
         build_method("smoothmix", mix_step=4, attack_steps=4)
+
+
+def test_smoothmix_clean_terms_are_taken_at_the_one_step_adversary(batch):
+    """With mix_step = s >= 1 the reference replaces its inputs by the attacker's start point x_s
+    (jh-jeong/smoothmix code/train.py:167) before the cross-entropy, p̄ and the mask: so the
+    prepared clean point is x_s, not x, and with eta = 0 the loss is CE(f(x_s + δ_i), y)."""
+    x, y = batch
+    x, y = x[:16].double(), y[:16]
+    model = _model().double().eval()
+    method = _method("smoothmix", attack_steps=3, attack_step_size=0.5, mix_step=1, smoothmix_eta=0.0)
+    noise, x_s, x_mix, lam, _ = method.prepare(model, x, y, generator=_gen(4))
+    moved = (x_s - x).flatten(1).norm(dim=1)
+    assert moved.max() > 0.1 and (moved <= 0.5 + 1e-9).all()       # one step of length α = 0.5
+    out = method.loss(model, (noise, x_s, x_mix, lam, y))
+    with torch.no_grad():
+        at_start = F.cross_entropy(model((x_s.unsqueeze(0) + noise).flatten(0, 1)), y.repeat(2))
+        at_x = F.cross_entropy(model((x.unsqueeze(0) + noise).flatten(0, 1)), y.repeat(2))
+    assert out.loss.item() == pytest.approx(at_start.item(), rel=1e-12)
+    assert abs(at_start.item() - at_x.item()) > 1e-3
 
 
 def test_smoothmix_mixup_term_is_calibration_kl(batch):

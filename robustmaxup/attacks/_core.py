@@ -98,12 +98,20 @@ def project_ball(delta: Tensor, eps: float, norm: str) -> Tensor:
     return delta * (eps / _per_example_norm(delta).clamp_min(_TINY)).clamp(max=1.0)
 
 
-def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str, *, box_first: bool = False) -> Tensor:
     """Project the point ``x_adv`` onto the ε-ball around ``x``, then clip it to [0, 1].
 
     Clipping to the box only moves each coordinate towards ``x`` (which lies in [0, 1]), so the
     result is in both sets: exactly in [0, 1], and in the ball up to one rounding of ``x + δ``.
+
+    ``box_first=True`` applies the two in the other order, as SmoothAdv's reference does
+    (Hadisalman/smoothing-adversarial code/attacks.py:110-112, 176-178): clip to [0, 1], then
+    shrink the perturbation onto the ball. Shrinking towards ``x`` keeps the point in the box, so
+    this result is in both sets too, but when both constraints bind it is a different point
+    (usually on the sphere, where ball-then-box lands inside it). A last clip removes rounding.
     """
+    if box_first:
+        return (x + project_ball(x_adv.clamp(0.0, 1.0) - x, eps, norm)).clamp(0.0, 1.0)
     return (x + project_ball(x_adv - x, eps, norm)).clamp(0.0, 1.0)
 
 
@@ -121,7 +129,7 @@ def attack_mode(model: nn.Module, train_mode: bool, device_type: str) -> Iterato
 
 
 def pgd_loop(objective: Callable[[Tensor], Tensor], x: Tensor, delta: Tensor, *, eps: float,
-             norm: str, steps: int, step_size: float) -> Tensor:
+             norm: str, steps: int, step_size: float, box_first: bool = False) -> Tensor:
     """Maximise ``objective(x + delta).sum()`` over the ε-ball ∩ [0,1] box by projected steps.
 
     Args:
@@ -129,6 +137,7 @@ def pgd_loop(objective: Callable[[Tensor], Tensor], x: Tensor, delta: Tensor, *,
         x: clean inputs ``[B, ...]`` in [0, 1] (not modified).
         delta: starting perturbation ``[B, ...]`` (projected before the first step).
         eps, norm, steps, step_size: the budget (``norm`` in ``"Linf"``, ``"L2"``).
+        box_first: the order of the two projections after each step (see :func:`project`).
 
     Returns:
         The detached adversarial inputs ``[B, ...]``.
@@ -137,9 +146,10 @@ def pgd_loop(objective: Callable[[Tensor], Tensor], x: Tensor, delta: Tensor, *,
     synchronisation happens inside the loop.
     """
     x = x.detach()
-    x_adv = project(x + delta.detach(), x, eps, norm)
+    x_adv = project(x + delta.detach(), x, eps, norm, box_first=box_first)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
-        x_adv = project(ascent_step(x_adv.detach(), grad, step_size, norm), x, eps, norm)
+        x_adv = project(ascent_step(x_adv.detach(), grad, step_size, norm), x, eps, norm,
+                        box_first=box_first)
     return x_adv.detach()

@@ -27,6 +27,7 @@ def smooth_pgd(
     random_start: bool = False,
     generator: torch.Generator | None = None,
     train_mode: bool = False,
+    box_first: bool = False,
 ) -> Tensor:
     """SmoothAdv PGD-L2: maximise the cross-entropy of the soft smoothed classifier
     ``log mean_i softmax(model(x' + noise_i))`` over ``||x' - x||_2 <= eps``, ``x'`` in [0, 1].
@@ -49,6 +50,8 @@ def smooth_pgd(
         random_start: start uniformly in the L2 ball (SmoothAdv starts at ``x``).
         generator: randomness source on ``x``'s device (global RNG if None).
         train_mode: run the model in train mode (BatchNorm statistics frozen).
+        box_first: after each step clip to [0, 1] first, then shrink onto the ball (SmoothAdv's
+            reference order, code/attacks.py:176-178); default: ball, then box.
 
     Returns:
         ``x_adv`` ``[B, C, H, W]``, same device/dtype as ``x`` (clean of noise).
@@ -79,5 +82,5 @@ def smooth_pgd(
 
     with attack_mode(model, train_mode, x.device.type):
         x_adv = pgd_loop(objective, x_work, delta, eps=eps, norm="L2", steps=steps,
-                         step_size=step_size)
+                         step_size=step_size, box_first=box_first)
     return x_adv.to(x.dtype)

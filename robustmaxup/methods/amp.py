@@ -14,7 +14,9 @@ is the paper's formula instead: one L2 ball of radius ``eps`` over the whole par
 
 Defaults (the code's defaults, main.py:128-130): ``eps = 0.5``, ``steps = 1`` (inner iterations),
 ``step_size = 1.0`` (inner learning rate), ``per_tensor = True``, ``warmup = 0``. (The reference
-training script also clips the gradient norm to 50, main.py:51, 134; robustmaxup does not.)
+training script also clips the gradient norm to 50 inside its closure, main.py:51, 134, so the
+clip bounds the inner ascent's gradient too; robustmaxup clips neither. Its two train-mode
+closures per step also update BatchNorm running statistics twice; robustmaxup's once.)
 CLI: ``--amp-eps 0.5 [--amp-steps 1 --amp-step-size 1 --amp-per-tensor false]`` wraps any
 ``--method``.
 """

@@ -18,7 +18,9 @@ mode.
 
 Defaults (L∞, CIFAR-10): ε = 8/255, step 2/255, 10 steps (Rice et al.'s setting,
 train_cifar.py:139-142; Madry et al. trained with 7 steps of 2/255). ``norm = "L2"`` switches the
-defaults to ε = 128/255, step 15/255, 10 steps (Rice et al.'s L2 setting). ``attack_eps = 0`` and
+defaults to ε = 128/255, step 15/255, 10 steps (UNVERIFIED: given as Rice et al.'s L2 setting,
+but their code's flags default to L∞ and fix no L2 values, train_cifar.py:139-144; no recipe
+uses L2). ``attack_eps = 0`` and
 ``attack_step_size = 0`` mean "the norm's default"; the resolved values are what ``hparams()``
 records.
 """

@@ -5,7 +5,9 @@ Learning via Adversarially Trained Smoothed Classifiers", NeurIPS): adversarial 
 Each step draws ``copies`` noise vectors δ_1..δ_m ~ N(0, σ²I) per example, finds ``x_adv`` by
 L2-PGD (``attack_steps`` steps of length 2ε/steps, from ``x``, model in eval mode) against the
 soft smoothed classifier ``log mean_i softmax(f(x' + δ_i))`` with ``||x' - x||_2 <= ε``
-(:func:`robustmaxup.attacks.smooth_pgd`), then trains on ``x_adv + δ_i`` with the SAME noise:
+(:func:`robustmaxup.attacks.smooth_pgd`; after each step the point is clipped to [0, 1] and
+then shrunk onto the ε-ball, the reference's order, code/attacks.py:176-178), then trains on
+``x_adv + δ_i`` with the SAME noise:
 cross-entropy averaged over all m noisy copies ("multi-noise", ``multi_noise=True``), or on the
 first copy only (``multi_noise=False``).
 
@@ -24,7 +26,13 @@ fewer updates). Without multi-noise the reference takes one step per loader batc
 
 Defaults — a CIFAR-10 σ = 0.25 configuration from Salman et al.'s sweep (PGD, 2 steps,
 ε = 1.0, m = 8, multi-noise), with their 10-epoch warm-up: σ = 0.25, ``attack_steps = 2``,
-``smoothadv_eps = 1.0``, ``copies = 8``, ``multi_noise = True``, ``warmup = 10``. The paper sweeps
+``smoothadv_eps = 1.0``, ``copies = 8``, ``multi_noise = True``, ``warmup = 10``. (The released
+sweep's "ε = 1" models were trained with 255/256, code/train_pgd.py:94; the ``smoothadv`` recipe
+uses that value.)
+
+Deviation: where a gradient is exactly zero the reference steps in a random direction
+(code/attacks.py:170-171); robustmaxup takes no step for that example (a measure-zero event
+for a trained network). The paper sweeps
 ε ∈ {0.25, 0.5, 1, 2}, steps ∈ {1, 2, 4, 8, 10}, m ∈ {1, 2, 4, 8}; the ``smoothadv`` recipe sets
 the full training set-up.
 
@@ -101,7 +109,7 @@ class SmoothAdv(SmoothingMethod):
         m = int(self.copies)
         noise = draw_noise(x, m, self.sigma, generator)
         x_adv = smooth_pgd(model, x, y, eps=self.current_eps, sigma=self.sigma, m=m,
-                           steps=int(self.attack_steps), noise=noise, generator=generator)
+                           steps=int(self.attack_steps), noise=noise, generator=generator, box_first=True)
         if not self.multi_noise:
             return x_adv + noise[0], y
         return (x_adv.unsqueeze(0) + noise).flatten(0, 1), y.repeat(m)

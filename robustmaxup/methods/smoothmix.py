@@ -15,15 +15,18 @@ s steps (the paper's "one-step adversary" variant is ``mix_step = 1``), held wit
 of radius ``warm · s · α`` around ``x``. With ``x_s`` that point and ``x_T`` the final adversary,
 ``λ ~ U[0, 1/2]`` per example::
 
-    x_mix = (1 - λ) x_s + λ x_T,    y_mix = (1 - λ) p̄(x) + λ · (1/K) 1
+    x_mix = (1 - λ) x_s + λ x_T,    y_mix = (1 - λ) p̄(x_s) + λ · (1/K) 1
 
-where ``p̄(x) = mean_i softmax(f(x + δ_i))`` is the smoothed prediction at the clean point (the
+where ``p̄(x_s) = mean_i softmax(f(x_s + δ_i))`` is the smoothed prediction at the clean end (the
 calibration target moves from it towards the uniform distribution). The loss is::
 
-    mean_i CE(f(x + δ_i), y)  +  smoothmix_eta · warm · mean_i [ 1{argmax p̄(x) = y} · KL(y_mix || softmax(f(x_mix + δ_i))) ]
+    mean_i CE(f(x_s + δ_i), y)  +  smoothmix_eta · warm · mean_i [ 1{argmax p̄(x_s) = y} · KL(y_mix || softmax(f(x_mix + δ_i))) ]
 
 (the Gaussian base loss plus the mixup loss, with the same noise δ_i throughout; gradients flow
-into ``p̄(x)`` as in the authors' code). ``warm = min(1, (epoch + 1) / warmup)`` ramps the mixup
+into ``p̄(x_s)`` as in the authors' code). Every "clean" term is taken at ``x_s``, which is ``x``
+for the default ``mix_step = 0``: the reference replaces its inputs by the attacker's start point
+(``inputs, inputs_adv = attacker.attack(...)``, code/train.py:167) before the cross-entropy,
+p̄, the mixup target and the correctness mask (code/train.py:171-187). ``warm = min(1, (epoch + 1) / warmup)`` ramps the mixup
 loss and the one-step radius up over the first ``warmup`` epochs (code/train.py:89-90).
 
 Steps per loader batch (:meth:`SmoothMix.reference_chunks`): the reference splits each loader
@@ -134,14 +137,14 @@ class SmoothMix(SmoothingMethod):
             x_start = clip_l2(x_start, x, radius)
         lam = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype) / 2
         x_mix = (1 - lam).view(-1, *[1] * (x.dim() - 1)) * x_start + lam.view(-1, *[1] * (x.dim() - 1)) * x_end
-        return noise, x, x_mix, lam, y
+        return noise, x_start, x_mix, lam, y     # x_start: the clean end x_s (x when mix_step = 0)
 
     def loss(self, model: nn.Module, prepared: Any) -> LossOutput:
-        noise, x, x_mix, lam, y = prepared
+        noise, x_start, x_mix, lam, y = prepared
         m, b = noise.shape[0], y.shape[0]
-        logits_clean = model((x.unsqueeze(0) + noise).flatten(0, 1))
+        logits_clean = model((x_start.unsqueeze(0) + noise).flatten(0, 1))
         ce = F.cross_entropy(logits_clean, y.repeat(m))
-        smoothed = F.softmax(at_least_fp32(logits_clean), dim=-1).view(m, b, -1).mean(0)     # p̄(x) [B, K]
+        smoothed = F.softmax(at_least_fp32(logits_clean), dim=-1).view(m, b, -1).mean(0)     # p̄(x_s) [B, K]
         uniform = torch.full_like(smoothed, 1.0 / smoothed.shape[-1])
         lam = lam.to(smoothed.dtype).unsqueeze(1)
         target = (1 - lam) * smoothed + lam * uniform                                 # [B, K]

@@ -13,6 +13,12 @@ train_trades_cifar10.py:36), L∞, 10 steps, ε = 8/255, step 2/255 (the referen
 ε = 0.031, step 0.007, train_trades_cifar10.py:30-35: the ``trades`` recipe sets those);
 ``norm = "L2"``: ε = 128/255, step 15/255. ``attack_eps = 0``/``attack_step_size = 0`` mean "the
 norm's default". The attack runs in eval mode, as the reference's (trades.py:28).
+
+Deviations, small: the start ``x + 0.001·N(0, I)`` is clipped to [0, 1] before the first
+gradient (the reference clips only after the first step, trades.py:31-36). The L2 attack is
+robustmaxup's shared L2 PGD (project onto the ball, then clip; no recipe uses it), not the
+reference's L2 branch (trades.py:47-69: step 2ε/steps on a ``delta`` optimised by SGD, clip
+before renorming, a random direction where the gradient is zero).
 """
 
 from __future__ import annotations
