@@ -45,7 +45,7 @@ from robustmaxup.runtime.io import (
     atomic_torch_save, check_input_path, check_not_inputs, check_output_path, shown,
 )
 from robustmaxup.runtime.records import git_sha
-from robustmaxup.runtime.text import safe_text
+from robustmaxup.runtime.text import error_summary, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"checkpoint {shown(path)} is empty (corrupt or not a torch file)")
     if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTO:
         raise UserError(f"checkpoint {shown(path)} is corrupt or not a torch file (it starts with "
-                        f"{head!r}; a text file?)")
+                        f"{head!r}, not a zip or pickle header)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -138,8 +138,7 @@ def _unpickle_reason(e: BaseException) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return safe_text(text.splitlines()[0][:160] if text else type(e).__name__)
+    return error_summary(e)
 
 
 def _bad(path: Path, key: str, value: Any, expected: str) -> UserError:

@@ -14,6 +14,7 @@ from robustmaxup.certify import Smooth, analysis
 from robustmaxup.checkpoints import save_checkpoint
 from robustmaxup.cli import main
 from robustmaxup.data import load_split
+from robustmaxup.errors import UserError
 from robustmaxup.checkpoints import build_model_for as build_model
 from robustmaxup.runtime.seeds import stream_generator
 
@@ -219,9 +220,10 @@ def test_analysis_numbers(tmp_path):
     np.testing.assert_allclose(analysis.certified_accuracy(res, [0, 0.3, 0.5, 1.0, 1.5]), [0.6, 0.4, 0.2, 0.2, 0.0])
     assert analysis.average_certified_radius(res) == pytest.approx(1.3 / 5)
     assert analysis.abstain_rate(res) == pytest.approx(0.2)
-    # an abstention is never certified even if a file marks it correct with radius 0
+    # a file claiming an abstention is correct (label -1 == predict -1) is refused, not counted
     odd = _write_tsv(tmp_path / "odd.tsv", [(0, -1, -1, 0.0)])
-    assert analysis.certified_accuracy(analysis.read_certify_tsv(odd), [0.0])[0] == 0.0
+    with pytest.raises(UserError, match="column label"):
+        analysis.read_certify_tsv(odd)
 
 
 def test_analyze_cli_table_and_plot(tmp_path, capsys):

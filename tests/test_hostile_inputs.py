@@ -174,6 +174,8 @@ def _train_run(d: Path, fx: dict) -> None:
 FOREIGN_JSON = '{"acc":0.93}'
 C = ["certify", "{ck}", "--dataset", "digits", "--n0", "10", "--n", "50", "--batch", "50",
      "--max", "2", "--quiet", "--device", "cpu"]
+CS = C[:6] + C[8:] + ["--sequential"]   # sequential: --n-max bounds the samples; no --n
+assert "--n" not in CS and C[6:8] == ["--n", "50"]
 P = ["predict", "{ck}", "--dataset", "digits", "--n", "50", "--batch", "50", "--max", "2",
      "--quiet", "--device", "cpu"]
 A = ["attack", "{ck}", "--dataset", "digits", "--attack", "pgd", "--eps", "0.1", "--steps", "1",
@@ -199,7 +201,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
      _write("r.json", FOREIGN_JSON), "not a certify output"),
     ("certify-resume-predict-tsv", C + ["--out", "{d}/p.tsv", "--resume"], _copy("ptsv", "p.tsv"),
      "not a certify output"),
-    ("certify-resume-sequential-tsv", C + ["--out", "{d}/c.tsv", "--resume", "--sequential"],
+    ("certify-resume-sequential-tsv", CS + ["--out", "{d}/c.tsv", "--resume"],
      _copy("tsv", "c.tsv"), "not a certify --sequential output"),
     ("certify-resume-binary", C + ["--out", "{d}/b.tsv", "--resume"], _copy("bin", "b.tsv"), "b.tsv"),
     ("certify-resume-no-sidecar", C + ["--out", "{d}/c.tsv", "--resume"],
@@ -209,7 +211,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("certify-resume-sidecar-dir", C + ["--out", "{d}/c.tsv", "--resume"],
      _both(_copy("tsv", "c.tsv", sidecar=False), _mkdir("c.tsv.json")), "directory"),
     ("certify-resume-other-settings", C + ["--out", "{d}/c.tsv", "--resume", "--alpha", "0.01"],
-     _copy("tsv", "c.tsv"), "different alpha"),
+     _copy("tsv", "c.tsv"), "other settings: alpha"),
     ("certify-resume-foreign-sidecar", C + ["--out", "{d}/c.tsv", "--resume"],
      _both(_copy("tsv", "c.tsv", sidecar=False), _write("c.tsv.json", "{}")), "not the sidecar"),
     ("certify-resume-predict-sidecar", C + ["--out", "{d}/c.tsv", "--resume"],
@@ -227,7 +229,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("certify-out-nul", C + ["--out", "{d}/a\x00b.tsv"], None, "--out"),
     ("certify-n-huge", C + ["--n", str(10**15)], None, "--n must"),
     ("certify-n0-huge", C + ["--n0", str(10**15)], None, "--n0 must"),
-    ("certify-n-max-huge", C + ["--sequential", "--n-max", str(10**15)], None, "--n-max must"),
+    ("certify-n-max-huge", CS + ["--n-max", str(10**15)], None, "--n-max must"),
     ("certify-batch-huge", C + ["--batch", str(10**12), "--n", str(10**9)], None, "--batch"),
     ("certify-images-per-batch-huge", C + ["--max", "-1", "--images-per-batch", str(10**9),
                                            "--n", str(10**8), "--batch", str(10**9)], None, "--batch"),
@@ -237,7 +239,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("certify-skip-zero", C + ["--skip", "0"], None, "--skip"),
     ("certify-max-zero", C + ["--max", "0"], None, "--max"),
     ("certify-seed-huge", C + ["--seed", str(10**30)], None, "--seed"),
-    ("certify-radii-neg", C + ["--sequential", "--radii", "-1"], None, "--radii"),
+    ("certify-radii-neg", CS + ["--radii", "-1"], None, "--radii"),
     ("certify-unknown-dataset", ["certify", "{ck}", "--dataset", "mnist"], None, "mnist"),
     ("certify-device-bogus", C + ["--device", "quantum"], None, "quantum"),
     ("certify-ckpt-too-long", ["certify", "{d}/" + LONG + ".pt", "--dataset", "digits"], None, "too long"),
@@ -300,9 +302,9 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("attack-resume-certify-tsv", A + ["--out", "{d}/c.json", "--resume"], _copy("tsv", "c.tsv"), "c.tsv"),
     ("attack-resume-finished-other-seed", A + ["--out", "{d}/att.json", "--resume", "--seed", "1"],
      _both(_copy("att", "att.json"), lambda d, fx: (d / "att.tsv").write_bytes(
-         Path(fx["att"]).with_suffix(".tsv").read_bytes())), "different seed"),
+         Path(fx["att"]).with_suffix(".tsv").read_bytes())), "other settings: seed"),
     ("attack-resume-finished-other-eps", A[:6] + ["--eps", "0.2"] + A[8:] + ["--out", "{d}/att.json", "--resume"],
-     _copy("att", "att.json"), "different"),
+     _copy("att", "att.json"), "other settings"),
     ("attack-exists-tsv", A + ["--out", "{d}/r.json"], _write("r.tsv", "x"), "already exists"),
     ("attack-tsv-dir", A + ["--out", "{d}/r.json"], _mkdir("r.tsv"), "directory"),
     ("attack-state-dir", A + ["--out", "{d}/r.json", "--resume"], _mkdir("r.json.state.pt"), "directory"),

@@ -41,6 +41,12 @@ def test_git_wins_over_the_environment(monkeypatch):
 
 def test_check_resume_names_each_changed_setting():
     records.check_resume({"n": 10, "alpha": 0.001}, {"n": 10, "alpha": 0.001}, ["n", "alpha"], what="r")
-    with pytest.raises(UserError, match=r"different n \(1000, now 100\)"):
+    with pytest.raises(UserError, match=r"other settings: n \(1000, now 100\)"):
         records.check_resume({"n": 1000, "alpha": 0.001}, {"n": 100, "alpha": 0.001}, ["n", "alpha"],
                              what="r.tsv")
+    # a dict-valued setting names only the entries that changed, however long the dict
+    was = {"attack": "pgd", "norm": "L2", "eps": 0.5, "steps": 10, "step_size": 0.1, "loss": "ce"}
+    with pytest.raises(UserError) as e:
+        records.check_resume({"attack_config": was}, {"attack_config": {**was, "steps": 20}},
+                             ["attack_config"], what="a.json")
+    assert "attack_config.steps (10, now 20)" in str(e.value) and "norm" not in str(e.value)

@@ -4,6 +4,10 @@ contents, one-line errors that leave nothing behind."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -107,7 +111,7 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     code = cli_main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--sigma", "0.5",
                      "--epochs", "2", "--out", str(tmp_path / "run"), "--resume", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "different" in err and "sigma (0.25, now 0.5)" in err, err
+    assert code == 2 and "other settings" in err and "sigma (0.25, now 0.5)" in err, err
     assert len(err.strip().splitlines()) == 1 and "epochs" not in err  # epochs may change
 
 
@@ -151,6 +155,10 @@ ERRORS = [
     (["--batch", "5000"], "--batch"),  # larger than the training split: no step would be taken
     (["--batch", "300", "--max-train", "320"], "--batch"),  # 288 images remain after the hold-out
     (["--config", "nowhere.json"], "--config"),
+    (["--method", "maxup", "--score-batch", "-1"], "--score-batch"),
+    (["--lr", "1e308"], "--lr"),                          # beyond float32: the optimiser would crash
+    (["--weight-decay", "1e39"], "--weight-decay"),
+    (["--schedule", "multistep"], "--lr-milestones"),     # multistep without a milestone
 ]
 
 
@@ -296,3 +304,58 @@ def test_awp_run_steps_the_optimizer_at_the_perturbed_weights(tmp_path):
         assert (len(moved) == len(weights)) if restore_after_step else not moved, (restore_after_step, moved)
         biases = [n for n, p in run.model.named_parameters() if p.dim() <= 1]
         assert all(torch.equal(at_step[n], before[n]) for n in biases)   # AWP leaves them alone
+
+
+@pytest.mark.parametrize("pre_existing", [False, True])
+def test_divergence_before_a_checkpoint_leaves_nothing(tmp_path, capsys, pre_existing):
+    """A run that fails before its first checkpoint removes what it wrote (config.json,
+    metrics.jsonl, the directory it made), so the same command can be rerun as it is."""
+    out = tmp_path / "run"
+    if pre_existing:
+        out.mkdir()
+    argv = ["train", "--dataset", "digits", "--arch", "digits_cnn", "--epochs", "1", "--batch", "64",
+            "--lr", "1e10", "--out", str(out), "--quiet"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "diverged at epoch 1" in err and "--lr" in err, err
+    assert (out.is_dir() and not any(out.iterdir())) if pre_existing else not out.exists()
+
+
+def _train_until(point: str, out, tmp_path, epochs: int) -> subprocess.Popen:
+    """A ``train`` subprocess paused at fault point ``point`` (robustmaxup.runtime.faults)."""
+    from robustmaxup.runtime.faults import PAUSE_ENV
+
+    flag = tmp_path / "paused"
+    env = {**os.environ, PAUSE_ENV: f"{point}={flag}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "robustmaxup", "train", "--dataset", "digits",
+                             "--arch", "digits_cnn", "--epochs", str(epochs), "--batch", "64",
+                             "--max-train", "256", "--out", str(out), "--quiet"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), proc.communicate()[1]
+    return proc
+
+
+@pytest.mark.parametrize("point, kept", [("train.config", False), ("train.metrics", True)])
+def test_sigterm_ends_a_run_cleanly(tmp_path, point, kept):
+    """SIGTERM (timeout, Slurm, kill) interrupts like Ctrl-C: exit 143, one line, the lock file
+    removed; before the first checkpoint the run leaves nothing, after it --resume continues."""
+    import signal
+
+    from robustmaxup.train.state import LOCK_FILE
+
+    out = tmp_path / "run"
+    proc = _train_until(point, out, tmp_path, epochs=2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines() == ["robustmaxup train: terminated (SIGTERM)"], err
+    if not kept:
+        assert not out.exists()
+        return
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    assert not (out / LOCK_FILE).exists()
+    resume = ["train", "--dataset", "digits", "--arch", "digits_cnn", "--epochs", "2", "--batch", "64",
+              "--max-train", "256", "--out", str(out), "--quiet", "--resume"]
+    assert cli_main(resume) == 0 and len(read_metrics(out)) == 2

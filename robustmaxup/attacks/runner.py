@@ -577,6 +577,8 @@ def evaluate_dataset(
             lock.release()
             raise UserError(f"{shown(paths.json)}'s files changed while this run started (another run?); "
                             "check them and start again")
+        if not done and paths.aa_log.is_file():  # left by a run stopped before its first chunk
+            paths.aa_log.write_text("")
         fault_point("attack.locked")
     try:
         summary, all_ = _attack_chunks(model, split, chunks, done, config, header, paths,

@@ -102,7 +102,11 @@ def _read_sidecar(path: Path) -> dict | None:
 
 def read_certify_tsv(path: str | os.PathLike) -> CertifyResults:
     """Read a certify TSV, fixed-n or sequential, ours or Cohen et al.'s (a torn last line is
-    ignored; a malformed sidecar is ignored); UserError if the TSV is malformed."""
+    ignored). UserError, one line naming the file, the line and the column, if a row breaks the
+    format (:func:`~robustmaxup.certify.tsv.read_certify`: a radius that is not finite and >= 0,
+    correct != int(predict == label), an abstention with a radius or marked correct, a repeated
+    idx, an unreadable time, ...), or if the sidecar is malformed: no number is computed from
+    such a file."""
     path = Path(path)
     rows, columns = read_certify(path)
     col = lambda name, dtype: np.array([getattr(r, name) for r in rows], dtype=dtype)  # noqa: E731

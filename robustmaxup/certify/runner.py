@@ -65,6 +65,7 @@ from robustmaxup.runtime.io import (
 from robustmaxup.runtime.limits import MAX_SAMPLES, batch_bytes, check_memory
 from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance
 from robustmaxup.runtime.seeds import stream_generator
+from robustmaxup.runtime.text import error_summary
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,10 @@ def _predict_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs:
 
 
 def _warn_certify(smooth: Smooth, s: Settings) -> None:
-    smooth.warn_if_too_few(s.sequential.n_max if s.sequential else s.n, s.alpha)
+    if s.sequential:
+        smooth.warn_if_too_few(s.sequential.n_max, s.alpha, name="n_max")
+    else:
+        smooth.warn_if_too_few(s.n, s.alpha)
 
 
 def _warn_predict(smooth: Smooth, s: Settings) -> None:
@@ -508,7 +512,9 @@ class SmoothingJob:
             check_positive("sigma", self.sigma)
         check_int("skip", self.skip, minimum=1)
         if self.max_images != -1:
-            check_int("max_images", self.max_images, minimum=1)
+            check_int("max_images", self.max_images)
+            if self.max_images < 1:
+                raise FieldError("max_images", f"must be -1 (all images) or an integer >= 1, got {self.max_images}")
         check_choice("precision", self.precision, ["auto", *PRECISIONS])
         if self.sequential is not None and self.command != "certify":
             raise FieldError("sequential", "applies to certify only")
@@ -535,7 +541,7 @@ def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
                                                          device=device, dtype=x.dtype)
             logits = torch.cat([logits, smooth.logits(noisy, compiled=False)])
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = error_summary(e, 200)
         raise UserError(f"the model does not accept {split.info.name} images of shape "
                         f"{tuple(x.shape)}: {first}; check --dataset and the checkpoint") from None
     if logits.dim() != 2 or logits.shape[1] != smooth.num_classes:

@@ -401,10 +401,11 @@ class Smooth:
         self._run_looks(xs, looks, batch_size, generators, step)
         return [int(c) for c in out]
 
-    def warn_if_too_few(self, n: int, alpha: float) -> bool:
-        """Log (once per ``(n, alpha)``) if ``n`` samples can never certify; return whether ok."""
+    def warn_if_too_few(self, n: int, alpha: float, *, name: str = "n") -> bool:
+        """Log (once per ``(n, alpha)``) if ``n`` samples can never certify; return whether ok
+        (``name``: what the count is called in the warning, e.g. ``n_max``)."""
         key = (int(n), float(alpha))
-        ok = bounds.can_ever_certify(n, alpha, warn=key not in self._warned)
+        ok = bounds.can_ever_certify(n, alpha, warn=key not in self._warned, name=name)
         self._warned.add(key)
         return ok
 

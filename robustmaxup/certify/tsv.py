@@ -12,6 +12,13 @@ sequential run drew. Files are written one flushed row per image; a kill can lea
 line without newline, which every reader here ignores. This module is the only place that knows
 the format: the runner writes through it and :mod:`~robustmaxup.certify.analysis` reads through it.
 
+Every complete row read is checked (:class:`RowError` names the column; the readers turn it into
+one UserError line naming the file, the line and the column): ``idx``, ``label`` and ``n_used``
+are integers >= 0, ``predict`` one >= -1; ``radius`` is a finite number >= 0; ``correct`` is
+``int(predict == label)``; an abstention has radius 0 and correct 0; ``time`` is ours
+(``H:MM:SS.mmm``) or Cohen et al.'s ``str(timedelta)`` (``0:00:01.234567``, ``0:00:01``,
+``1 day, 0:00:01.5``), never negative; and ``idx`` is unique within a file.
+
 Example::
 
     row = CertifyRow(idx=7, label=3, predict=3, radius=0.51, correct=1, time=1.25)
@@ -22,7 +29,9 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
@@ -30,6 +39,7 @@ from typing import Any, Iterable, Sequence, Union
 from robustmaxup.certify.smooth import ABSTAIN
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.io import atomic_write_text, check_input_path, shown
+from robustmaxup.runtime.text import safe_text
 
 
 def format_time(seconds: float) -> str:
@@ -41,13 +51,82 @@ def format_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}.{ms:03d}"
 
 
+#: ``str(datetime.timedelta)`` (Cohen et al.: ``0:00:01.234567``, ``0:00:01``, ``1 day, 2:03:04.5``)
+#: and :func:`format_time` (``25:00:00.000``: hours past 24, no days)
+_TIME = re.compile(r"(?:([0-9]{1,9}) days?, )?([0-9]{1,9}):([0-5][0-9]):([0-5][0-9](?:\.[0-9]{1,9})?)",
+                   re.ASCII)
+_INT = re.compile(r"-?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_INT64_MAX = 2**63 - 1  # analysis holds the integer columns as int64
+
+
+class RowError(ValueError):
+    """A row that breaks the format: the ``column`` at fault and the ``problem`` in words."""
+
+    def __init__(self, column: str, problem: str):
+        super().__init__(f"column {column}: {problem}")
+        self.column, self.problem = column, problem
+
+
+def _quoted(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def parse_time(text: str) -> float:
-    """Seconds from ``H:MM:SS[.fff]`` (ours or Cohen's ``str(timedelta)``); ValueError otherwise."""
-    parts = text.strip().split(":")
-    if len(parts) != 3:
-        raise ValueError(f"bad time {text!r}")
-    h, m, s = int(parts[0]), int(parts[1]), float(parts[2])
-    return 3600 * h + 60 * m + s
+    """Seconds from ``H:MM:SS[.fff]`` (ours) or Cohen et al.'s ``str(timedelta)`` (``[D day[s],
+    ]H:MM:SS[.ffffff]``); a :class:`RowError` (column ``time``, a ValueError) otherwise."""
+    m = _TIME.fullmatch(text.strip())
+    if not m:
+        raise RowError("time", f"{_quoted(text)} is not a duration H:MM:SS.fff (robustmaxup) or "
+                               "str(timedelta) like 0:00:01.234567 or 1 day, 0:00:01 (Cohen et al.)")
+    days, h, mins, s = m.groups()
+    return 86400 * int(days or 0) + 3600 * int(h) + 60 * int(mins) + float(s)
+
+
+def _int(f: Sequence[str], col: dict[str, int], name: str, low: int, high: int, meaning: str) -> int:
+    text = f[col[name]].strip()
+    if not _INT.fullmatch(text):
+        raise RowError(name, f"{_quoted(text)} is not an integer; {meaning}")
+    if len(text.lstrip("-").lstrip("0")) > 19 or not low <= int(text) <= high:  # no int() of huge text
+        raise RowError(name, f"{_quoted(text)} is out of range; {meaning}")
+    return int(text)
+
+
+def _radius(f: Sequence[str], col: dict[str, int]) -> float:
+    text = f[col["radius"]].strip()
+    value = float(text) if _NUMBER.fullmatch(text) else math.nan
+    if not math.isfinite(value):
+        raise RowError("radius", f"{_quoted(text)} is not a finite number; a certified radius is a "
+                                 "finite number >= 0")
+    if value < 0:
+        raise RowError("radius", f"{text} is negative; a certified radius is >= 0")
+    return value
+
+
+def _common(f: Sequence[str], col: dict[str, int]) -> tuple[int, int, int, int, float]:
+    """idx, label, predict, correct (range-checked) and time of a row."""
+    idx = _int(f, col, "idx", 0, _INT64_MAX, "an image index is an integer >= 0")
+    label = _int(f, col, "label", 0, _INT64_MAX, "a class label is an integer >= 0")
+    predict = _int(f, col, "predict", ABSTAIN, _INT64_MAX,
+                   f"a prediction is a class >= 0 or {ABSTAIN} (abstain)")
+    correct = _int(f, col, "correct", 0, 1, "correct is 0 or 1")
+    time = parse_time(f[col["time"]]) if "time" in col else 0.0
+    return idx, label, predict, correct, time
+
+
+def _check_outcome(label: int, predict: int, correct: int, radius: float | None) -> None:
+    """An abstention has radius 0 and correct 0; correct is int(predict == label)."""
+    if predict == ABSTAIN:
+        if radius is not None and radius != 0:
+            raise RowError("radius", f"{radius:g} on an abstention (predict {ABSTAIN}); an abstention "
+                                     "has radius 0")
+        if correct != 0:
+            raise RowError("correct", f"{correct} on an abstention (predict {ABSTAIN}); an abstention "
+                                      "has correct 0")
+    if correct != int(predict == label):
+        relation = "==" if predict == label else "!="
+        raise RowError("correct", f"{correct} but predict {predict} {relation} label {label}; "
+                                  "correct is 1 exactly when predict == label")
 
 
 @dataclass(frozen=True)
@@ -75,11 +154,15 @@ class CertifyRow:
 
     @classmethod
     def from_fields(cls, f: Sequence[str], columns: Sequence[str]) -> "CertifyRow":
+        """The row of the fields ``f`` under ``columns`` (found by name); :class:`RowError`
+        naming the column if a value breaks the format (see the module docstring)."""
         col = {c: i for i, c in enumerate(columns)}
-        return cls(int(f[col["idx"]]), int(f[col["label"]]), int(f[col["predict"]]),
-                   float(f[col["radius"]]), int(f[col["correct"]]),
-                   parse_time(f[col["time"]]) if "time" in col else 0.0,
-                   int(f[col["n_used"]]) if "n_used" in col else None)
+        idx, label, predict, correct, time = _common(f, col)
+        radius = _radius(f, col)
+        n_used = (_int(f, col, "n_used", 0, _INT64_MAX, "a sample count is an integer >= 0")
+                  if "n_used" in col else None)
+        _check_outcome(label, predict, correct, radius)
+        return cls(idx, label, predict, radius, correct, time, n_used)
 
     @classmethod
     def from_line(cls, line: str, fmt: "TsvFormat") -> "CertifyRow":
@@ -102,9 +185,11 @@ class PredictRow:
 
     @classmethod
     def from_fields(cls, f: Sequence[str], columns: Sequence[str]) -> "PredictRow":
+        """As :meth:`CertifyRow.from_fields`, without a radius."""
         col = {c: i for i, c in enumerate(columns)}
-        return cls(int(f[col["idx"]]), int(f[col["label"]]), int(f[col["predict"]]),
-                   int(f[col["correct"]]), parse_time(f[col["time"]]) if "time" in col else 0.0)
+        idx, label, predict, correct, time = _common(f, col)
+        _check_outcome(label, predict, correct, None)
+        return cls(idx, label, predict, correct, time)
 
     @classmethod
     def from_line(cls, line: str, fmt: "TsvFormat") -> "PredictRow":
@@ -162,11 +247,42 @@ def _complete_lines(path: Path) -> tuple[list[str], int]:
         raise UserError(f"{path} is not a text file (not UTF-8); is it a TSV?") from None
 
 
+def _parse_rows(path: Path, lines: Iterable[tuple[int, str]], row_type: type,
+                columns: Sequence[str], fix: str) -> list[Row]:
+    """The rows of ``(line number, line)`` pairs under ``columns``; UserError, one line naming
+    the file, the line, the column and ``fix``, at the first row that breaks the format or
+    repeats an idx."""
+    rows: list[Row] = []
+    seen: dict[int, int] = {}
+    for number, line in lines:
+        fields = line.split("\t")
+        try:
+            if not line.strip():
+                raise RowError(columns[0], "the line is empty")
+            if len(fields) < len(columns):
+                raise RowError(columns[len(fields)], f"missing (the row has {len(fields)} fields, "
+                                                     f"while the header has {len(columns)} columns)")
+            if len(fields) > len(columns):
+                raise RowError(f"{len(columns) + 1}", f"an extra field {_quoted(fields[len(columns)])}; "
+                                                      f"the header has {len(columns)} columns")
+            row = row_type.from_fields(fields, columns)
+        except RowError as e:
+            raise UserError(f"{shown(path)} line {number} is a malformed row: column {e.column}: "
+                            f"{e.problem}; {fix}") from None
+        if row.idx in seen:
+            raise UserError(f"{shown(path)} lines {seen[row.idx]} and {number} both have idx "
+                            f"{row.idx}: column idx must be unique within a file; {fix}")
+        seen[row.idx] = number
+        rows.append(row)
+    return rows
+
+
 def read_rows(path: str | os.PathLike, fmt: TsvFormat) -> TsvContents:
     """Complete rows of a ``fmt`` file, by idx; a torn last line is not counted.
 
-    UserError if the header is not exactly ``fmt``'s or a complete row is malformed: a file that
-    is not of this format is never taken for one (nor truncated by a resume).
+    UserError if the header is not exactly ``fmt``'s or a complete row breaks the format (see
+    the module docstring): a file that is not of this format is never taken for one (nor
+    truncated by a resume).
     """
     path = Path(path)
     lines, end = _complete_lines(path)
@@ -178,41 +294,34 @@ def read_rows(path: str | os.PathLike, fmt: TsvFormat) -> TsvContents:
     if lines[0] != fmt.header:
         raise UserError(f"{path} does not start with the header {fmt.header!r}; it is not a "
                         f"{fmt.name} output, choose another output file")
-    rows: dict[int, Row] = {}
-    for line in lines[1:]:
-        fields = line.split("\t")
-        try:
-            if len(fields) != len(fmt.columns):
-                raise ValueError(line)
-            row = fmt.row.from_fields(fields, fmt.columns)
-        except (ValueError, IndexError):
-            raise UserError(f"{path} has a malformed row {line[:60]!r}; remove it and rerun "
-                            "with --resume") from None
-        rows[row.idx] = row
-    return TsvContents(rows, end)
+    rows = _parse_rows(path, enumerate(lines[1:], start=2), fmt.row, fmt.columns,
+                       "regenerate the file, or delete that line and rerun with --resume to redo "
+                       "its image")
+    return TsvContents({row.idx: row for row in rows}, end)
 
 
 def read_certify(path: str | os.PathLike) -> tuple[list[CertifyRow], tuple[str, ...]]:
     """Rows of any certify TSV, ours (fixed-n or sequential) or Cohen et al.'s, found by column
-    name; a torn last line is ignored. Returns ``(rows, columns)``."""
+    name; blank lines and a torn last line are ignored. Returns ``(rows, columns)``.
+
+    UserError, one line naming the file, the line and the column, if a row breaks the format
+    (see the module docstring) or repeats an idx."""
     path = Path(path)
-    lines, _ = _complete_lines(path)
-    lines = [line for line in lines if line.strip()]
+    all_lines, _ = _complete_lines(path)
+    lines = [(number, line) for number, line in enumerate(all_lines, start=1) if line.strip()]
     if not lines:
         raise UserError(f"{path} is empty; expected a certify TSV with header {CERTIFY.header!r}")
-    columns = tuple(h.strip() for h in lines[0].split("\t"))
+    columns = tuple(h.strip() for h in lines[0][1].split("\t"))
     missing = [c for c in ("idx", "label", "predict", "radius", "correct") if c not in columns]
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; is it a certify (not "
                         "predict) TSV?")
-    rows = []
-    for line in lines[1:]:
-        try:
-            rows.append(CertifyRow.from_fields(line.split("\t"), columns))
-        except (ValueError, IndexError):
-            raise UserError(f"{path} has a malformed row {line[:60]!r}; regenerate it or remove "
-                            "the row") from None
-    return rows, columns
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise UserError(f"{shown(path)} line {lines[0][0]} (the header) names column "
+                        f"{safe_text(repeated[0])!r} twice; regenerate the file")
+    rows = _parse_rows(path, lines[1:], CertifyRow, columns, "regenerate the file")
+    return rows, columns  # type: ignore[return-value]
 
 
 def write_rows(path: str | os.PathLike, fmt: TsvFormat, rows: Iterable[Row]) -> int:

@@ -5,10 +5,17 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+from typing import Sequence
 
 from robustmaxup.certify.runner import SequentialSettings, SmoothingJob
 from robustmaxup.certify.smooth import FUTILITY_RULES, PRECISIONS
 from robustmaxup.cli.common import add_data_args, add_runtime_args
+from robustmaxup.data import DATASETS
+from robustmaxup.errors import UserError
+
+#: samples of the estimation phase of CERTIFY and of PREDICT unless --n says otherwise
+N_DEFAULT = SmoothingJob.n
 
 #: library field -> flag, where the flag is not ``--field-name``
 FLAGS = {"batch_size": "--batch", "max_images": "--max", "indices": "--skip/--max"}
@@ -22,15 +29,16 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
     if with_n0:
         p.add_argument("--n0", "--N0", dest="n0", type=int, default=100,
                        help="samples to select the top class (--N0 as in Cohen et al.'s certify.py)")
-    p.add_argument("--n", "--N", dest="n", type=int, default=100_000,
-                   help="samples to estimate/test the top class (--N as in Cohen et al.'s certify.py; "
-                        "at most 10^9, like --n0 and --n-max)")
+    bound = "at most 10^9, like --n0 and --n-max" if with_n0 else "at most 10^9"
+    p.add_argument("--n", "--N", dest="n", type=int, default=None,
+                   help=f"samples to estimate/test the top class (default: {N_DEFAULT}; --N as in "
+                        f"Cohen et al.'s certify.py; {bound})")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--skip", type=int, default=1, help="use dataset indices 0, skip, 2*skip, ...")
     p.add_argument("--max", type=int, default=-1,
-                   help="at most this many images, spread evenly over the skip-selection (-1: all); "
-                        "it counts images, unlike certify.py's --max, an index bound")
+                   help="at most this many images, spread evenly over the skip-selection (default: "
+                        "-1, all); it counts images, unlike certify.py's --max, an index bound")
     p.add_argument("--out", default=None,
                    help="output TSV (default: <command>_<checkpoint>_<split>_sigma<S>.tsv in the current "
                         "directory; never the checkpoint or the data root)")
@@ -47,35 +55,85 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
     add_runtime_args(p)
 
 
+#: the sequential-only flags (dest, flag); their parser default is None, meaning "not given"
+SEQUENTIAL_FLAGS = (("radii", "--radii"), ("n_max", "--n-max"), ("radius_tol", "--radius-tol"),
+                    ("sequence", "--sequence"), ("futility", "--futility"))
+
+
 def add_sequential_args(p: argparse.ArgumentParser) -> None:
     d = SequentialSettings()
-    g = p.add_argument_group("sequential certification (anytime-valid; stops once decided)")
+    radii = " ".join(f"{r:g}" for r in d.radii or ())
+    g = p.add_argument_group("sequential certification (anytime-valid; stops once decided; the "
+                             "flags below need --sequential)")
     g.add_argument("--sequential", action="store_true",
-                   help="stop sampling an image once every target radius is decided (--n is unused)")
-    g.add_argument("--radii", type=float, nargs="*", default=list(d.radii),
-                   help="target radii; with none given (--radii alone), stop when the radius is "
-                        "known to --radius-tol")
-    g.add_argument("--n-max", type=int, default=d.n_max, help="most estimation samples per image")
-    g.add_argument("--radius-tol", type=float, default=d.radius_tol,
-                   help="stop when the radius is known to this precision (with --radii empty)")
-    g.add_argument("--sequence", default=d.sequence, help="anytime-valid confidence sequence "
-                   "(robustmaxup.certify.bounds.CONFIDENCE_SEQUENCES)")
-    g.add_argument("--futility", default=d.futility, choices=FUTILITY_RULES,
-                   help="give a radius up when even projected (or unanimous) further votes cannot reach it")
+                   help="stop sampling an image once every target radius is decided (replaces --n)")
+    g.add_argument("--radii", type=float, nargs="*", default=None,
+                   help=f"target radii (default: {radii}); with none given (--radii alone), stop "
+                        "when the radius is known to --radius-tol")
+    g.add_argument("--n-max", type=int, default=None,
+                   help=f"most estimation samples per image (default: {d.n_max})")
+    g.add_argument("--radius-tol", type=float, default=None,
+                   help=f"stop when the radius is known to this precision, with --radii empty "
+                        f"(default: {d.radius_tol:g})")
+    g.add_argument("--sequence", default=None, help="anytime-valid confidence sequence "
+                   f"(robustmaxup.certify.bounds.CONFIDENCE_SEQUENCES; default: {d.sequence})")
+    g.add_argument("--futility", default=None, choices=FUTILITY_RULES,
+                   help="give a radius up when even projected (or unanimous) further votes cannot "
+                        f"reach it (default: {d.futility})")
+
+
+def _sequential_settings(args: argparse.Namespace) -> SequentialSettings | None:
+    """The sequential settings, or None without ``--sequential``; a UserError for a flag that
+    would otherwise be silently ignored (a sequential flag without it, ``--n`` with it)."""
+    given = [flag for dest, flag in SEQUENTIAL_FLAGS if getattr(args, dest, None) is not None]
+    if not getattr(args, "sequential", False):
+        if given:
+            raise UserError(f"{given[0]} applies only with --sequential; add --sequential or drop it")
+        return None
+    if args.n is not None:
+        raise UserError("--n is not used with --sequential (each image takes as many samples as "
+                        "it needs); bound them with --n-max instead")
+    d = SequentialSettings()
+    pick = lambda dest: getattr(args, dest) if getattr(args, dest) is not None else getattr(d, dest)  # noqa: E731
+    return SequentialSettings(n_max=pick("n_max"), radii=tuple(pick("radii")) or None,
+                              radius_tol=pick("radius_tol"), sequence=pick("sequence"),
+                              futility=pick("futility"))
+
+
+def _check_out_text(out: str | None) -> None:
+    if out is not None and not out.strip():
+        raise UserError("--out is empty; give a file name, or leave --out out for the default name")
 
 
 def job_from_args(command: str, args: argparse.Namespace) -> SmoothingJob:
-    sequential = None
-    if getattr(args, "sequential", False):
-        sequential = SequentialSettings(n_max=args.n_max, radii=tuple(args.radii) or None,
-                                        radius_tol=args.radius_tol, sequence=args.sequence,
-                                        futility=args.futility)
+    sequential = _sequential_settings(args)
+    _check_out_text(args.out)
     return SmoothingJob(
         command=command, checkpoint=args.checkpoint, dataset=args.dataset, data_root=args.data_root,
         cache_dir=args.cache_dir, split=args.split, sigma=args.sigma,
-        n0=getattr(args, "n0", None), n=args.n, alpha=args.alpha, batch_size=args.batch,
+        n0=getattr(args, "n0", None), n=N_DEFAULT if args.n is None else args.n, alpha=args.alpha, batch_size=args.batch,
         skip=args.skip, max_images=args.max, out=args.out, resume=args.resume,
         images_per_batch=args.images_per_batch, precision=args.precision, compile=args.compile,
         fold_bn=args.fold_bn,
         device=args.device, seed=args.seed, quiet=args.quiet, sequential=sequential,
     )
+
+
+def cohen_positional_error(command: str, argv: Sequence[str]) -> str | None:
+    """The one error line for Cohen et al.'s positional form (``certify.py DATASET CHECKPOINT
+    SIGMA OUTFILE [options]``), spelling out the same run in robustmaxup's flags; None otherwise."""
+    head = list(argv[:4])
+    if len(head) < 4 or any(a.startswith("-") for a in head) or "--dataset" in argv:
+        return None
+    dataset, checkpoint, sigma, outfile = head
+    try:
+        float(sigma)
+    except ValueError:
+        return None
+    if dataset not in DATASETS.names():
+        return None
+    rest = " ".join(shlex.quote(a) for a in argv[4:])
+    same = (f"robustmaxup {command} {shlex.quote(checkpoint)} --dataset {dataset} --data-root DIR "
+            f"--sigma {sigma} --out {shlex.quote(outfile)}" + (f" {rest}" if rest else ""))
+    return (f"robustmaxup {command}: error: this is Cohen et al.'s positional form "
+            f"({command}.py DATASET CHECKPOINT SIGMA OUTFILE); in robustmaxup the same run is: {same}")

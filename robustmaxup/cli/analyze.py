@@ -11,6 +11,11 @@ of radius * correct over all rows. The subset each file covers is printed, since
 500-image subset and on the full test set differ. Sequential files (with ``n_used``) are read
 too, and their mean samples per image are reported. ``--quiet`` prints (and writes) only the
 table, so ``--quiet --format csv --out F`` gives a pure CSV file.
+
+Every input is read and checked before anything is written: a file with a row that breaks the
+format (a radius that is not finite and >= 0, correct != int(predict == label), an abstention
+with a radius or marked correct, a repeated idx, an unreadable time, ...) ends the command with
+one line naming the file, the line and the column (exit 2), and no table, --out or --plot.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def _body(args: argparse.Namespace) -> None:
     if any(not r >= 0 or r == float("inf") for r in args.radii):
         raise UserError("--radii must be finite and >= 0")
     _check_outputs(args)
-    results = [analysis.read_certify_tsv(f) for f in args.files]
+    results = [analysis.read_certify_tsv(f) for f in args.files]  # all read (and checked) first
     for res in results:
         if len(res) == 0:
             raise UserError(f"{shown(res.path)} has no rows yet")

@@ -110,7 +110,8 @@ def _body(args: argparse.Namespace) -> None:
     check_int("n_examples", args.n_examples, minimum=1)
     info = get_info(args.dataset)
     # fail fast, before loading anything: the settings (sigma may still come from the checkpoint)
-    check_config(attack_config(args, eps, args.sigma or (1.0 if args.smoothed else None)), info.image_shape)
+    early_sigma = args.sigma if args.sigma is not None else (1.0 if args.smoothed else None)
+    check_config(attack_config(args, eps, early_sigma), info.image_shape)
     out = Path(args.out) if args.out else default_out(args, eps)
     paths = AttackPaths.for_output(out, args.save_adv)
     check_not_inputs(paths.named(), [("the checkpoint", args.checkpoint),

@@ -10,9 +10,12 @@ every log record once :func:`setup_logging` ran.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from typing import Callable, Mapping, NoReturn, Sequence
+import threading
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
@@ -28,11 +31,41 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {safe_text(message)} (see --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where it says something: not for required flags, switches
+    (default False), unset values (None), or a help text that states its own default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def make_parser(command: str, description: str) -> ArgumentParser:
-    return ArgumentParser(
-        prog=f"robustmaxup {command}", description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    return ArgumentParser(prog=f"robustmaxup {command}", description=description,
+                          formatter_class=HelpFormatter)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``kill``) turned into an interruption, so that ``finally``
+    blocks run: locks are released and half-made files removed, as after Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -83,7 +116,8 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
         return int(e.code or 0)
     setup_logging(getattr(args, "quiet", False))
     try:
-        body(args)
+        with _sigterm_interrupts():
+            body(args)
     except UserError as e:
         print(error_line(command, e, flags), file=sys.stderr)
         return 2
@@ -95,6 +129,9 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(error_line(command, UserError(f"{e.strerror or e}{where}")), file=sys.stderr)
         return 2
+    except _Terminated:
+        print(f"robustmaxup {command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"robustmaxup {command}: interrupted", file=sys.stderr)
         return 130

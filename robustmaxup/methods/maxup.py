@@ -68,6 +68,7 @@ class MaxUp(Method):
 
     def __post_init__(self) -> None:
         check_count("copies", self.copies, 1)
+        check_count("score_batch", self.score_batch, 0)
         cls = AUGMENTATIONS.get(self.augment)
         if self.sigma is None:
             self.sigma = DEFAULT_SIGMA if self.augment == "gaussian" else 0.0

@@ -26,6 +26,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from robustmaxup.runtime.text import error_summary
+
 log = logging.getLogger(__name__)
 
 __all__ = ["fold_batchnorm"]
@@ -71,7 +73,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         gm = fx.symbolic_trace(original)
     except Exception as e:  # noqa: BLE001 - any tracing failure means "cannot fold"
         log.info("BatchNorm folding skipped: the model cannot be traced by torch.fx (%s)",
-                 str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+                 error_summary(e, 160))
         return original, 0
     pairs = 0
     for node in list(gm.graph.nodes):

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.text import error_summary
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def clean_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Any, 
                 pred = forward(xs.to(device)).argmax(1).cpu()
             except RuntimeError as e:
                 raise UserError(f"the model does not accept {split.info.name} images of shape "
-                                f"{tuple(xs.shape[1:])}: {str(e).splitlines()[0][:160]}; check "
+                                f"{tuple(xs.shape[1:])}: {error_summary(e, 200)}; check "
                                 "--dataset and the checkpoint") from None
             correct += int((pred == ys).sum())
     return correct / len(chosen), len(chosen)
@@ -50,6 +51,7 @@ def clean_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Any, 
 def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str) -> None:
     """Log the clean accuracy right after loading, warning when it is near chance (a wrong
     normalisation, dataset or label mapping shows here at once)."""
-    log.info("clean accuracy of %s on %d images: %.1f%%", what, images, 100 * accuracy)
+    log.info("check after loading: clean accuracy of %s on %d images spread over the selection: "
+             "%.1f%%", what, images, 100 * accuracy)
     if accuracy < 2.0 / num_classes and images >= 20:
         log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")

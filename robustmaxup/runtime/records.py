@@ -9,7 +9,7 @@
 Example::
 
     check_resume({"n": 1000, "alpha": 0.001}, {"n": 100, "alpha": 0.001}, ["n", "alpha"], what="r.tsv")
-    # UserError: cannot resume r.tsv: it was made with different n (1000, now 100); ...
+    # UserError: cannot resume r.tsv: it was made with other settings: n (1000, now 100); ...
 """
 
 from __future__ import annotations
@@ -127,7 +127,17 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Ite
     records: a run is continued only under the settings that made it."""
     diff = [k for k in keys if k in saved and saved[k] != current.get(k)]
     if diff:
-        detail = ", ".join("the image/example selection" if k == "indices"
-                           else f"{k} ({_show(saved[k])}, now {_show(current.get(k))})" for k in diff)
-        raise UserError(f"cannot resume {what}: it was made with different {detail}; use the same "
-                        "settings or another output")
+        detail = ", ".join(_difference(k, saved[k], current.get(k)) for k in diff)
+        raise UserError(f"cannot resume {what}: it was made with other settings: {detail}; use the "
+                        "same settings or another output")
+
+
+def _difference(key: str, was: Any, now: Any) -> str:
+    """``key (was, now now)``; for two dicts only the entries that differ (``key.sub (...)``)."""
+    if key == "indices":
+        return "the image/example selection"
+    if isinstance(was, Mapping) and isinstance(now, Mapping):
+        subs = [k for k in {**was, **now} if was.get(k) != now.get(k)]
+        if subs:
+            return ", ".join(f"{key}.{k} ({_show(was.get(k))}, now {_show(now.get(k))})" for k in subs)
+    return f"{key} ({_show(was)}, now {_show(now)})"

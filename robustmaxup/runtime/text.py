@@ -66,3 +66,15 @@ def install_safe_log_records() -> None:
 
     factory.robustmaxup_safe = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+def error_summary(error: BaseException, limit: int = 240) -> str:
+    """An exception's message on one line for an error line: its non-empty lines joined, runs
+    of spaces collapsed, control characters escaped, cut at ``limit`` characters with ``…``
+    (the type's name for an empty message). Torch puts the cause on the second line
+    (``Error(s) in loading state_dict for Net:`` / ``Missing key(s) ...``): it is kept."""
+    text = " ".join(" ".join(line.split()) for line in str(error).splitlines() if line.strip())
+    if not text:
+        return type(error).__name__
+    text = safe_text(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -25,7 +25,7 @@ from robustmaxup.errors import UserError
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import atomic_write_json, atomic_write_text, shown
-from robustmaxup.runtime.text import safe_text
+from robustmaxup.runtime.text import error_summary
 from robustmaxup.runtime.records import check_resume
 from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides
 from robustmaxup.train.state import Run
@@ -100,7 +100,7 @@ def restore(run: Run, ckpt: Mapping[str, Any]) -> None:
         torch.set_rng_state(ckpt["rng"]["torch"])
         run.state.generator.set_state(ckpt["rng"]["generators"][run.dist.rank])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        first = safe_text(str(e).strip().splitlines()[0][:160]) if str(e).strip() else type(e).__name__
+        first = error_summary(e, 200)
         raise UserError(f"cannot resume run directory {shown(run.out)}: its last.pt does not fit this "
                         f"run ({first})") from None
     run.state.epoch = int(ckpt["epoch"])

@@ -40,7 +40,7 @@ from robustmaxup.errors import UserError
 from robustmaxup.methods import METHODS, PERTURBATIONS
 from robustmaxup.models import MODELS
 from robustmaxup.runtime.checks import (
-    FieldError, check_choice, check_int, check_positive, check_range,
+    FieldError, check_choice, check_int, check_range,
 )
 from robustmaxup.runtime.io import check_input_path
 from robustmaxup.train.recipes import RECIPES, recipe_values
@@ -145,6 +145,9 @@ def _piecewise(cfg: "TrainConfig", epoch: int) -> float:
 def _cosine(cfg: "TrainConfig", epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
+
+#: the largest finite float32: a learning rate, weight decay or decay factor beyond it overflows
+FLOAT32_MAX = 3.4028234663852886e38  # float(torch.finfo(torch.float32).max)
 
 SCHEDULES = {"step": _step, "multistep": _multistep, "piecewise": _piecewise, "cosine": _cosine}
 SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
@@ -299,9 +302,10 @@ class TrainConfig:
             check_choice(name, getattr(self, name), (True, False))
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch", self.batch, minimum=1)
-        check_positive("lr", self.lr)
+        # rates beyond float32's range cannot even be applied to float32 weights
+        check_range("lr", self.lr, 0.0, FLOAT32_MAX, lo_open=True)
         check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_range("weight_decay", self.weight_decay, 0.0, FLOAT32_MAX)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_int("lr_step", self.lr_step, minimum=1)
         if not isinstance(self.lr_milestones, tuple):
@@ -310,7 +314,10 @@ class TrainConfig:
             check_int("lr_milestones", m, minimum=0)
             if i and m <= self.lr_milestones[i - 1]:
                 raise FieldError("lr_milestones", f"must increase, got {list(self.lr_milestones)}")
-        check_positive("lr_gamma", self.lr_gamma)
+        if self.schedule == "multistep" and not self.lr_milestones:
+            raise FieldError("lr_milestones", "must name at least one epoch with --schedule multistep "
+                                              "(e.g. --lr-milestones 30 60), or use another schedule")
+        check_range("lr_gamma", self.lr_gamma, 0.0, FLOAT32_MAX, lo_open=True)
         check_choice("step_structure", self.step_structure, STEP_STRUCTURES)
         check_choice("recipe", self.recipe, (None, *RECIPES.names()))
         check_int("val_size", self.val_size, minimum=-1)  # -1: automatic

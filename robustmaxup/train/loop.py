@@ -36,14 +36,15 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturbation, build_method
+from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
-from robustmaxup.runtime.io import ensure_writable_dir
+from robustmaxup.runtime.io import ensure_writable_dir, shown
 from robustmaxup.runtime.records import provenance
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.train import checkpointing
 from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
-from robustmaxup.train.state import Run, RunDirLock, build_run, check_out_dir, load_splits
+from robustmaxup.train.state import RUN_FILES, Run, RunDirLock, build_run, check_out_dir, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,30 @@ def train(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> dict[str
     run = setup(cfg, splits)
     try:
         return _fit(run)
+    except BaseException:
+        if run.dist.main:
+            _discard_unstarted(run)
+        raise
     finally:
         run.lock.release()
         run.dist.close()
+
+
+def _discard_unstarted(run: Run) -> None:
+    """After a failure (divergence, Ctrl-C, SIGTERM, a bad value) before the first checkpoint of
+    a run that began in an empty directory: remove what it wrote (config.json, metrics.jsonl,
+    and the directory if it made it), so the same command can simply be run again. A run with a
+    checkpoint keeps everything: ``--resume`` continues it."""
+    if not run.lock.started_empty or (run.out / "last.pt").exists():
+        return
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (run.out / name).unlink()
+    log.info("removed the unfinished run's files (no checkpoint was written) from %s", shown(run.out))
+    if not run.lock.existed:
+        run.lock.release()
+        with contextlib.suppress(OSError):
+            run.out.rmdir()
 
 
 def _fit(run: Run) -> dict[str, Any]:
@@ -144,8 +166,9 @@ def _fit(run: Run) -> dict[str, Any]:
         metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
         metrics.update(epoch=epoch + 1, lr=lr_at(cfg, epoch), val=evaluate(run, "val"), test=evaluate(run, "test"))
         if not math.isfinite(metrics["loss"]):
-            raise FieldError("lr", f"may be too high: training diverged at epoch {epoch + 1} "
-                                   f"(loss {metrics['loss']}); lower it")
+            raise UserError(f"training diverged at epoch {epoch + 1} (loss {metrics['loss']}): lower "
+                            f"--lr (now {lr_at(cfg, epoch):g}), or whichever strength you raised "
+                            "(--weight-decay, a method's loss weight, a weight perturbation's size)")
         state.epoch = epoch + 1
         state.history.append(checkpointing.clean_metrics(metrics))
         checkpointing.save(run, metrics)

@@ -139,6 +139,7 @@ class RunDirLock:
 
     def __init__(self, out: Path) -> None:
         self.out, self._checked = out, _listing(out)
+        self.existed = out.is_dir()  # before this run: a directory it made is its to remove
         self._lock = FileLock(out / LOCK_FILE, what=f"run directory {shown(out)}")
 
     def acquire(self) -> "RunDirLock":
@@ -152,6 +153,11 @@ class RunDirLock:
 
     def release(self) -> None:
         self._lock.release()
+
+    @property
+    def started_empty(self) -> bool:
+        """Whether the run directory held no file (other than a lock) when this run checked it."""
+        return not self._checked
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, Any]:
