@@ -10,15 +10,13 @@ every log record once :func:`setup_logging` ran.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import threading
-from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
+from typing import Callable, Mapping, NoReturn, Sequence
 
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.interrupts import Terminated, sigterm_interrupts
 from robustmaxup.runtime.text import install_safe_log_records, safe_text
 
 log = logging.getLogger("robustmaxup")
@@ -45,27 +43,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def make_parser(command: str, description: str) -> ArgumentParser:
     return ArgumentParser(prog=f"robustmaxup {command}", description=description,
                           formatter_class=HelpFormatter)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, Slurm, ``kill``) turned into an interruption, so that ``finally``
-    blocks run: locks are released and half-made files removed, as after Ctrl-C."""
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -116,7 +93,7 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
         return int(e.code or 0)
     setup_logging(getattr(args, "quiet", False))
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             body(args)
     except UserError as e:
         print(error_line(command, e, flags), file=sys.stderr)
@@ -129,7 +106,7 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(error_line(command, UserError(f"{e.strerror or e}{where}")), file=sys.stderr)
         return 2
-    except _Terminated:
+    except Terminated:
         print(f"robustmaxup {command}: terminated (SIGTERM)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
