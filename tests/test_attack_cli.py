@@ -105,6 +105,7 @@ def _short_autoattack(monkeypatch) -> None:
 def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
     _short_autoattack(monkeypatch)
     out, adv = tmp_path / "aa.json", tmp_path / "adv.pt"
+    (tmp_path / "aa.autoattack.log").write_text("a stopped run's line\n")   # appended to, never truncated
     rc = main([str(ckpt), "--dataset", "digits", "--eps", "8/255", "--attacks", "apgd-ce",
                "--n-examples", "20", "--batch", "8", "--out", str(out), "--save-adv", str(adv)])
     assert rc == 0
@@ -118,6 +119,9 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
     assert res["clean_accuracy"] > 0.8
     assert res["provenance"]["torch"] == torch.__version__
     assert (tmp_path / "aa.autoattack.log").read_text().count("apgd-ce") >= 3
+    log_lines = (tmp_path / "aa.autoattack.log").read_text().splitlines()
+    assert log_lines[0] == "a stopped run's line"
+    assert log_lines[1].startswith("=== robustmaxup attack: run started") and "0 of 3 chunks" in log_lines[1]
     rows = (tmp_path / "aa.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["idx", "label", "clean_correct", "robust_correct",
                                    "robust_after_apgd-ce", "rescore_correct"]

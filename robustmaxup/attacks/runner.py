@@ -22,7 +22,8 @@ Outputs, written atomically once the run is complete (none when ``out`` is None)
   then ``robust_after_<attack>`` per attack and ``rescore_correct`` (the fraction of the
   re-scorings of x_adv that classify it correctly).
 - ``save_adv``: ``{"x_adv", "labels", "indices", "robust", ...}`` (torch file).
-- ``out`` with suffix ``.autoattack.log``: pyautoattack's own log.
+- ``out`` with suffix ``.autoattack.log``: pyautoattack's own log, appended to; each run opens its
+  part with a ``=== robustmaxup attack: run started ...`` line.
 
 Output safety: the files are checked before anything runs (writable, distinct, and -- by the
 CLI -- never the checkpoint or the data root); a run holds ``OUT.lock`` (an ``flock``, released
@@ -51,6 +52,7 @@ chunk from the chunk's first dataset index, so its results depend on ``batch_siz
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
@@ -381,6 +383,15 @@ def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[in
     return done
 
 
+def _open_log_section(path: Path, done: int, total: int) -> None:
+    """Append the line that opens this run's part of the AutoAttack log. The log is appended to,
+    never truncated: an earlier run's lines (one stopped before its first chunk, or the chunks a
+    resumed run already did) stay, marked off from this run's."""
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"=== robustmaxup attack: run started {started}; {done} of {total} chunks already done ===\n")
+
+
 def _save_state(path: Path, header: Mapping[str, Any], done: Mapping[int, ChunkRecord]) -> None:
     atomic_torch_save({"format": STATE_FORMAT, "header": {k: header[k] for k in RESUME_KEYS if k in header},
                        "chunks": {c: r.to_state() for c, r in done.items()}}, path)
@@ -577,8 +588,8 @@ def evaluate_dataset(
             lock.release()
             raise UserError(f"{shown(paths.json)}'s files changed while this run started (another run?); "
                             "check them and start again")
-        if not done and paths.aa_log.is_file():  # left by a run stopped before its first chunk
-            paths.aa_log.write_text("")
+        if config.attack == "autoattack":
+            _open_log_section(paths.aa_log, len(done), len(chunks))
         fault_point("attack.locked")
     try:
         summary, all_ = _attack_chunks(model, split, chunks, done, config, header, paths,
