@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from typing import Sequence
 
-from robustmaxup.certify.runner import SequentialSettings, SmoothingJob
+from robustmaxup.certify.runner import SequentialSettings, SmoothingJob, run_job
 from robustmaxup.certify.smooth import FUTILITY_RULES, PRECISIONS
-from robustmaxup.cli.common import add_data_args, add_runtime_args
+from robustmaxup.cli.common import add_data_args, add_runtime_args, run
 from robustmaxup.data import DATASETS
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.text import safe_text
 
 #: samples of the estimation phase of CERTIFY and of PREDICT unless --n says otherwise
 N_DEFAULT = SmoothingJob.n
@@ -55,9 +57,9 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
     add_runtime_args(p)
 
 
-#: the sequential-only flags (dest, flag); their parser default is None, meaning "not given"
-SEQUENTIAL_FLAGS = (("radii", "--radii"), ("n_max", "--n-max"), ("radius_tol", "--radius-tol"),
-                    ("sequence", "--sequence"), ("futility", "--futility"))
+#: the sequential-only flags, dest -> flag; their parser default is None, meaning "not given"
+SEQUENTIAL_FLAGS = {"radii": "--radii", "n_max": "--n-max", "radius_tol": "--radius-tol",
+                    "sequence": "--sequence", "futility": "--futility"}
 
 
 def add_sequential_args(p: argparse.ArgumentParser) -> None:
@@ -85,19 +87,18 @@ def add_sequential_args(p: argparse.ArgumentParser) -> None:
 def _sequential_settings(args: argparse.Namespace) -> SequentialSettings | None:
     """The sequential settings, or None without ``--sequential``; a UserError for a flag that
     would otherwise be silently ignored (a sequential flag without it, ``--n`` with it)."""
-    given = [flag for dest, flag in SEQUENTIAL_FLAGS if getattr(args, dest, None) is not None]
+    given = {d: getattr(args, d) for d in SEQUENTIAL_FLAGS if getattr(args, d, None) is not None}
     if not getattr(args, "sequential", False):
         if given:
-            raise UserError(f"{given[0]} applies only with --sequential; add --sequential or drop it")
+            flag = SEQUENTIAL_FLAGS[next(iter(given))]
+            raise UserError(f"{flag} applies only with --sequential; add --sequential or drop it")
         return None
     if args.n is not None:
         raise UserError("--n is not used with --sequential (each image takes as many samples as "
                         "it needs); bound them with --n-max instead")
-    d = SequentialSettings()
-    pick = lambda dest: getattr(args, dest) if getattr(args, dest) is not None else getattr(d, dest)  # noqa: E731
-    return SequentialSettings(n_max=pick("n_max"), radii=tuple(pick("radii")) or None,
-                              radius_tol=pick("radius_tol"), sequence=pick("sequence"),
-                              futility=pick("futility"))
+    if "radii" in given:
+        given["radii"] = tuple(given["radii"]) or None      # --radii alone: to --radius-tol
+    return SequentialSettings(**given)
 
 
 def _check_out_text(out: str | None) -> None:
@@ -117,6 +118,16 @@ def job_from_args(command: str, args: argparse.Namespace) -> SmoothingJob:
         fold_bn=args.fold_bn,
         device=args.device, seed=args.seed, quiet=args.quiet, sequential=sequential,
     )
+
+
+def run_smoothing(command: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """``main`` of ``certify`` and ``predict``: Cohen et al.'s positional form gets its one line
+    (:func:`cohen_positional_error`), anything else goes to :func:`run_job`."""
+    cohen = cohen_positional_error(command, sys.argv[2:] if argv is None else argv)
+    if cohen:
+        print(safe_text(cohen), file=sys.stderr)
+        return 2
+    return run(command, lambda args: run_job(job_from_args(command, args)), parser, argv, FLAGS)
 
 
 def cohen_positional_error(command: str, argv: Sequence[str]) -> str | None:

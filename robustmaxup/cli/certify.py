@@ -18,15 +18,10 @@ formats, resuming and sharding.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
-from robustmaxup.certify.runner import run_job
-from robustmaxup.cli._smoothing import (
-    FLAGS, add_sequential_args, add_smoothing_args, cohen_positional_error, job_from_args,
-)
-from robustmaxup.cli.common import make_parser, run
-from robustmaxup.runtime.text import safe_text
+from robustmaxup.cli._smoothing import add_sequential_args, add_smoothing_args, run_smoothing
+from robustmaxup.cli.common import make_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,13 +32,5 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _body(args: argparse.Namespace) -> None:
-    run_job(job_from_args("certify", args))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    cohen = cohen_positional_error("certify", sys.argv[2:] if argv is None else argv)
-    if cohen:
-        print(safe_text(cohen), file=sys.stderr)
-        return 2
-    return run("certify", _body, build_parser(), argv, FLAGS)
+    return run_smoothing("certify", build_parser(), argv)

@@ -36,7 +36,6 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturbation, build_method
-from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.io import ensure_writable_dir, shown
@@ -166,9 +165,10 @@ def _fit(run: Run) -> dict[str, Any]:
         metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
         metrics.update(epoch=epoch + 1, lr=lr_at(cfg, epoch), val=evaluate(run, "val"), test=evaluate(run, "test"))
         if not math.isfinite(metrics["loss"]):
-            raise UserError(f"training diverged at epoch {epoch + 1} (loss {metrics['loss']}): lower "
-                            f"--lr (now {lr_at(cfg, epoch):g}), or whichever strength you raised "
-                            "(--weight-decay, a method's loss weight, a weight perturbation's size)")
+            raise FieldError("lr", f"may be too high (now {lr_at(cfg, epoch):g}): training diverged at "
+                                   f"epoch {epoch + 1} (loss {metrics['loss']}); lower it, or whichever "
+                                   "strength you raised (weight decay, a method's loss weight, a weight "
+                                   "perturbation's size)")
         state.epoch = epoch + 1
         state.history.append(checkpointing.clean_metrics(metrics))
         checkpointing.save(run, metrics)
