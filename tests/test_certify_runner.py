@@ -250,3 +250,44 @@ def test_a_default_output_that_is_an_input_is_refused_even_with_resume(ckpt, tmp
     with pytest.raises(UserError, match="an input of this command"):
         _check_out(job, out, job.settings(), Dist.from_env())
     assert out.read_text() == "an input, not a certify file\n"
+
+
+@pytest.mark.parametrize("n_max", [5, 10])
+def test_a_hopeless_sequential_run_warns_once_before_it_starts(n_max, caplog, monkeypatch):
+    """Also through the Python API (not only the CLI). n_max = 5 is below Clopper-Pearson's minimum (10 at alpha = 0.001); n_max = 10 passes that
+    but not the sequence's own check (alpha spent on early looks): one warning each, naming the
+    sequence, given before the first image is sampled."""
+    from robustmaxup.certify.runner import SequentialSettings
+    from tests.classifiers import Constant
+
+    smooth = Smooth(Constant(1), 10, 0.25)
+    sampled = []
+    real = Smooth.sample_counts
+    monkeypatch.setattr(Smooth, "sample_counts", lambda self, *a: (sampled.append(caplog.text), real(self, *a))[1])
+    split = load_split("digits", "test")
+    with caplog.at_level("WARNING"):
+        rows = certify_dataset(smooth, split, [0, 1, 2], n0=10, alpha=0.001, batch_size=100,
+                               sequential=SequentialSettings(n_max=n_max, radii=(0.1,)), progress=False)
+    assert caplog.text.count("never certify") == 1 and "mixture_cp" in caplog.text
+    assert "never certify" in sampled[0]
+    assert all(r.predict == -1 for r in rows)
+
+
+def test_the_cli_warns_once_for_a_hopeless_n_max(ckpt, tmp_path, capsys, caplog):
+    """`certify --sequential --n-max 5` gave two warnings (Clopper-Pearson's and the sequence's)."""
+    with caplog.at_level("WARNING"):
+        assert main(["certify", ckpt, *FAST_SEQ, "--sequential", "--n-max", "5", "--out", str(tmp_path / "s.tsv")]) == 0
+    said = caplog.text + capsys.readouterr().err
+    assert said.count("never certify") == 1 and "n_max=5" in said
+
+
+@pytest.mark.parametrize("n,warned", [(10, True), (11, False)])
+def test_predict_warns_when_n_can_never_pass_its_test(n, warned, caplog):
+    """Two-sided binomial test of n unanimous votes: p = 2 * 0.5**n, <= 0.001 from n = 11 on."""
+    from tests.classifiers import Constant
+
+    with caplog.at_level("WARNING"):
+        rows = predict_dataset(Smooth(Constant(3), 10, 0.25), load_split("digits", "test"), [0, 1],
+                               n=n, alpha=0.001, batch_size=100, progress=False)
+    assert caplog.text.count("never pass PREDICT's test") == int(warned)
+    assert [r.predict for r in rows] == ([-1, -1] if warned else [3, 3])

@@ -171,7 +171,7 @@ def _predict_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs:
 
 def _warn_certify(smooth: Smooth, s: Settings) -> None:
     if s.sequential:
-        smooth.warn_if_too_few(s.sequential.n_max, s.alpha, name="n_max")
+        smooth.warn_if_sequence_too_short(s.sequential.n_max, s.alpha, s.sequential.sequence)
     else:
         smooth.warn_if_too_few(s.n, s.alpha)
 
@@ -342,12 +342,15 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
     sidecar = {**(record or {}), **_settings_record(command, smooth, split, indices, s, dist, device)}
     # as the sidecar file will hold it (tuples become lists), so a resume compares like with like
     sidecar = json.loads(json.dumps(sidecar, default=str))
-    if out is None:
+    output = None if out is None else Output.at(out, mode.fmt, dist)
+    if output is not None:
+        output.check(resume, sidecar)
+    if dist.main:  # before the first image: n too small to ever certify (or pass PREDICT's test)
+        mode.warn_too_few(smooth, s)
+    if output is None:
         rows: list[Row] = []
         _compute(mode, smooth, split, indices[dist.rank::dist.world], s, device, rows.extend, progress)
         return sorted(rows, key=lambda r: r.idx)
-    output = Output.at(out, mode.fmt, dist)
-    output.check(resume, sidecar)
     return _run_to_file(mode, smooth, split, indices, s, output, sidecar, device, progress)
 
 
@@ -600,7 +603,6 @@ def run_job(job: SmoothingJob) -> list[Row]:
                                   job.batch_size, device)
     if dist.main:
         log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier")
-    mode_of(job.command, s).warn_too_few(smooth, s)
     record = {
         "config": dataclasses.asdict(job), **checkpoint_record(job.checkpoint, meta),
         "skip": job.skip, "max": job.max_images, "sigma_source": source,

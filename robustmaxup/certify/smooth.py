@@ -486,17 +486,24 @@ class Smooth:
                 break
         return counts, n_used
 
+    def warn_if_sequence_too_short(self, n_max: int, alpha: float,
+                                   sequence: str = bounds.DEFAULT_SEQUENCE) -> bool:
+        """Log (once per ``(n_max, alpha, sequence)``) if sequential certification with at most
+        ``n_max`` samples can never certify, even with unanimous votes; return whether ok.
+        Stricter than :meth:`warn_if_too_few` (a sequence spends part of alpha on early looks)."""
+        seq = bounds.confidence_sequence(sequence)
+        return self._warn_if_sequence_too_short(seq, seq.schedule(int(n_max), self.noise_chunk), alpha)
+
     def _warn_if_sequence_too_short(self, seq: bounds.ConfidenceSequence, looks: Sequence[int],
-                                    alpha: float) -> None:
-        key = (int(looks[-1]), float(alpha), seq.name)
-        if key in self._warned:
-            return
-        self._warned.add(key)
+                                    alpha: float) -> bool:
         best = float(seq.lower(np.asarray([looks], dtype=np.int64), np.asarray(looks), alpha, tuple(looks))[0])
-        if best <= 0.5:
+        key = (int(looks[-1]), float(alpha), seq.name)
+        if best <= 0.5 and key not in self._warned:
             log.warning("n_max=%d samples can never certify with the %s confidence sequence at alpha=%g: "
                         "even unanimous votes give a lower bound of %.4f <= 0.5; raise n_max",
                         looks[-1], seq.name, alpha, best)
+        self._warned.add(key)
+        return best > 0.5
 
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
                     batch_size: int, n0: int | None = None) -> None:
