@@ -36,3 +36,25 @@ class LinearK(nn.Module):
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+class Votes(nn.Module):
+    """Row ``r`` of every batch votes ``classes[r % len(classes)]``: exact vote fractions under
+    any noise (a batch size that is a multiple of ``len(classes)`` gives exact counts)."""
+
+    def __init__(self, classes: list[int], num_classes: int) -> None:
+        super().__init__()
+        self.classes, self.num_classes = torch.tensor(classes), num_classes
+
+    def forward(self, x):
+        rows = self.classes[torch.arange(x.shape[0]) % len(self.classes)]
+        return nn.functional.one_hot(rows, self.num_classes).to(x.dtype)
+
+
+class Boundary(nn.Module):
+    """Two classes, class 1 iff the first pixel is > 0: the smoothed probability of class 1 is
+    exactly Phi(x_0 / sigma)."""
+
+    def forward(self, x):
+        z = x.flatten(1)[:, 0]
+        return torch.stack([torch.zeros_like(z), z], 1)

@@ -251,3 +251,16 @@ def test_analyze_cli_table_and_plot(tmp_path, capsys):
     pred.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0:00:00.100\n")
     assert main(["analyze", str(pred)]) == 2
     assert "predict" in capsys.readouterr().err
+
+
+def test_analyze_names_every_setting_that_differs():
+    """Columns certified at another sigma, n or alpha are flagged, each by name."""
+    def one(name, **meta):
+        col = np.zeros(1, dtype=np.int64)
+        return analysis.CertifyResults(name, name, col, col, col, np.zeros(1), col,
+                                       meta={"sigma": 0.25, "n": 100, "alpha": 0.001, **meta})
+
+    assert analysis.differences([one("a.tsv"), one("b.tsv")]) == []
+    for key, other in (("alpha", 0.01), ("sigma", 0.5), ("n", 1000)):
+        found = analysis.differences([one("a.tsv"), one("b.tsv", **{key: other})])
+        assert found == [f"{key} (a.tsv {one('a.tsv').meta[key]}, b.tsv {other})"]

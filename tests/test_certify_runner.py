@@ -258,7 +258,7 @@ def test_a_hopeless_sequential_run_warns_once_before_it_starts(n_max, caplog, mo
     but not the sequence's own check (alpha spent on early looks): one warning each, naming the
     sequence, given before the first image is sampled."""
     from robustmaxup.certify.runner import SequentialSettings
-    from tests.classifiers import Constant
+    from classifiers import Constant
 
     smooth = Smooth(Constant(1), 10, 0.25)
     sampled = []
@@ -284,10 +284,43 @@ def test_the_cli_warns_once_for_a_hopeless_n_max(ckpt, tmp_path, capsys, caplog)
 @pytest.mark.parametrize("n,warned", [(10, True), (11, False)])
 def test_predict_warns_when_n_can_never_pass_its_test(n, warned, caplog):
     """Two-sided binomial test of n unanimous votes: p = 2 * 0.5**n, <= 0.001 from n = 11 on."""
-    from tests.classifiers import Constant
+    from classifiers import Constant
 
     with caplog.at_level("WARNING"):
         rows = predict_dataset(Smooth(Constant(3), 10, 0.25), load_split("digits", "test"), [0, 1],
                                n=n, alpha=0.001, batch_size=100, progress=False)
     assert caplog.text.count("never pass PREDICT's test") == int(warned)
     assert [r.predict for r in rows] == ([-1, -1] if warned else [3, 3])
+
+
+def _digits_smooth() -> Smooth:
+    torch.manual_seed(0)
+    return Smooth(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), 10, 0.25)
+
+
+def test_certify_dataset_passes_every_sequential_setting_through():
+    """Non-default sequence, futility rule, radius_tol and n_max: each row equals
+    Smooth.certify_sequential with the same settings and the row's own generator."""
+    from robustmaxup.certify.runner import SequentialSettings
+    from robustmaxup.runtime.seeds import stream_generator
+
+    smooth, split = _digits_smooth(), load_split("digits", "test")
+    same = dict(radii=None, radius_tol=0.05, sequence="staged_cp", futility="unanimous")
+    rows = certify_dataset(smooth, split, list(range(0, 40, 4)), n0=20, alpha=0.01, batch_size=500, seed=3,
+                           sequential=SequentialSettings(n_max=2300, **same), progress=False)
+    for row in rows:
+        cert = smooth.certify_sequential(split[row.idx][0], 20, 2300, 0.01, 500,
+                                         generator=stream_generator(3, "certify.noise", row.idx), **same)
+        assert (row.predict, row.radius, row.n_used) == (cert.prediction, cert.radius, cert.n_used)
+    assert len({r.n_used for r in rows}) > 1
+
+
+@pytest.mark.parametrize("key,was,now", [("alpha", 0.01, 0.05), ("seed", 0, 1)])
+def test_resume_with_another_alpha_or_seed_is_refused(tmp_path, key, was, now):
+    """Only the one setting differs (same images), and the error names it."""
+    smooth, split, out = _digits_smooth(), load_split("digits", "test"), tmp_path / "c.tsv"
+    kw = dict(n0=10, n=100, alpha=0.01, batch_size=100, seed=0, progress=False)
+    certify_dataset(smooth, split, [0, 5], out=out, **kw)
+    certify_dataset(smooth, split, [0, 5], out=out, resume=True, **kw)  # the same settings: fine
+    with pytest.raises(UserError, match=rf"other settings: {key} \({was}, now {now}\);"):
+        certify_dataset(smooth, split, [0, 5], out=out, resume=True, **{**kw, key: now})

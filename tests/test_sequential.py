@@ -19,7 +19,7 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.errors import UserError
-from classifiers import Constant, LinearK, gen  # noqa: E402
+from classifiers import Boundary, Constant, LinearK, Votes, gen  # noqa: E402
 
 SEQ = bounds.confidence_sequence()
 
@@ -468,3 +468,69 @@ def test_warns_when_n_max_can_never_certify(caplog):
         smooth.certify_sequential(torch.rand(1, 4, 4), 10, 10, 0.001, 100, [0.1])
     assert cert.prediction == ABSTAIN and cert.n_used == 10
     assert caplog.text.count("never certify") == 1
+
+
+# --- exact checks found missing by a mutation audit (2026-11-24) -------------------------------
+@pytest.mark.parametrize("n_max,expect", [(500, ABSTAIN), (600, 1), (1000, 1)])
+def test_predict_sequential_threshold_and_last_look(n_max, expect):
+    """60 % votes for class 1 of 10: the mixture evidence crosses log(1/alpha) before 500 votes
+    but log((C-1)/alpha) (the union bound over the C-1 rivals) only between 500 and 600. So
+    n_max = 500 must abstain, and n_max = 600 must decide at its last look (a futility rule
+    that looks one step ahead would abstain there)."""
+    a, b = bounds.MIXTURE_PRIOR
+    evidence = lambda t: bounds.one_sided_mixture_log_evidence(0.6 * t, t, 0.5, a, b)  # noqa: E731
+    assert np.log(100) <= evidence(500) < np.log(900) <= evidence(600)
+    smooth = Smooth(Votes([1, 1, 1, 0, 0], 10), 10, 0.25)
+    assert smooth.predict_sequential(torch.rand(1, 2, 2), n_max, 0.01, 1000, gen(0)) == expect
+
+
+def test_mixture_cp_upper_is_the_mirrored_mixture_plus_cp():
+    """The upper sequence mirrors the lower one: the prior is flipped, not reused."""
+    k, t = np.array([0, 10, 500, 990, 1000]), 1000
+    mix = bounds.one_sided_mixture_upper(k, t, 0.001 * (1 - bounds.CP_SHARE))
+    assert np.array_equal(bounds.mixture_cp_upper(k, t, 0.001, n_max=5000), mix)
+    cp = bounds.clopper_pearson_upper_array(k, t, 0.001 * bounds.CP_SHARE)
+    assert np.array_equal(bounds.mixture_cp_upper(k, t, 0.001, n_max=t), np.minimum(mix, cp))
+
+
+def test_look_schedule_never_repeats_a_look():
+    assert bounds.look_schedule(200, 100) == (100, 200)
+    for ratio in (1.2, 1.5, 2.0):
+        for n in range(100, 20_001, 100):
+            looks = bounds.look_schedule(n, 100, ratio)
+            assert looks[-1] == n and all(b > a for a, b in zip(looks, looks[1:]))
+
+
+def test_sequential_p_lower_is_the_running_max_over_looks():
+    """Run to n_max (radius_tol ~ 0): the reported p_lower is the maximum of the bound over
+    every look, recomputed here from the same draws (an anytime-valid sequence may keep its
+    best bound). At least one trial's maximum is not at the last look."""
+    smooth, n_max, alpha = Smooth(Boundary(), 2, 0.25), 3000, 0.001
+    x = torch.tensor([[[0.25 * norm.ppf(0.8), 0.0]]], dtype=torch.float64)
+    seq = bounds.confidence_sequence("mixture")
+    looks, earlier_max = seq.schedule(n_max, 100), False
+    for seed in range(15):
+        g = gen(seed)
+        c_a = int(np.argmax(smooth.sample_counts(x[None], 10, 1000, [g])[0]))
+        k, prev, lows = 0, 0, []
+        for t in looks:
+            k, prev = k + int(smooth.sample_counts(x[None], t - prev, 1000, [g])[0][c_a]), t
+            lows.append(float(seq.lower(np.array([[k]]), np.array([t]), alpha, looks)[0]))
+        cert = smooth.certify_sequential(x, 10, n_max, alpha, 1000, None, gen(seed), radius_tol=1e-9,
+                                         sequence="mixture")
+        assert cert.n_used == n_max and cert.p_lower == max(lows)
+        earlier_max |= max(lows) > lows[-1]
+    assert earlier_max
+
+
+def test_projected_futility_keeps_a_reachable_radius():
+    """Exactly 99 % votes: a radius just below what n_max samples certify must be reached,
+    not given up early by a pessimistic projection."""
+    sigma, alpha, n_max = 0.25, 0.001, 20_000
+    seq = bounds.confidence_sequence()
+    looks = seq.schedule(n_max, 100)
+    best = seq.lower(np.array([[round(0.99 * n_max)]]), np.array([n_max]), alpha, looks)[0]
+    r = sigma * norm.ppf(best) - 1e-9
+    smooth = Smooth(Votes([1] * 99 + [0], 2), 2, sigma)
+    cert = smooth.certify_sequential(torch.rand(1, 2, 2), 100, n_max, alpha, 1000, [r], gen(0))
+    assert cert.prediction == 1 and cert.radius >= r and cert.n_used == n_max

@@ -11,7 +11,7 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.certify.smooth import top_class, top_two
-from classifiers import Constant, LinearK, gen  # noqa: E402
+from classifiers import Boundary, Constant, LinearK, Votes, gen  # noqa: E402
 
 
 class ByRow(nn.Module):
@@ -230,3 +230,41 @@ def test_cuda_bf16_matches_fp32_on_confident_inputs():
     exact = Smooth(model, 10, 0.25, precision="fp32").certify_batch(x, 100, 2000, 0.001, 1000, gens)
     for a, b in zip(fast, exact):  # same noise, bf16 vs fp32 logits: votes nearly equal
         assert sum(abs(i - j) for i, j in zip(a.counts, b.counts)) <= 0.05 * 2000
+
+
+# --- exact checks of which votes CERTIFY and PREDICT use (mutation audit, 2026-11-24) ----------
+def test_certify_selects_on_the_n0_draws_then_counts_the_next_n():
+    """c_A comes from the n0 selection draws, p_lower from the *next* n draws of the same
+    generator (Cohen et al.'s two samples). At P = 1/2 the two often disagree: choosing c_A
+    from the estimation counts, or reusing the selection noise, changes the certificate."""
+    smooth, x, differ = Smooth(Boundary(), 2, 0.25), torch.zeros(1, 1, 2, dtype=torch.float64), 0
+    for seed in range(20):
+        g = gen(seed)
+        selection = smooth.sample_counts(x[None], 1, 100, [g])[0]
+        estimation = smooth.sample_counts(x[None], 300, 100, [g])[0]
+        cert = smooth.certify(x, 1, 300, 0.01, 100, gen(seed))
+        c_a = int(np.argmax(selection))
+        assert cert.counts == tuple(int(c) for c in estimation)
+        assert cert.p_lower == bounds.clopper_pearson_lower(int(estimation[c_a]), 300, 0.01)
+        differ += c_a != int(np.argmax(estimation))
+    assert differ >= 3  # the test can tell the two choices apart
+
+
+def test_certify_abstains_when_p_lower_is_exactly_one_half():
+    """Two unanimous votes at alpha = 0.25: the Clopper-Pearson bound is 0.25**(1/2) = 0.5
+    exactly, and CERTIFY needs p_lower > 1/2."""
+    cert = Smooth(Constant(1), 10, 0.25).certify(torch.rand(1, 4, 4), 5, 2, 0.25, 10, gen(0))
+    assert cert.p_lower == 0.5 and cert.prediction == ABSTAIN and cert.radius == 0.0
+
+
+def test_predict_accepts_a_p_value_equal_to_alpha():
+    """PREDICT returns c_A when p <= alpha: 10 unanimous votes give p = 2 * 0.5**10 exactly."""
+    alpha, smooth = 2 * 0.5 ** 10, Smooth(Constant(3), 10, 0.25)
+    assert smooth.predict(torch.rand(1, 4, 4), 10, alpha, 100, gen(0)) == 3
+    assert smooth.predict(torch.rand(1, 4, 4), 9, alpha, 100, gen(0)) == ABSTAIN
+
+
+def test_predict_tests_the_top_two_counts_only():
+    """Votes 500/300/200: the test is 500 vs 300 (p ~ 1e-10), not 500 vs the 500 others."""
+    smooth = Smooth(Votes([0] * 5 + [1] * 3 + [2] * 2, 3), 3, 0.25)
+    assert smooth.predict(torch.rand(1, 2, 2), 1000, 0.001, 1000, gen(0)) == 0
