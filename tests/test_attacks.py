@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustmaxup.attacks import ATTACKS, SoftSmoothed, pgd, smooth_pgd
-from robustmaxup.attacks._core import margin_loss, project
+from robustmaxup.attacks import ATTACKS, EVALUATORS, AttackConfig, SoftSmoothed, pgd, smooth_pgd
+from robustmaxup.attacks._core import margin_loss, project, random_init
+from robustmaxup.attacks.result import AttackResult, rescore
 from robustmaxup.checkpoints import build_model_for
 from robustmaxup.errors import UserError
+from robustmaxup.methods.families import reference_start
 
 TOL = 1e-6
 
@@ -477,3 +479,104 @@ def test_pgd_follows_input_dtype(linear_problem):
     assert out.dtype == torch.float64 and out.device == x.device
     out32 = pgd(model, x, y, eps=0.1, norm="L2", steps=3, random_start=False)
     assert torch.allclose(out.float(), out32, atol=1e-5)
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+@pytest.mark.parametrize("start", [random_init, reference_start])
+def test_linf_random_starts_fill_the_box(start):
+    x = torch.full((500, 1, 8, 8), 0.5)
+    d = start(x, 0.1, "Linf", torch.Generator().manual_seed(0))
+    assert d.abs().max() <= 0.1 and d.abs().max() > 0.099
+    assert d.std().item() == pytest.approx(0.1 / 3 ** 0.5, rel=0.02)
+
+
+def test_l2_random_init_is_uniform_in_the_ball_volume():
+    x = torch.full((4000, 1, 4, 4), 0.5)                 # d = 16
+    r = random_init(x, 0.5, "L2", torch.Generator().manual_seed(0)).flatten(1).norm(dim=1) / 0.5
+    assert r.max() <= 1 + 1e-6
+    assert (r ** 16).mean().item() == pytest.approx(0.5, abs=0.02)   # P(r <= t) = t^d
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_soft_smoothed_noise_has_scale_sigma(per_example):
+    sm = SoftSmoothed(nn.Flatten(), sigma=0.3, m=4, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(32, 1, 8, 8)
+    gens = [torch.Generator().manual_seed(i) for i in range(32)] if per_example else None
+    with sm.per_example(gens):
+        noise = sm.noise(x)
+    assert noise.shape == (4, 32, 1, 8, 8)
+    assert noise.std().item() == pytest.approx(0.3, rel=0.05) and noise.mean().abs() < 0.01
+
+
+def test_robust_requires_every_rescore_to_be_correct():
+    res = AttackResult(x_adv=torch.zeros(3, 1), clean=torch.tensor([True, True, False]),
+                       stages={"a": torch.tensor([True, True, False])},
+                       rescored=torch.tensor([[True, True, True], [True, False, True], [True, True, True]]))
+    assert res.robust.tolist() == [True, False, False]
+
+
+class CoinFlip(nn.Module):
+    """Random logits: every call a new coin."""
+
+    def forward(self, x):
+        return torch.randn(x.shape[0], 2)
+
+
+def test_rescore_draws_fresh_randomness_per_repeat():
+    torch.manual_seed(0)
+    flags = rescore(CoinFlip(), torch.zeros(50, 1), torch.zeros(50, dtype=torch.long), repeats=4)
+    assert flags.shape == (4, 50)
+    assert not all(torch.equal(flags[0], f) for f in flags[1:])
+
+
+@pytest.mark.parametrize("name", ["pgd", "smooth_pgd"])
+def test_attacks_run_with_parameters_frozen(name):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).train()
+    seen = []
+    model.register_forward_pre_hook(lambda mod, inp: seen.append(
+        (mod.training, any(p.requires_grad for p in mod.parameters()))))
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    kw = dict(eps=0.1, steps=2) if name == "pgd" else dict(eps=0.5, sigma=0.25, m=2, steps=2)
+    ATTACKS.get(name)(model, x, y, **kw)
+    assert seen and all(s == (False, False) for s in seen)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+class Cheat(nn.Module):
+    """Wrong on the exact clean points, right (class 1) anywhere else; BatchNorm inside."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0, self.bn = x0, nn.BatchNorm1d(64)
+
+    def forward(self, x):
+        moved = (x.flatten(1) != self.x0.flatten(1)).any(1).float() + 0 * self.bn(x.flatten(1)).sum(1)
+        return torch.stack([1 - moved, moved], 1)
+
+
+def test_pgd_evaluator_never_calls_a_misclassified_point_robust():
+    x = torch.full((6, 1, 8, 8), 0.5)
+    y = torch.ones(6, dtype=torch.long)
+    model = Cheat(x).train()
+    res = EVALUATORS.get("pgd")(model, x, y, AttackConfig(eps=0.1, attack="pgd", steps=2), seed=0,
+                                indices=list(range(6)))
+    assert not res.clean.any() and not res.attack_robust.any()
+
+
+def test_pgd_evaluator_predicts_in_eval_mode_and_leaves_bn_stats():
+    x = torch.rand(6, 1, 8, 8)
+    model = Cheat(x).train()
+    before = {k: v.clone() for k, v in model.bn.state_dict().items()}
+    EVALUATORS.get("pgd")(model, x, torch.ones(6, dtype=torch.long), AttackConfig(eps=0.1, attack="pgd", steps=2),
+                          seed=0, indices=list(range(6)))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.bn.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [1.01, -0.01])
+def test_pgd_evaluator_rejects_pixels_outside_unit_range(bad):
+    x = torch.full((2, 1, 8, 8), 0.5)
+    x[1, 0, 0, 0] = bad
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        EVALUATORS.get("pgd")(Cheat(x).eval(), x, torch.ones(2, dtype=torch.long),
+                              AttackConfig(eps=0.1, attack="pgd", steps=1), seed=0, indices=[0, 1])

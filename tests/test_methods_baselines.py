@@ -743,3 +743,67 @@ def test_awp_steps_at_the_perturbed_weights_then_removes_the_perturbation(batch)
     # the former order (restore, then step) is still available
     before = AWP(gamma=0.05, restore_after_step=False)
     assert not before.step_at_perturbed
+
+
+# --- found missing by a mutation audit (2026-11-24): every weight of each loss applied -------
+def _double_digits(name, **kw):
+    torch.manual_seed(0)
+    model = build_model_for("digits_cnn", "digits").double().eval()
+    method = build_method(name, **kw)
+    method.setup(num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 1, 8, 8, generator=g, dtype=torch.float64)
+    return model, method, x, torch.randint(0, 10, (12,), generator=g)
+
+
+def test_trades_loss_weights_the_kl_by_beta():
+    model, method, x, y = _double_digits("trades", trades_beta=3.0)
+    with torch.no_grad():
+        model.net.fc.weight.mul_(20)              # confident predictions: a sizeable KL
+    x_adv = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    out = method.loss(model, (x, x_adv, y))
+    kl = trades_kl(model(x), model(x_adv))
+    assert kl.item() > 1e-3
+    assert out.loss.item() == pytest.approx((F.cross_entropy(model(x), y) + 3.0 * kl).item(), rel=1e-10)
+
+
+def test_macer_loss_is_its_formula():
+    model, method, x, y = _double_digits("macer", copies=4, sigma=0.5, lbd=3.0, macer_beta=1.0)
+    with torch.no_grad():                         # make the label win on half the batch
+        model.net.fc.bias.zero_()
+    y = model(x).argmax(1).where(torch.arange(12) % 2 == 0, y)
+    prepared = method.prepare(model, x, y, generator=torch.Generator().manual_seed(1))
+    logits = model(prepared[0]).view(4, 12, -1)
+    hinge = radius_hinge(logits, y, beta=1.0, gamma=8.0)
+    assert (hinge > 0).sum() >= 3
+    ce = F.nll_loss(torch.log(F.softmax(logits, -1).mean(0) + 1e-10), y)
+    expected = ce + 3.0 * 0.5 / 2 * hinge.sum() / 12
+    assert method.loss(model, prepared).loss.item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_smoothmix_mixup_term_is_scaled_by_the_warmup():
+    model, method, x, y = _double_digits("smoothmix", copies=2, smoothmix_eta=2.0, warmup=10)
+    noise = draw_noise(x, 2, 0.25, torch.Generator().manual_seed(2))
+    lam = torch.full((12,), 0.3, dtype=x.dtype)
+    x_mix = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+    y = model(x).argmax(1)                        # every example correct: the mask is on
+    ce = F.cross_entropy(model((x.unsqueeze(0) + noise).flatten(0, 1)), y.repeat(2)).item()
+    full = method.loss(model, (noise, x, x_mix, lam, y)).loss.item() - ce
+    method.on_epoch_start(2, 100)                 # warm = 3/10
+    warm = method.loss(model, (noise, x, x_mix, lam, y)).loss.item() - ce
+    assert full > 1e-4 and warm == pytest.approx(0.3 * full, rel=1e-9)
+
+
+def test_amp_step_inside_the_ball_is_not_rescaled(digits_batch):
+    x, y = digits_batch
+    torch.manual_seed(0)
+    model = build_model_for("digits_cnn", "digits").train()
+    method = build_method("gaussian")
+    method.setup(num_classes=10)
+    prepared = method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+    loss_fn = lambda: method.loss(model, prepared).loss  # noqa: E731
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = torch.autograd.grad(loss_fn(), list(model.parameters()))
+    with AMP(eps=1e3, steps=1, step_size=1e-3).perturbed(model, loss_fn):
+        for p, w, g in zip(model.parameters(), before, grads):
+            assert torch.allclose(p.detach() - w, 1e-3 * g, atol=1e-7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from robustmaxup.checkpoints import build_model_for
 from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS, build_method
@@ -146,3 +147,54 @@ def test_augmentation_contract(name, digits_batch):
     draws = [aug(x, y, num_classes=10, generator=torch.Generator().manual_seed(s))[0] for s in range(1, 5)]
     assert any(not torch.equal(d, x) for d in draws), f"{name} never changes the batch"
     assert any(not torch.equal(d, x_aug) for d in draws), "fresh randomness per generator state"
+
+
+# --- found missing by a mutation audit (2026-11-24): noise where it must be ------------------
+class Spy(nn.Module):
+    """Records every input batch; predicts class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return torch.zeros(x.shape[0], 10) + 0 * self.w
+
+
+def test_maxup_noise_is_fresh_per_batch_and_follows_generator():
+    method = build_method("maxup", sigma=0.5, copies=3)
+    method.setup(num_classes=10)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    g = torch.Generator().manual_seed(0)
+    a, _ = method.draw_copies(x, y, g)
+    b, _ = method.draw_copies(x, y, g)            # the next batch: new noise
+    c, _ = method.draw_copies(x, y, torch.Generator().manual_seed(1))
+    noise = torch.cat([a, b, c]).sub(x.repeat(9, 1, 1, 1)).view(9, -1)
+    corr = torch.corrcoef(noise)
+    assert (corr - torch.eye(9)).abs().max() < 0.15
+
+
+@pytest.mark.parametrize("name,kw,sigma", [
+    ("maxup", {"sigma": 0.5}, 0.5), ("maxup", {"augment": "mixup"}, 0.0),
+    ("gaussian", {"sigma": 0.5}, 0.5), ("consistency", {"sigma": 0.5}, 0.5),
+    ("macer", {"sigma": 0.5}, 0.5), ("smoothadv", {"sigma": 0.5}, 0.5), ("smoothmix", {"sigma": 0.5}, 0.5)])
+def test_smoothing_validation_classifies_one_noisy_draw_at_sigma(name, kw, sigma):
+    method = build_method(name, **kw)
+    method.setup(num_classes=10)
+    x, y = torch.rand(64, 1, 8, 8), torch.zeros(64, dtype=torch.long)
+    spy = Spy().eval()
+    with torch.no_grad():
+        correct = method.evaluate(spy, x, y, generator=torch.Generator().manual_seed(0))
+    assert correct.all() and len(spy.seen) == 1
+    assert (spy.seen[0] - x).std().item() == pytest.approx(sigma, abs=0.02)
+
+
+def test_gaussian_prepare_adds_sigma_noise():
+    method = build_method("gaussian", sigma=0.5)
+    method.setup(num_classes=10)
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    xs, ys = method.prepare(Spy(), x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ys, y) and (xs - x).std().item() == pytest.approx(0.5, abs=0.02)
+    assert (xs - x).mean().abs().item() < 0.02
