@@ -177,3 +177,21 @@ def test_export_cohen_loads_into_their_sequential_by_key_names(tmp_path, arch):
     export_checkpoint(src, plain, "state_dict")
     fresh = build_model_for(arch, dataset)
     fresh.load_state_dict(torch.load(plain, weights_only=True), strict=True)
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+def _save_weights(path, state):
+    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10, "model": state,
+                           "method": "gaussian", "hparams": {"sigma": 0.25}, "epoch": 1})
+
+
+@pytest.mark.parametrize("damage", ["missing", "unexpected"])
+def test_weights_that_do_not_fit_the_arch_are_refused(tmp_path, damage):  # kills M31
+    state = build_model_for("digits_cnn", "digits").state_dict()
+    if damage == "missing":
+        del state[next(k for k in state if k.endswith("weight"))]
+    else:
+        state["net.extra_layer.weight"] = torch.zeros(3)
+    _save_weights(tmp_path / "c.pt", state)
+    with pytest.raises(UserError, match="do not fit"):
+        load_model(tmp_path / "c.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from robustmaxup.data import (
     load_split, make_loader, train_val_split,
 )
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.seeds import STREAMS, stream_seed
+from robustmaxup.train import TrainConfig
+from robustmaxup.train.state import load_splits
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
@@ -659,3 +663,39 @@ def test_imagenet_folder_split_and_loader(tmp_path):
     tr, va = train_val_split(train, 2, seed=0)
     assert len(tr) == len(va) == 2 and va.augment is False and tr.augment is True
     assert sorted(va.labels.tolist()) == [0, 1]
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+def _rows(split):
+    return Counter(bytes(r) for r in split.images.reshape(len(split), -1).numpy())
+
+
+def test_validation_is_held_out_from_the_training_split(tmp_path):  # kills M3, M4
+    cfg = TrainConfig(dataset="digits", out=str(tmp_path / "r"), val_size=100, max_eval=30)
+    s = load_splits(cfg)
+    full = load_split("digits", "train")
+    assert len(s["val"]) == 100 and len(s["train"]) == len(full) - 100
+    assert _rows(s["train"]) + _rows(s["val"]) == _rows(full)  # val from train, disjoint, covering
+    # drawn from its own named stream, not another stream's seed
+    _, want = train_val_split(full, 100, stream_seed(cfg.seed, "train.val_split"))
+    assert torch.equal(s["val"].images, want.images) and torch.equal(s["val"].labels, want.labels)
+
+
+def test_every_named_stream_has_its_own_seed():  # kills M33
+    for seed in (0, 1):
+        assert len({stream_seed(seed, name) for name in STREAMS}) == len(STREAMS)
+        assert len({stream_seed(seed, name, 3) for name in STREAMS}) == len(STREAMS)
+
+
+def test_augmentation_draws_change_with_the_epoch():  # kills M11
+    split = load_split("digits", "train")
+    same = split.subset([5] * 64)  # 64 copies of one image: order cannot matter, only the draws
+    loader = make_loader(same, 64, "cpu", train=True, seed=0, augment=True)
+    assert loader.augment is not None
+    loader.set_epoch(0)
+    a = next(iter(loader))[0]
+    assert not torch.equal(a, same.batch(range(64))[0])  # augmented at all
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[0], a)
+    loader.set_epoch(0)
+    assert torch.equal(next(iter(loader))[0], a)

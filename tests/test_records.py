@@ -7,6 +7,7 @@ import pytest
 
 from robustmaxup.errors import UserError
 from robustmaxup.runtime import records
+from robustmaxup.train.config import recipe_overrides, recipe_values
 
 
 def test_provenance_reads_git_in_a_checkout():
@@ -50,3 +51,18 @@ def test_check_resume_names_each_changed_setting():
         records.check_resume({"attack_config": was}, {"attack_config": {**was, "steps": 20}},
                              ["attack_config"], what="a.json")
     assert "attack_config.steps (10, now 20)" in str(e.value) and "norm" not in str(e.value)
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+@pytest.mark.parametrize("changed", ["a", "m", "z"])
+def test_check_resume_compares_every_key(changed):  # kills M29
+    saved = {"a": 1, "m": 2, "z": 3}
+    with pytest.raises(UserError, match=rf"{changed} \("):
+        records.check_resume(saved, {**saved, changed: 99}, sorted(saved), what="r")
+
+
+@pytest.mark.parametrize("key", ["lr", "epochs", "weight_decay", "batch"])
+def test_recipe_overrides_lists_every_value_given_over_the_recipe(key):  # kills M35
+    vals = recipe_values("cohen")
+    record = {**vals, "recipe": "cohen", key: vals[key] * 2}
+    assert recipe_overrides(record) == {key: {"recipe": vals[key], "value": vals[key] * 2}}

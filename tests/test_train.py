@@ -14,6 +14,7 @@ import torch
 
 from robustmaxup.cli import main as cli_main
 from robustmaxup.cli.train import build_parser, config_from_args
+from robustmaxup.errors import UserError
 from robustmaxup.train import PerturbationSpec, TrainConfig, loop, setup, train
 from robustmaxup.train.checkpointing import read_metrics
 
@@ -359,3 +360,79 @@ def test_sigterm_ends_a_run_cleanly(tmp_path, point, kept):
     resume = ["train", "--dataset", "digits", "--arch", "digits_cnn", "--epochs", "2", "--batch", "64",
               "--max-train", "256", "--out", str(out), "--quiet", "--resume"]
     assert cli_main(resume) == 0 and len(read_metrics(out)) == 2
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+def _small(out, **kw) -> TrainConfig:
+    return _cfg(out, **{"max_eval": 30, "max_train": 200, **kw})
+
+
+def test_best_pt_is_the_best_validation_epoch_and_last_pt_every_epoch(tmp_path, monkeypatch):
+    # kills M23 (min), M24 (always the latest), M26 (chosen on test), M27 (last.pt only on improvement)
+    scores = {"val": [0.5, 0.9, 0.7], "test": [0.9, 0.1, 0.8]}
+    monkeypatch.setattr(loop, "evaluate", lambda run, name: scores[name][run.state.epoch])
+    train(_small(tmp_path / "run"))
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert best["epoch"] == 2 and best["best"]["epoch"] == 2 and best["best"]["value"] == 0.9
+    assert last["epoch"] == 3 and last["best"] == best["best"]
+
+
+def test_optimizer_uses_the_configured_momentum_and_weight_decay(tmp_path):  # kills M21, M22
+    run = setup(_small(tmp_path / "run", momentum=0.8, weight_decay=3e-4))
+    try:
+        g = run.optimizer.param_groups[0]
+        assert (g["momentum"], g["weight_decay"], g["nesterov"]) == (0.8, 3e-4, False)
+    finally:
+        run.lock.release()
+        run.dist.close()
+
+
+def test_each_epoch_trains_at_its_scheduled_lr(tmp_path):  # kills M15
+    run = setup(_small(tmp_path / "run", lr=0.05, lr_step=2))
+    try:
+        seen = []
+        for epoch in range(3):
+            loop.train_epoch(run, epoch)
+            seen.append(run.optimizer.param_groups[0]["lr"])
+        assert seen == pytest.approx([0.05, 0.05, 0.005])
+    finally:
+        run.lock.release()
+        run.dist.close()
+
+
+@pytest.mark.parametrize("change", [{"weight_decay": 5e-4}, {"lr": 0.1}, {"momentum": 0.5}])
+def test_resume_refuses_a_changed_optimiser_setting(tmp_path, change):  # kills M28, M34
+    train(_small(tmp_path / "run", epochs=1))
+    with pytest.raises(UserError, match="other settings"):
+        train(_small(tmp_path / "run", epochs=2, resume=True, **change))
+
+
+def test_resume_restores_the_global_rng_state(tmp_path, monkeypatch):  # kills M19
+    real = loop.train_epoch
+
+    def drawing(run, epoch, progress=False):
+        torch.rand(7)  # a global-RNG draw during training, as a model with dropout would make
+        return real(run, epoch, progress)
+
+    monkeypatch.setattr(loop, "train_epoch", drawing)
+    train(_small(tmp_path / "run", epochs=1))
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["rng"]["torch"]
+    run = setup(_small(tmp_path / "run", epochs=2, resume=True))
+    try:
+        assert torch.equal(torch.get_rng_state(), saved)
+    finally:
+        run.lock.release()
+        run.dist.close()
+
+
+def test_evaluation_does_not_consume_the_training_noise_stream(tmp_path):  # kills M36
+    run = setup(_small(tmp_path / "run"))
+    try:
+        before = run.state.generator.get_state()
+        first = loop.evaluate(run, "val")
+        assert torch.equal(run.state.generator.get_state(), before)
+        assert loop.evaluate(run, "val") == first  # a fixed eval.val stream: comparable across epochs
+    finally:
+        run.lock.release()
+        run.dist.close()
