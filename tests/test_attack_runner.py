@@ -4,12 +4,16 @@ writes, PGD results do not depend on --batch, and --resume re-checks a finished 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+import robustmaxup.attacks.runner as runner
 from robustmaxup.attacks import AttackConfig, ChunkRecord, evaluate_dataset
+from robustmaxup.attacks.runner import _summary
 from robustmaxup.checkpoints import load_model
 from robustmaxup.cli.attack import main
 from robustmaxup.data import load_split, spread_indices
@@ -175,3 +179,61 @@ def test_chunk_record_round_trip_and_concat():
                                       "rescore_correct", "4\t1\t1\t0\t1\t0.5000", "9\t2\t1\t0\t0\t1.0000"]
     with pytest.raises(ValueError):
         ChunkRecord.from_state({**rec.to_state(), "labels": torch.tensor([1])})
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+T, F = True, False  # flags, for the tables below
+
+
+def _two_attack_record():
+    return ChunkRecord(
+        indices=torch.arange(5), labels=torch.zeros(5, dtype=torch.int64),
+        clean=torch.tensor([T, T, T, T, F]),
+        stages={"apgd-ce": torch.tensor([T, T, T, F, F]), "square": torch.tensor([T, T, F, F, F])},
+        rescored=torch.tensor([[T, F, T, T, T], [T, T, T, T, F]]))
+
+
+def test_summary_robust_accuracy_is_pointwise_worst_case():
+    rec = _two_attack_record()
+    assert rec.robust.tolist() == [T, F, F, F, F]  # last (cumulative) stage & every re-scoring
+    config = AttackConfig(eps=0.1, attack="pgd", steps=1, batch_size=5)
+    s = _summary({"n": 5}, config, [rec], ChunkRecord.concat([rec]), 0.0, None)
+    assert s["robust_accuracy"] == 0.2 and s["robust_correct"] == 1
+    assert s["clean_accuracy"] == 0.8 and s["clean_correct"] == 4
+    assert s["robust_accuracy_after"] == {"apgd-ce": 0.6, "square": 0.4}
+    assert s["attacks"] == ["apgd-ce", "square"]
+    assert s["rescoring"]["repeats"] == 2 and s["rescoring"]["accuracy_min"] == 0.8
+
+
+def test_tsv_rows_carry_pointwise_flags():
+    lines = _two_attack_record().tsv().splitlines()
+    assert lines[0].split("\t") == ["idx", "label", "clean_correct", "robust_correct",
+                                    "robust_after_apgd-ce", "robust_after_square", "rescore_correct"]
+    assert lines[1] == "0\t0\t1\t1\t1\t1\t1.0000"
+    assert lines[2] == "1\t0\t1\t0\t1\t1\t0.5000"
+
+
+def test_resume_runs_each_unfinished_chunk_once_and_no_finished_one(tmp_path, monkeypatch):
+    split = load_split("digits", "test")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(split.info.image_shape), split.info.num_classes))
+    config = AttackConfig(eps=0.1, attack="pgd", steps=2, batch_size=4)
+    out, idx, real, calls, stop = tmp_path / "r.json", list(range(12)), runner._run_chunk, [], [True]
+
+    def recorded(model, split, chunk, *args, **kwargs):
+        calls.append(list(chunk))
+        if len(calls) == 3 and stop[0]:
+            raise KeyboardInterrupt  # the third chunk is interrupted
+        return real(model, split, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_run_chunk", recorded)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_dataset(model, split, idx, config, seed=0, out=out, progress=False)
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    calls.clear()
+    stop[0] = False
+    done = evaluate_dataset(model, split, idx, config, seed=0, out=out, resume=True, progress=False)
+    assert calls == [[8, 9, 10, 11]]
+    assert done.record["n"] == 12 and len(done.examples) == 12
+    fresh = evaluate_dataset(model, split, idx, config, seed=0, progress=False)
+    assert done.examples.tsv() == fresh.examples.tsv()

@@ -9,8 +9,8 @@ import pytest
 
 from robustmaxup.certify import analysis
 from robustmaxup.certify.tsv import (
-    CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, parse_time, read_certify, read_rows,
-    write_rows,
+    CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, merge_rows, parse_time, read_certify,
+    read_rows, write_rows,
 )
 from robustmaxup.cli import main
 from robustmaxup.errors import UserError
@@ -177,3 +177,21 @@ def test_resume_reader_refuses_garbled_rows_and_still_drops_a_torn_last_line(tmp
     pred.write_text(PREDICT.header + "\n0\t1\t1\t1\t0:00:01.000\n\n")
     with pytest.raises(UserError, match="line 3 is a malformed row: .*empty"):
         read_rows(pred, PREDICT)
+
+
+# --- found missing by a mutation audit (2026-11-24) ----------------------------------------
+def test_radius_has_six_decimals_and_round_trips():
+    row = CertifyRow(idx=7, label=3, predict=3, radius=0.1234567, correct=1, time=1.25)
+    assert row.to_line() == "7\t3\t3\t0.123457\t1\t0:00:01.250"
+    back = CERTIFY.parse(row.to_line())
+    assert abs(back.radius - 0.1234567) < 1e-6
+
+
+def test_merge_rows_later_file_wins_on_the_same_idx(tmp_path):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    write_rows(a, CERTIFY, [CertifyRow(0, 1, 1, 0.5, 1), CertifyRow(1, 2, -1, 0.0, 0)])
+    write_rows(b, CERTIFY, [CertifyRow(1, 2, 2, 0.25, 1)])
+    rows = merge_rows([a, b, tmp_path / "absent.tsv"], CERTIFY)
+    assert sorted(rows) == [0, 1]
+    assert rows[1].predict == 2 and rows[1].radius == 0.25
+    assert read_rows(a, CERTIFY).rows[1].predict == -1
