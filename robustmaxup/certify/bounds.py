@@ -158,16 +158,14 @@ def min_samples_to_predict(alpha: float) -> int:
     return n
 
 
-def can_ever_certify(n: int, alpha: float, *, warn: bool = True, name: str = "n") -> bool:
-    """Whether ``n`` samples can ever certify at level ``alpha``; logs a warning if not (the
-    count is called ``name`` there: ``n``, or ``n_max`` for sequential certification)."""
+def can_ever_certify(n: int, alpha: float, *, warn: bool = True) -> bool:
+    """Whether ``n`` samples can ever certify at level ``alpha``; logs a warning if not."""
     need = min_samples_to_certify(alpha)
     if n < need:
         if warn:
             log.warning(
-                "%s=%d samples can never certify at alpha=%g: even unanimous votes give a lower "
-                "bound of %.4f <= 0.5; use %s >= %d (typically 100000)", name, n, alpha,
-                alpha ** (1.0 / n), name, need,
+                "n=%d samples can never certify at alpha=%g: even unanimous votes give a lower "
+                "bound of %.4f <= 0.5; use n >= %d (typically 100000)", n, alpha, alpha ** (1.0 / n), need,
             )
         return False
     return True

@@ -155,6 +155,7 @@ class Smooth:
         self._prepared_for: torch.device | None = None
         self._compile_logged = False
         self._warned: set[tuple] = set()
+        self._sequence_ok: dict[tuple, bool] = {}  # (n_max, alpha, sequence) -> can ever certify
         self._buf: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ public API
@@ -401,11 +402,10 @@ class Smooth:
         self._run_looks(xs, looks, batch_size, generators, step)
         return [int(c) for c in out]
 
-    def warn_if_too_few(self, n: int, alpha: float, *, name: str = "n") -> bool:
-        """Log (once per ``(n, alpha)``) if ``n`` samples can never certify; return whether ok
-        (``name``: what the count is called in the warning, e.g. ``n_max``)."""
+    def warn_if_too_few(self, n: int, alpha: float) -> bool:
+        """Log (once per ``(n, alpha)``) if ``n`` samples can never certify; return whether ok."""
         key = (int(n), float(alpha))
-        ok = bounds.can_ever_certify(n, alpha, warn=key not in self._warned, name=name)
+        ok = bounds.can_ever_certify(n, alpha, warn=key not in self._warned)
         self._warned.add(key)
         return ok
 
@@ -496,14 +496,15 @@ class Smooth:
 
     def _warn_if_sequence_too_short(self, seq: bounds.ConfidenceSequence, looks: Sequence[int],
                                     alpha: float) -> bool:
-        best = float(seq.lower(np.asarray([looks], dtype=np.int64), np.asarray(looks), alpha, tuple(looks))[0])
         key = (int(looks[-1]), float(alpha), seq.name)
-        if best <= 0.5 and key not in self._warned:
-            log.warning("n_max=%d samples can never certify with the %s confidence sequence at alpha=%g: "
-                        "even unanimous votes give a lower bound of %.4f <= 0.5; raise n_max",
-                        looks[-1], seq.name, alpha, best)
-        self._warned.add(key)
-        return best > 0.5
+        if key not in self._sequence_ok:  # computed (and warned about) once, not every batch
+            best = float(seq.lower(np.asarray([looks], dtype=np.int64), np.asarray(looks), alpha, tuple(looks))[0])
+            if best <= 0.5:
+                log.warning("n_max=%d samples can never certify with the %s confidence sequence at "
+                            "alpha=%g: even unanimous votes give a lower bound of %.4f <= 0.5; raise n_max",
+                            looks[-1], seq.name, alpha, best)
+            self._sequence_ok[key] = best > 0.5
+        return self._sequence_ok[key]
 
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
                     batch_size: int, n0: int | None = None) -> None:
