@@ -47,14 +47,6 @@ class Votes(nn.Module):
         self.classes, self.num_classes = torch.tensor(classes), num_classes
 
     def forward(self, x):
-        rows = self.classes[torch.arange(x.shape[0]) % len(self.classes)]
+        classes = self.classes.to(x.device)
+        rows = classes[torch.arange(x.shape[0], device=x.device) % len(classes)]
         return nn.functional.one_hot(rows, self.num_classes).to(x.dtype)
-
-
-class Boundary(nn.Module):
-    """Two classes, class 1 iff the first pixel is > 0: the smoothed probability of class 1 is
-    exactly Phi(x_0 / sigma)."""
-
-    def forward(self, x):
-        z = x.flatten(1)[:, 0]
-        return torch.stack([torch.zeros_like(z), z], 1)

@@ -19,7 +19,7 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.errors import UserError
-from classifiers import Boundary, Constant, LinearK, Votes, gen  # noqa: E402
+from classifiers import Constant, LinearK, Votes, gen  # noqa: E402
 
 SEQ = bounds.confidence_sequence()
 
@@ -505,7 +505,7 @@ def test_sequential_p_lower_is_the_running_max_over_looks():
     """Run to n_max (radius_tol ~ 0): the reported p_lower is the maximum of the bound over
     every look, recomputed here from the same draws (an anytime-valid sequence may keep its
     best bound). At least one trial's maximum is not at the last look."""
-    smooth, n_max, alpha = Smooth(Boundary(), 2, 0.25), 3000, 0.001
+    smooth, n_max, alpha = Smooth(Linear2(), 2, 0.25), 3000, 0.001
     x = torch.tensor([[[0.25 * norm.ppf(0.8), 0.0]]], dtype=torch.float64)
     seq = bounds.confidence_sequence("mixture")
     looks, earlier_max = seq.schedule(n_max, 100), False

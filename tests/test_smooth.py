@@ -11,19 +11,7 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.certify.smooth import top_class, top_two
-from classifiers import Boundary, Constant, LinearK, Votes, gen  # noqa: E402
-
-
-class ByRow(nn.Module):
-    """Class 1 for rows whose index mod ``period`` is below ``ones``, else class 0 (exact splits)."""
-
-    def __init__(self, period: int, ones: int) -> None:
-        super().__init__()
-        self.period, self.ones = period, ones
-
-    def forward(self, x):
-        cls = (torch.arange(x.shape[0], device=x.device) % self.period < self.ones).long()
-        return nn.functional.one_hot(cls, 2).to(x.dtype)
+from classifiers import Constant, LinearK, Votes, gen  # noqa: E402
 
 
 class Linear2(nn.Module):
@@ -64,7 +52,7 @@ def test_too_few_samples_abstain_and_warn(caplog):
 
 def test_ties_abstain():
     # exactly half the votes for each class, in every chunk: a tie in n0 and in n
-    smooth = Smooth(ByRow(2, 1), 2, 0.25)
+    smooth = Smooth(Votes([1, 0], 2), 2, 0.25)
     cert = smooth.certify(torch.rand(1, 2, 2), n0=100, n=1000, alpha=0.001, batch_size=1000, generator=gen(0))
     assert cert.counts == (500, 500)
     assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.p_lower < 0.5
@@ -79,14 +67,14 @@ def test_n0_tie_break_is_lowest_class_and_deterministic():
 
 def test_predict_abstains_when_binomial_test_fails():
     x = torch.rand(1, 2, 2)
-    smooth = Smooth(ByRow(5, 3), 2, 0.25)  # exactly 60 % votes for class 1
+    smooth = Smooth(Votes([1, 1, 1, 0, 0], 2), 2, 0.25)  # exactly 60 % votes for class 1
     # 12 vs 8: two-sided p = 0.503 > alpha
     assert smooth.predict(x, n=20, alpha=0.05, batch_size=100) == ABSTAIN
     assert bounds.binomial_test_pvalue(12, 8) > 0.05
     # 600 vs 400: p ~ 3e-10
     assert smooth.predict(x, n=1000, alpha=0.001, batch_size=100) == 1
     # certify agrees: 0.6 lower-bounded above 1/2 -> class 1, radius sigma * Phi^-1(p_lower)
-    cert = Smooth(ByRow(5, 3), 2, 0.25).certify(x, 100, 1000, 0.001, 100)
+    cert = Smooth(Votes([1, 1, 1, 0, 0], 2), 2, 0.25).certify(x, 100, 1000, 0.001, 100)
     assert cert.prediction == 1 and cert.counts == (400, 600)
     assert cert.radius == pytest.approx(0.25 * norm.ppf(bounds.clopper_pearson_lower(600, 1000, 0.001)))
 
@@ -237,7 +225,8 @@ def test_certify_selects_on_the_n0_draws_then_counts_the_next_n():
     """c_A comes from the n0 selection draws, p_lower from the *next* n draws of the same
     generator (Cohen et al.'s two samples). At P = 1/2 the two often disagree: choosing c_A
     from the estimation counts, or reusing the selection noise, changes the certificate."""
-    smooth, x, differ = Smooth(Boundary(), 2, 0.25), torch.zeros(1, 1, 2, dtype=torch.float64), 0
+    e0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    smooth, x, differ = Smooth(Linear2(e0, 0.0), 2, 0.25), torch.zeros(1, 1, 2, dtype=torch.float64), 0
     for seed in range(20):
         g = gen(seed)
         selection = smooth.sample_counts(x[None], 1, 100, [g])[0]
