@@ -254,22 +254,28 @@ def test_a_default_output_that_is_an_input_is_refused_even_with_resume(ckpt, tmp
 
 @pytest.mark.parametrize("n_max", [5, 10])
 def test_a_hopeless_sequential_run_warns_once_before_it_starts(n_max, caplog, monkeypatch):
-    """Also through the Python API (not only the CLI). n_max = 5 is below Clopper-Pearson's minimum (10 at alpha = 0.001); n_max = 10 passes that
-    but not the sequence's own check (alpha spent on early looks): one warning each, naming the
-    sequence, given before the first image is sampled."""
+    """Also through the Python API (not only the CLI). n_max = 5 is below Clopper-Pearson's
+    minimum (10 at alpha = 0.001); n_max = 10 passes that but not the sequence's own check
+    (alpha spent on early looks): one warning each, naming the sequence, given before the first
+    image is sampled."""
     from robustmaxup.certify.runner import SequentialSettings
     from classifiers import Constant
 
     smooth = Smooth(Constant(1), 10, 0.25)
-    sampled = []
+    said_before_sampling = []
     real = Smooth.sample_counts
-    monkeypatch.setattr(Smooth, "sample_counts", lambda self, *a: (sampled.append(caplog.text), real(self, *a))[1])
+
+    def sample_counts(self, *args):
+        said_before_sampling.append(caplog.text)
+        return real(self, *args)
+
+    monkeypatch.setattr(Smooth, "sample_counts", sample_counts)
     split = load_split("digits", "test")
     with caplog.at_level("WARNING"):
         rows = certify_dataset(smooth, split, [0, 1, 2], n0=10, alpha=0.001, batch_size=100,
                                sequential=SequentialSettings(n_max=n_max, radii=(0.1,)), progress=False)
     assert caplog.text.count("never certify") == 1 and "mixture_cp" in caplog.text
-    assert "never certify" in sampled[0]
+    assert "never certify" in said_before_sampling[0]
     assert all(r.predict == -1 for r in rows)
 
 

@@ -31,7 +31,7 @@ def _commands(text: str) -> list[str]:
     for line in joined.splitlines():
         line = line.split("  #")[0].strip()
         m = re.search(r"(?:^|-m )robustmaxup (?:-- )?(\w+.*)$", line)
-        if m and not line.startswith(("pip", "python -c")):
+        if m:
             found.append(m.group(1))
     return found
 
