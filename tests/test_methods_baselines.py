@@ -747,11 +747,8 @@ def test_awp_steps_at_the_perturbed_weights_then_removes_the_perturbation(batch)
 
 # --- found missing by a mutation audit (2026-11-24): every weight of each loss applied -------
 def _double_digits(name, **kw):
-    torch.manual_seed(0)
-    model = build_model_for("digits_cnn", "digits").double().eval()
-    method = build_method(name, **kw)
-    method.setup(num_classes=10)
-    g = torch.Generator().manual_seed(0)
+    """A float64 digits model in eval mode, the set-up method, and a random batch of 12."""
+    model, method, g = _model().double().eval(), _method(name, **kw), _gen(0)
     x = torch.rand(12, 1, 8, 8, generator=g, dtype=torch.float64)
     return model, method, x, torch.randint(0, 10, (12,), generator=g)
 
@@ -796,11 +793,8 @@ def test_smoothmix_mixup_term_is_scaled_by_the_warmup():
 
 def test_amp_step_inside_the_ball_is_not_rescaled(digits_batch):
     x, y = digits_batch
-    torch.manual_seed(0)
-    model = build_model_for("digits_cnn", "digits").train()
-    method = build_method("gaussian")
-    method.setup(num_classes=10)
-    prepared = method.prepare(model, x, y, generator=torch.Generator().manual_seed(0))
+    model, method = _model().train(), _method("gaussian")
+    prepared = method.prepare(model, x, y, generator=_gen(0))
     loss_fn = lambda: method.loss(model, prepared).loss  # noqa: E731
     before = [p.detach().clone() for p in model.parameters()]
     grads = torch.autograd.grad(loss_fn(), list(model.parameters()))
