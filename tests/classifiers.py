@@ -50,3 +50,19 @@ class Votes(nn.Module):
         classes = self.classes.to(x.device)
         rows = classes[torch.arange(x.shape[0], device=x.device) % len(classes)]
         return nn.functional.one_hot(rows, self.num_classes).to(x.dtype)
+
+
+class Scripted(nn.Module):
+    """The ``s``-th noisy copy it is ever shown votes ``script[s]``, whatever the noise: a vote
+    path chosen exactly, look by look. ``seen`` counts the copies shown so far."""
+
+    def __init__(self, script: list[int], num_classes: int = 2) -> None:
+        super().__init__()
+        self.script, self.num_classes, self.seen = torch.tensor(script), num_classes, 0
+
+    def forward(self, x):
+        rows = self.script[self.seen:self.seen + x.shape[0]].to(x.device)
+        if len(rows) < x.shape[0]:
+            raise AssertionError(f"the script has {len(self.script)} votes; copy {self.seen + x.shape[0]} asked")
+        self.seen += x.shape[0]
+        return nn.functional.one_hot(rows, self.num_classes).to(x.dtype)

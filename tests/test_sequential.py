@@ -19,7 +19,7 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.errors import UserError
-from classifiers import Constant, LinearK, Votes, gen  # noqa: E402
+from classifiers import Constant, LinearK, Scripted, Votes, gen  # noqa: E402
 
 SEQ = bounds.confidence_sequence()
 
@@ -534,3 +534,54 @@ def test_projected_futility_keeps_a_reachable_radius():
     smooth = Smooth(Votes([1] * 99 + [0], 2), 2, sigma)
     cert = smooth.certify_sequential(torch.rand(1, 2, 2), 100, n_max, alpha, 1000, [r], gen(0))
     assert cert.prediction == 1 and cert.radius >= r and cert.n_used == n_max
+
+
+def _stopping_reference(ks: np.ndarray, looks, alpha: float, sigma: float, radii, running_min: bool):
+    """(samples drawn, p_lower) of sequential CERTIFY with projected futility, recomputed look by
+    look from the bounds for the c_A counts ``ks`` at ``looks``; ``running_min=False`` uses each
+    look's own upper bound instead of the smallest so far."""
+    thr, lower, upper = bounds.radius_thresholds(radii, sigma), 0.0, 1.0
+    for j, t in enumerate(looks):
+        path, ts = ks[None, :j + 1], np.asarray(looks[:j + 1])
+        lower = max(lower, float(SEQ.lower(path, ts, alpha, looks)[0]))
+        now = float(SEQ.upper(path, ts, alpha, looks)[0])
+        upper = min(upper, now) if running_min else now
+        best = SEQ.best_lower(path, looks, alpha, np.array([upper]))
+        if t == looks[-1] or bounds.sequential_done(np.array([lower]), np.array([upper]), best,
+                                                    sigma, thr)[0]:
+            return t, lower
+
+
+def test_sequential_upper_bound_is_the_running_min_over_looks():
+    """A scripted vote path: 100 selection votes for c_A = 1, then 60 % for c_A over 200
+    samples, then unanimous. The upper bound at 200 samples refutes r = 0.25; at 400 the lower
+    bound certifies r = 0.1, so every target is decided and sampling stops, although that look's
+    own upper bound (the path has turned) no longer refutes 0.25. Using each look's own upper
+    bound would sample on to 800 and certify 0.25 there: a different, also valid, certificate."""
+    sigma, alpha, n0, n_max, radii = 0.25, 0.001, 100, 20_000, [0.1, 0.25]
+    i = np.arange(n_max)
+    path = np.where(i < 200, np.floor((i + 1) * 0.6) > np.floor(i * 0.6), True).astype(np.int64)
+    looks = SEQ.schedule(n_max, 100)
+    ks = np.cumsum(path)[np.asarray(looks) - 1]
+    t, lower = _stopping_reference(ks, looks, alpha, sigma, radii, running_min=True)
+    assert (t, lower) != _stopping_reference(ks, looks, alpha, sigma, radii, running_min=False)
+    assert t < 800 and lower < norm.cdf(0.25 / sigma)   # the case this test is about
+    model = Scripted([1] * n0 + path.tolist())
+    cert = Smooth(model, 2, sigma).certify_sequential(torch.rand(1, 2, 2), n0, n_max, alpha, 1000,
+                                                      radii, gen(0))
+    assert (cert.prediction, cert.n_used, cert.p_lower) == (1, t, lower)
+    assert model.seen == n0 + t
+
+
+def test_predict_sequential_stops_once_no_remaining_votes_can_decide():
+    """An exact tie (votes alternate 0, 1): PREDICT abstains, and stops sampling at the first
+    look where even ``n_max - t`` further votes for the leader could not reach (C - 1)/alpha,
+    recomputed here. With looks 1.2x apart that saves only the last look (4,800 of 5,000)."""
+    n_max, alpha = 5000, 0.001
+    a, b = bounds.MIXTURE_PRIOR
+    stop = next(t for t in bounds.look_schedule(n_max, 100)
+                if bounds.one_sided_mixture_log_evidence(t // 2 + n_max - t, n_max, 0.5, a, b) < np.log(1 / alpha))
+    assert stop < n_max
+    model = Scripted([0, 1] * (n_max // 2))
+    assert Smooth(model, 2, 0.25).predict_sequential(torch.rand(1, 2, 2), n_max, alpha, 1000, gen(0)) == ABSTAIN
+    assert model.seen == stop
