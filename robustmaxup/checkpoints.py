@@ -4,6 +4,7 @@ A robustmaxup checkpoint is a plain dict (no pickled code) with::
 
     format        "robustmaxup/1"
     arch, dataset, num_classes, in_channels, mean, std      -> enough to rebuild the model
+    classes                                                  -> class names in output order
     method, hparams (sigma, m, ...), epoch, selection        -> how it was trained and chosen
     model, optimizer, scheduler, scaler, rng                 -> state for --resume
     config, metrics, version, git_sha, created               -> provenance
@@ -18,6 +19,11 @@ files (keys under a normalise layer ``1.`` and ``module.``) load into our models
 files do not record their dataset: it defaults to the ``DATASETS`` entry whose ``foreign_archs``
 names the architecture (ImageNet for ``resnet50``, CIFAR-10 for the CIFAR networks), and the
 caller's ``dataset`` overrides it.
+
+Class indices are mapped by name (:func:`map_classes`): output ``j`` of a loaded model scores
+the evaluation data's class ``j``. The model's output order is the caller's declared one (the
+CLI's ``--class-order``), else the checkpoint's recorded ``classes``; files that record none
+(Cohen's, ours before they recorded it) are assumed to use the data's order, and say so.
 
 This room sits above both ``models`` and ``data``, so it is also where a dataset name becomes a
 model: :func:`build_model_for`.
@@ -202,6 +208,10 @@ def check_schema(ckpt: dict[str, Any], path: str | os.PathLike = "<dict>") -> di
                                          "or one for all")
         if key == "std" and not all(v > 0 for v in value):
             raise _bad(path, key, value, "positive numbers")
+    names = ckpt.get("classes")
+    if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names)
+                                  and len(set(names)) == len(names) == classes):
+        raise _bad(path, "classes", names, f"{classes} distinct class names")
     if ckpt.get("method") is not None and not isinstance(ckpt["method"], str):
         raise _bad(path, "method", ckpt["method"], "a method name")
     hparams = ckpt.get("hparams")
@@ -309,6 +319,65 @@ def load_model(
     if dataset is not None:
         meta["dataset"] = dataset
     return model, meta
+
+
+def class_order(model_classes: Sequence[str], data_classes: Sequence[str], *,
+                what: str = "the checkpoint's classes") -> list[int] | None:
+    """``order[j]``: the model output that scores data class ``j``, matching class names;
+    ``None`` when the two orders agree. Names the model lacks (or a different count) are a
+    UserError naming the first difference.
+
+    Example::
+
+        >>> class_order(["cat", "dog"], ["dog", "cat"])
+        [1, 0]
+    """
+    model_classes, data_classes = [str(c) for c in model_classes], [str(c) for c in data_classes]
+    if len(set(model_classes)) != len(model_classes):
+        dup = next(c for c in model_classes if model_classes.count(c) > 1)
+        raise UserError(f"{what} name class {dup!r} twice")
+    if model_classes == data_classes:
+        return None
+    if sorted(model_classes) != sorted(data_classes):
+        missing = [c for c in data_classes if c not in model_classes]
+        detail = (f"the data's class {missing[0]!r} is not among them" if missing else
+                  f"they are {len(model_classes)}, the data has {len(data_classes)}")
+        raise UserError(f"{what} ({_names(model_classes)}) are not the data's ({_names(data_classes)}): "
+                        f"{detail}; pass --class-order with the model's output classes in order")
+    return [model_classes.index(c) for c in data_classes]
+
+
+def _names(names: Sequence[str], most: int = 4) -> str:
+    shown_ = ", ".join(names[:most])
+    return shown_ + (f", ... {len(names)} in all" if len(names) > most else "")
+
+
+def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequence[str],
+                declared: Sequence[str] | None = None) -> dict[str, Any]:
+    """Reorder ``model``'s outputs (in place) so that output ``j`` scores ``data_classes[j]``.
+
+    The model's own output order is ``declared`` if given, else the checkpoint's recorded
+    ``meta["classes"]``; with neither (Cohen-format files, older checkpoints) it is assumed to
+    be the data's, and logged as assumed. Returns the record of what was done:
+    ``{"class_source": "declared" | "checkpoint" | "assumed", "class_order": order or None}``
+    (``order[j]``: the model output used for data class ``j``; ``None``: no reordering).
+    """
+    if declared is not None:
+        source, names = "declared", list(declared)
+    elif meta.get("classes") is not None:
+        source, names = "checkpoint", list(meta["classes"])
+    else:
+        log.info("the checkpoint records no class names: assuming its outputs follow the data's "
+                 "class order (%s); --class-order declares them", _names(list(data_classes)))
+        model.set_output_order(None)
+        return {"class_source": "assumed", "class_order": None}
+    what = "--class-order's classes" if source == "declared" else "the checkpoint's classes"
+    order = class_order(names, data_classes, what=what)
+    model.set_output_order(order)
+    if order is not None:
+        log.info("%s are in another order than the data's: outputs reordered by name (data class j "
+                 "<- model output %s[j])", what, order)
+    return {"class_source": source, "class_order": order}
 
 
 def resolve_sigma(given: float | None, meta: dict[str, Any], *, verb: str,

@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 ETA_AFTER_IMAGES = 5
 #: result-defining settings: a resume refuses to continue a file made with other values
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "mode", "n0", "n", "alpha",
-               "seed", "noise_chunk", "precision", "fold_bn", "indices", "sequential")
+               "seed", "noise_chunk", "precision", "fold_bn", "indices", "sequential", "class_order")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -402,6 +402,12 @@ def _device_of(smooth: Smooth) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _class_order(smooth: Smooth) -> list[int] | None:
+    """The base classifier's output reordering (``NormalizedModel.output_order``), if any."""
+    order = getattr(smooth.base_classifier, "output_order", None)
+    return None if order is None else [int(i) for i in order.tolist()]
+
+
 def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int], s: Settings,
                      dist: Dist, device: torch.device) -> dict[str, Any]:
     mode = mode_of(command, s)
@@ -416,7 +422,7 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
         "sequential": dataclasses.asdict(s.sequential) if s.sequential else None,
         "confidence_sequence": s.sequential.sequence if s.sequential else None,
         "noise_chunk": smooth.noise_chunk, "precision": smooth.precision, "fold_bn": smooth.fold_bn,
-        "autocast": str(smooth.autocast_dtype(device)),
+        "autocast": str(smooth.autocast_dtype(device)), "class_order": _class_order(smooth),
         "noise_seed_rule": "runtime.seeds.stream_generator(seed, 'certify.noise', idx, device)",
         "world_size": dist.world,
         "columns": list(mode.fmt.columns),
@@ -502,6 +508,7 @@ class SmoothingJob:
     seed: int = 0
     quiet: bool = False
     sequential: SequentialSettings | None = None
+    class_order: tuple[str, ...] | None = None
 
     def settings(self) -> Settings:
         return Settings(n=self.n, alpha=self.alpha, batch_size=self.batch_size, seed=self.seed,
@@ -570,7 +577,7 @@ def _check_out(job: SmoothingJob, out: Path, s: Settings, dist: Dist) -> None:
 def run_job(job: SmoothingJob) -> list[Row]:
     """Validate ``job``, load model and data, check them, then certify or predict (see module
     docstring); no output file is touched before every check has passed."""
-    from robustmaxup.checkpoints import load_model, resolve_sigma
+    from robustmaxup.checkpoints import load_model, map_classes, resolve_sigma
     from robustmaxup.data import get_info, load_split, select_indices, spread_indices
     from robustmaxup.models.probe import clean_accuracy, log_clean_accuracy
 
@@ -595,6 +602,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
         raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
                         "check --skip/--max")
     s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
+    classes = map_classes(model, meta, split.classes, job.class_order)
     smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile,
                     fold_bn=job.fold_bn)
     _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
@@ -605,7 +613,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
         log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier")
     record = {
         "config": dataclasses.asdict(job), **checkpoint_record(job.checkpoint, meta),
-        "skip": job.skip, "max": job.max_images, "sigma_source": source,
+        "skip": job.skip, "max": job.max_images, "sigma_source": source, **classes,
         "index_rule": "data.select_indices: every skip-th index, then max of them spread evenly",
         "clean_accuracy": {"images": n_check, "accuracy": acc},
     }

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from robustmaxup.certify.runner import SequentialSettings, SmoothingJob, run_job
 from robustmaxup.certify.smooth import FUTILITY_RULES, PRECISIONS
-from robustmaxup.cli.common import add_data_args, add_runtime_args, run
+from robustmaxup.cli.common import add_class_order_arg, add_data_args, add_runtime_args, run
 from robustmaxup.data import DATASETS
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.text import safe_text
@@ -48,12 +48,12 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
                    help="continue an interrupted output file from its last complete row")
     p.add_argument("--images-per-batch", type=int, default=1,
                    help="images whose noise shares one forward pass (same results for any value)")
-    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS], help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold each Conv-BatchNorm pair into one convolution (faster; same function "
                         "up to rounding)")
+    add_class_order_arg(p)
     add_runtime_args(p)
 
 
@@ -115,7 +115,7 @@ def job_from_args(command: str, args: argparse.Namespace) -> SmoothingJob:
         n0=getattr(args, "n0", None), n=N_DEFAULT if args.n is None else args.n, alpha=args.alpha, batch_size=args.batch,
         skip=args.skip, max_images=args.max, out=args.out, resume=args.resume,
         images_per_batch=args.images_per_batch, precision=args.precision, compile=args.compile,
-        fold_bn=args.fold_bn,
+        fold_bn=args.fold_bn, class_order=args.class_order,
         device=args.device, seed=args.seed, quiet=args.quiet, sequential=sequential,
     )
 

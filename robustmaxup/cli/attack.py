@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from robustmaxup.cli.common import add_data_args, add_runtime_args, make_parser, run
+from robustmaxup.cli.common import add_class_order_arg, add_data_args, add_runtime_args, make_parser, run
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import check_int, parse_fraction
 from robustmaxup.runtime.io import check_not_inputs, file_label
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last finished chunk (a finished run "
                         "is only re-checked: its settings must match)")
+    add_class_order_arg(p)
     add_runtime_args(p)
     return p
 
@@ -101,7 +102,7 @@ def default_out(args: argparse.Namespace, eps: float) -> Path:
 def _body(args: argparse.Namespace) -> None:
     from robustmaxup.attacks.evaluation import check_config
     from robustmaxup.attacks.runner import AttackPaths, evaluate_dataset
-    from robustmaxup.checkpoints import load_model, resolve_sigma
+    from robustmaxup.checkpoints import load_model, map_classes, resolve_sigma
     from robustmaxup.data import get_info, load_split, spread_indices
     from robustmaxup.runtime.dist import resolve_device
     from robustmaxup.runtime.records import checkpoint_record
@@ -124,10 +125,11 @@ def _body(args: argparse.Namespace) -> None:
                           missing_hint="pass --sigma with --smoothed")[0] if args.smoothed else None
     config = attack_config(args, eps, sigma)
     split = load_split(args.dataset, args.split, root=args.data_root, cache_dir=args.cache_dir)
+    classes = map_classes(model, meta, split.classes, args.class_order)
     if args.n_examples > len(split):
         log.info("the %s split has only %d examples; evaluating all of them", args.split, len(split))
     indices = spread_indices(len(split), args.n_examples).tolist()  # splits may be sorted by class
-    extra = {**checkpoint_record(args.checkpoint, meta), "index_rule": INDEX_RULE,
+    extra = {**checkpoint_record(args.checkpoint, meta), **classes, "index_rule": INDEX_RULE,
              "config": {**vars(args), "eps_value": eps}}
     evaluate_dataset(model, split, indices, config, seed=args.seed, out=out, resume=args.resume,
                      save_adv=args.save_adv, progress=not args.quiet, extra_record=extra, device=device)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Mapping, NoReturn, Sequence
 
 from robustmaxup.errors import UserError
@@ -121,6 +123,25 @@ def add_data_args(p: argparse.ArgumentParser, *, split: str = "test") -> None:
                    help="local dataset location (folder or .tar.gz); not needed for digits")
     p.add_argument("--cache-dir", default=None, help="where decoded archives are cached")
     p.add_argument("--split", default=split, choices=["train", "test"], help="which split")
+
+
+def class_names(value: str) -> tuple[str, ...]:
+    """``--class-order``: a file with one class name per line, or names separated by commas."""
+    try:
+        text = Path(value).read_text(encoding="utf-8") if os.path.isfile(value) else value.replace(",", "\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read {value!r}: {e}") from None
+    names = tuple(n.strip() for n in text.splitlines() if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"no class names in {value!r}")
+    return names
+
+
+def add_class_order_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class-order", type=class_names, default=None, metavar="NAMES|FILE",
+                   help="the model's output classes in order (comma-separated names, or a file with one "
+                        "per line), matched by name to the data's classes (default: the checkpoint's "
+                        "recorded classes; files without them are assumed to be in the data's order)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:

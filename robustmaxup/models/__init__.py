@@ -65,15 +65,32 @@ class Normalize(nn.Module):
 
 
 class NormalizedModel(nn.Module):
-    """``net(normalize(x))`` for pixel inputs ``x`` in [0, 1], shape ``[B, C, H, W]``."""
+    """``net(normalize(x))`` for pixel inputs ``x`` in [0, 1], shape ``[B, C, H, W]``.
+
+    ``output_order`` (a buffer, ``None`` unless set by :meth:`set_output_order`) reorders the
+    logits: output ``j`` is ``net``'s output ``output_order[j]``.
+    """
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.net = net
+        self.register_buffer("output_order", None)
+
+    def set_output_order(self, order: Sequence[int] | None) -> None:
+        """Make output ``j`` score ``net``'s output ``order[j]`` (a permutation; ``None`` or the
+        identity: no reordering). Once set, the order is part of the state dict."""
+        if order is not None and sorted(order) != list(range(len(order))):
+            raise ValueError(f"output order must be a permutation of 0..{len(order) - 1}, got {list(order)}")
+        if order is None or list(order) == list(range(len(order))):
+            self.output_order = None
+            return
+        device = self.normalize.mean.device
+        self.output_order = torch.tensor(list(order), dtype=torch.long, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(x))
+        out = self.net(self.normalize(x))
+        return out if self.output_order is None else out.index_select(1, self.output_order)
 
 
 def build_model(
