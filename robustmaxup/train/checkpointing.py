@@ -125,7 +125,7 @@ def _checkpoint(run: Run, metrics: Mapping[str, Any]) -> dict[str, Any]:
     spec = cfg.perturbation
     return {
         "arch": cfg.arch, "dataset": cfg.dataset, "num_classes": info.num_classes,
-        "classes": list(run.splits["train"].classes),
+        "classes": [str(c) for c in run.splits["train"].classes],
         "in_channels": info.image_shape[0], "mean": list(info.mean), "std": list(info.std),
         "method": cfg.method, "hparams": run.method.hparams(),
         "perturbation": spec.name if spec else None, "perturbation_args": dict(spec.args) if spec else {},
