@@ -348,11 +348,21 @@ def _images(dataset: str, count: int, device: torch.device, root: str | None = N
     return xs, np.array([int(y) for _, y in pairs])
 
 
+_DIGITS_MODEL: dict[str, nn.Module] = {}
+
+
+def _digits_model(args: argparse.Namespace) -> nn.Module:
+    """The digits model of the run (``--checkpoint``, or trained here once for both sections)."""
+    if "model" not in _DIGITS_MODEL:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = args.checkpoint if args.checkpoint and args.dataset == "digits" else _train_digits(args, tmp + "/run")
+            _DIGITS_MODEL["model"] = _load(ckpt, "digits", torch.device("cpu"))
+    return _DIGITS_MODEL["model"]
+
+
 def digits_section(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.checkpoint if args.checkpoint and args.dataset == "digits" else _train_digits(args, tmp + "/run")
-        model = _load(ckpt, "digits", device)
+    model = _digits_model(args)
     xs, labels = _images("digits", args.digits, device)
     smooth = Smooth(model, 10, args.sigma)
     smooth.certify_batch(xs[:1], 10, 200, args.alpha, args.batch, [torch.Generator().manual_seed(0)])  # warm-up
@@ -361,6 +371,40 @@ def digits_section(args: argparse.Namespace) -> dict[str, Any]:
     _print(f"digits_cnn ({len(xs)})", out["fixed"], out["sequential"], out["compare"])
     for key in [k for k in out if k.startswith("sequential:")]:
         _print(f"  ({key})", out["fixed"], out[key], out[f"compare:{key}"])
+    return out
+
+
+def predict_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Fixed-n PREDICT (n = --n) against sequential PREDICT (n_max = --n) on the digits images,
+    the same per-image seeds (the sequential votes are a prefix of the fixed-n ones)."""
+    xs, labels = _images("digits", args.digits, torch.device("cpu"))
+    smooth = Smooth(_digits_model(args), 10, args.sigma)
+    gens = lambda: [torch.Generator().manual_seed(args.seed * 5_000_011 + i) for i in range(len(xs))]  # noqa: E731
+    k = args.images_per_batch
+    t0 = time.perf_counter()
+    fixed = [p for s in range(0, len(xs), k) for p in
+             smooth.predict_batch(xs[s:s + k], args.n, args.alpha, args.batch, gens()[s:s + k])]
+    t_fixed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seq = [p for s in range(0, len(xs), k) for p in
+           smooth.predict_sequential_details(xs[s:s + k], args.n, args.alpha, args.batch, gens()[s:s + k])]
+    t_seq = time.perf_counter() - t0
+    used = np.array([p.n_used for p in seq])
+    pred = np.array([p.prediction for p in seq])
+    out = {
+        "images": len(xs), "n": args.n, "alpha": args.alpha,
+        "fixed": {"mean_samples": float(args.n), "abstain": int(np.sum(np.array(fixed) == -1)),
+                  "accuracy": float(np.mean(np.array(fixed) == labels)), "wall_s": t_fixed},
+        "sequential": {"mean_samples": float(used.mean()), "median_samples": float(np.median(used)),
+                       "p90_samples": float(np.percentile(used, 90)), "abstain": int(np.sum(pred == -1)),
+                       "accuracy": float(np.mean(pred == labels)), "wall_s": t_seq},
+        "same_prediction": int(np.sum(pred == np.array(fixed))),
+        "sample_ratio": float(args.n / used.mean()), "wall_ratio": t_fixed / t_seq,
+    }
+    log.info("predict, digits (%d images): fixed n=%d %.1fs, sequential mean %.0f / median %.0f samples "
+             "(x%.1f fewer) %.1fs (x%.1f); same prediction on %d; abstain %d vs %d", len(xs), args.n, t_fixed,
+             used.mean(), np.median(used), out["sample_ratio"], t_seq, out["wall_ratio"], out["same_prediction"],
+             out["fixed"]["abstain"], out["sequential"]["abstain"])
     return out
 
 
@@ -408,7 +452,7 @@ def provenance_record() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="CPU, a couple of minutes")
-    p.add_argument("--sections", default="sequences,linear,digits,cifar10")
+    p.add_argument("--sections", default="sequences,linear,digits,predict,cifar10")
     p.add_argument("--n", type=int, default=100_000, help="fixed-n n and sequential n_max")
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--alpha", type=float, default=0.001)
@@ -440,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     results: dict[str, Any] = {}
     runners = {"sequences": compare_sequences, "linear": linear_section, "digits": digits_section,
-               "cifar10": cifar_section}
+               "predict": predict_section, "cifar10": cifar_section}
     for name in sections:
         t0 = time.perf_counter()
         results[name] = runners[name](args)
@@ -452,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("digits", "cifar10"):
         if name in results and "compare" in results[name]:
             summary[name] = results[name]["compare"]
+    if "predict" in results:
+        summary["predict_digits"] = {k: results["predict"][k] for k in ("sample_ratio", "wall_ratio", "same_prediction")}
     if "sequences" in results:
         summary["sequences_mean_samples"] = {k: v["sequential"]["mean_samples"]
                                              for k, v in results["sequences"]["population"]["runs"].items()}

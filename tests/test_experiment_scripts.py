@@ -1,7 +1,9 @@
-"""The GPU session's scripts parse what they will be given (they cannot be tried on a GPU here)."""
+"""The experiment scripts: the GPU session's parse what they will be given (they cannot be tried on a GPU
+here); bench_sequential's predict section runs on a small case."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 
 import pytest
@@ -29,3 +31,13 @@ def test_gpu_call_script_is_valid_bash_and_refuses_an_unknown_step(tmp_path):
     assert run.returncode == 2 and "unknown step 'turbo'" in run.stderr
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_bench_sequential_predict_section_runs_small():
+    bench = load_experiment("bench_sequential")
+    args = argparse.Namespace(digits=6, n=500, alpha=0.01, sigma=0.25, batch=500, images_per_batch=3, seed=0,
+                              checkpoint=None, dataset="digits", digits_epochs=1)
+    out = bench.predict_section(args)
+    assert out["images"] == 6 and 0 < out["sequential"]["mean_samples"] <= 500
+    assert out["sample_ratio"] == pytest.approx(500 / out["sequential"]["mean_samples"])
+    assert 0 <= out["same_prediction"] <= 6

@@ -583,5 +583,5 @@ def test_predict_sequential_stops_once_no_remaining_votes_can_decide():
                 if bounds.one_sided_mixture_log_evidence(t // 2 + n_max - t, n_max, 0.5, a, b) < np.log(1 / alpha))
     assert stop < n_max
     model = Scripted([0, 1] * (n_max // 2))
-    assert Smooth(model, 2, 0.25).predict_sequential(torch.rand(1, 2, 2), n_max, alpha, 1000, gen(0)) == ABSTAIN
-    assert model.seen == stop
+    result = Smooth(model, 2, 0.25).predict_sequential_details(torch.rand(1, 1, 2, 2), n_max, alpha, 1000, [gen(0)])
+    assert result[0].prediction == ABSTAIN and result[0].n_used == model.seen == stop

@@ -14,6 +14,6 @@ Example::
         print(cert.prediction, cert.radius)
 """
 
-from robustmaxup.certify.smooth import ABSTAIN, Certificate, Smooth
+from robustmaxup.certify.smooth import ABSTAIN, Certificate, Prediction, Smooth
 
-__all__ = ["ABSTAIN", "Certificate", "Smooth"]
+__all__ = ["ABSTAIN", "Certificate", "Prediction", "Smooth"]

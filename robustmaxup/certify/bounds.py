@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "clopper_pearson_lower", "certified_radius", "binomial_test_pvalue", "min_samples_to_certify",
-    "min_samples_to_predict",
+    "min_samples_to_predict", "predict_sequential_log_threshold", "min_samples_to_predict_sequential",
     "can_ever_certify", "check_alpha",
     # anytime-valid confidence sequences (sequential CERTIFY / PREDICT)
     "one_sided_mixture_log_evidence", "one_sided_mixture_lower", "one_sided_mixture_upper",
@@ -156,6 +156,34 @@ def min_samples_to_predict(alpha: float) -> int:
     while binomial_test_pvalue(n, 0) > alpha:
         n += 1
     return n
+
+
+def predict_sequential_log_threshold(alpha: float, num_classes: int) -> float:
+    """Sequential PREDICT returns the leader once its mixture evidence against its rival reaches
+    ``(C - 1) / alpha`` (Ville's inequality, union bound over the ``C - 1`` rivals): the log."""
+    check_alpha(alpha)
+    return float(np.log((num_classes - 1) / alpha))
+
+
+def min_samples_to_predict_sequential(alpha: float, num_classes: int) -> int:
+    """The smallest ``n_max`` for which sequential PREDICT can ever return a class: ``n_max``
+    unanimous votes must reach :func:`predict_sequential_log_threshold`.
+
+    Example::
+
+        >>> min_samples_to_predict_sequential(0.001, 10)
+        14
+    """
+    need = predict_sequential_log_threshold(alpha, num_classes)
+    reaches = lambda n: one_sided_mixture_log_evidence(n, n, 0.5, *MIXTURE_PRIOR) >= need  # noqa: E731
+    hi = 1
+    while not reaches(hi):
+        hi *= 2
+    lo = hi // 2          # reaches(lo) is False (or lo = 0); the evidence grows with n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return hi
 
 
 def can_ever_certify(n: int, alpha: float, *, warn: bool = True) -> bool:

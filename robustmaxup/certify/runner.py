@@ -49,7 +49,7 @@ import torch
 from robustmaxup.certify import bounds
 from robustmaxup.certify.smooth import ABSTAIN, FUTILITY_RULES, PRECISIONS, Smooth
 from robustmaxup.certify.tsv import (
-    CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, CertifyRow, PredictRow, Row, TsvFormat, format_time,
+    CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, PREDICT_SEQUENTIAL, CertifyRow, PredictRow, Row, TsvFormat, format_time,
     merge_rows, part_path, read_rows, read_sidecar, sidecar_path, write_rows,
 )
 from robustmaxup.errors import UserError
@@ -169,11 +169,22 @@ def _predict_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs:
     return [PredictRow(i, y, p, int(p == y)) for i, y, p in zip(idxs, labels, preds)]
 
 
+def _predict_sequential_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs: Sequence[int],
+                             gens: Sequence[torch.Generator], s: Settings) -> list[Row]:
+    preds = smooth.predict_sequential_details(xs, s.sequential.n_max, s.alpha, s.batch_size, gens)
+    return [PredictRow(i, y, p.prediction, int(p.prediction == y), n_used=p.n_used)
+            for i, y, p in zip(idxs, labels, preds)]
+
+
 def _warn_certify(smooth: Smooth, s: Settings) -> None:
     if s.sequential:
         smooth.warn_if_sequence_too_short(s.sequential.n_max, s.alpha, s.sequential.sequence)
     else:
         smooth.warn_if_too_few(s.n, s.alpha)
+
+
+def _warn_predict_sequential(smooth: Smooth, s: Settings) -> None:
+    smooth.warn_if_predict_sequence_too_short(s.sequential.n_max, s.alpha)
 
 
 def _warn_predict(smooth: Smooth, s: Settings) -> None:
@@ -189,13 +200,26 @@ MODES = {
     "certify_sequential": Mode("certify_sequential", "certify", CERTIFY_SEQUENTIAL, _sequential_rows,
                                _warn_certify),
     "predict": Mode("predict", "predict", PREDICT, _predict_rows, _warn_predict),
+    "predict_sequential": Mode("predict_sequential", "predict", PREDICT_SEQUENTIAL, _predict_sequential_rows,
+                               _warn_predict_sequential),
 }
+
+#: what sequential PREDICT uses of :class:`SequentialSettings` (the rest is CERTIFY's)
+PREDICT_SEQUENTIAL_FIELDS = ("n_max",)
 
 
 def mode_of(command: str, settings: Settings) -> Mode:
-    if command == "certify" and settings.sequential is not None:
-        return MODES["certify_sequential"]
-    return MODES[command]
+    """The mode of ``command`` under ``settings``; a FieldError for sequential PREDICT settings
+    that only sequential CERTIFY uses (target radii, tolerance, sequence, futility)."""
+    q = settings.sequential
+    if q is None:
+        return MODES[command]
+    if command == "predict":
+        unused = [f.name for f in dataclasses.fields(q) if f.name not in PREDICT_SEQUENTIAL_FIELDS
+                  and getattr(q, f.name) != getattr(SequentialSettings(), f.name)]
+        if unused:
+            raise FieldError(unused[0], "applies to sequential certify only; sequential predict uses n_max")
+    return MODES[f"{command}_sequential"]
 
 
 # ----------------------------------------------------------------------------- output files
@@ -408,6 +432,18 @@ def _class_order(smooth: Smooth) -> list[int] | None:
     return None if order is None else [int(i) for i in order.tolist()]
 
 
+def _sequential_record(mode: Mode, s: Settings) -> dict[str, Any]:
+    """The sidecar's sequential settings: those the mode uses, and its stopping rule."""
+    q = s.sequential
+    if q is None:
+        return {"sequential": None, "confidence_sequence": None}
+    if mode.command == "predict":
+        return {"sequential": {f: getattr(q, f) for f in PREDICT_SEQUENTIAL_FIELDS},
+                "confidence_sequence": "one_sided_mixture evidence >= (num_classes - 1) / alpha "
+                                       "(Smooth.predict_sequential)"}
+    return {"sequential": dataclasses.asdict(q), "confidence_sequence": q.sequence}
+
+
 def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int], s: Settings,
                      dist: Dist, device: torch.device) -> dict[str, Any]:
     mode = mode_of(command, s)
@@ -419,8 +455,7 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
         "full_split": len(indices) == len(split),
         "sigma": smooth.sigma, "n0": s.n0, "n": s.n, "alpha": s.alpha, "seed": s.seed,
         "batch_size": s.batch_size, "images_per_batch": s.images_per_batch,
-        "sequential": dataclasses.asdict(s.sequential) if s.sequential else None,
-        "confidence_sequence": s.sequential.sequence if s.sequential else None,
+        **_sequential_record(mode, s),
         "noise_chunk": smooth.noise_chunk, "precision": smooth.precision, "fold_bn": smooth.fold_bn,
         "autocast": str(smooth.autocast_dtype(device)), "class_order": _class_order(smooth),
         "noise_seed_rule": "runtime.seeds.stream_generator(seed, 'certify.noise', idx, device)",
@@ -469,13 +504,15 @@ def certify_dataset(smooth: Smooth, split: Any, indices: Sequence[int], *, n0: i
 def predict_dataset(smooth: Smooth, split: Any, indices: Sequence[int], *, n: int = 100_000,
                     alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
                     out: str | Path | None = None, resume: bool = False,
-                    images_per_batch: int = 1, record: dict[str, Any] | None = None,
-                    progress: bool = True, dist: Dist | None = None) -> list[PredictRow]:
+                    images_per_batch: int = 1, sequential: SequentialSettings | None = None,
+                    record: dict[str, Any] | None = None, progress: bool = True,
+                    dist: Dist | None = None) -> list[PredictRow]:
     """Cohen et al.'s PREDICT on every ``split[i]``, ``i`` in ``indices``: one
     :class:`PredictRow` per image (``predict`` = -1 abstains). Arguments as
-    :func:`certify_dataset`."""
+    :func:`certify_dataset`; with ``sequential`` (only its ``n_max`` applies), sequential PREDICT
+    (:meth:`Smooth.predict_sequential`: stops each image once decided; rows carry ``n_used``)."""
     s = Settings(n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-                 images_per_batch=images_per_batch)
+                 images_per_batch=images_per_batch, sequential=sequential)
     return _run("predict", smooth, split, indices, s, out=out, resume=resume, record=record,
                 progress=progress, dist=dist)
 
@@ -526,9 +563,8 @@ class SmoothingJob:
             if self.max_images < 1:
                 raise FieldError("max_images", f"must be -1 (all images) or an integer >= 1, got {self.max_images}")
         check_choice("precision", self.precision, ["auto", *PRECISIONS])
-        if self.sequential is not None and self.command != "certify":
-            raise FieldError("sequential", "applies to certify only")
         self.settings().check()
+        mode_of(self.command, self.settings())
 
 
 def default_out(job: SmoothingJob, sigma: float) -> Path:

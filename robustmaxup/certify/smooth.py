@@ -91,6 +91,15 @@ class Certificate:
         return self.prediction == ABSTAIN
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """The result of sequential PREDICT for one image: the class or ``ABSTAIN`` (-1), and the
+    samples drawn before it stopped (``n_used``)."""
+
+    prediction: int
+    n_used: int
+
+
 def top_class(counts: np.ndarray) -> int:
     """Index of the largest count; ties go to the lowest class index (deterministic)."""
     return int(np.argmax(counts))
@@ -382,9 +391,16 @@ class Smooth:
     ) -> list[int]:
         """Sequential PREDICT (:meth:`predict_sequential`) for ``k`` images ``[k, C, H, W]``, one
         generator each; the same answers as image by image, for any ``batch_size``."""
+        return [p.prediction for p in self.predict_sequential_details(xs, n_max, alpha, batch_size, generators)]
+
+    def predict_sequential_details(
+        self, xs: torch.Tensor, n_max: int, alpha: float, batch_size: int,
+        generators: Sequence[torch.Generator | None],
+    ) -> list[Prediction]:
+        """:meth:`predict_sequential_batch`, with the samples each image drew (its stopping time)."""
         self._check_args(xs, generators, n_max, alpha, batch_size)
         looks = bounds.look_schedule(int(n_max), self.noise_chunk)
-        threshold = float(np.log((self.num_classes - 1) / alpha))
+        threshold = bounds.predict_sequential_log_threshold(alpha, self.num_classes)
         out = np.full(xs.shape[0], ABSTAIN, dtype=np.int64)
         prior = bounds.MIXTURE_PRIOR
 
@@ -399,8 +415,20 @@ class Smooth:
             futile = bounds.one_sided_mixture_log_evidence(n_a + rest, n_a + n_b + rest, 0.5, *prior) < threshold
             return decided | futile
 
-        self._run_looks(xs, looks, batch_size, generators, step)
-        return [int(c) for c in out]
+        n_used = self._run_looks(xs, looks, batch_size, generators, step)[1]
+        return [Prediction(int(c), int(t)) for c, t in zip(out, n_used)]
+
+    def warn_if_predict_sequence_too_short(self, n_max: int, alpha: float) -> bool:
+        """Log (once per ``(n_max, alpha)``) if sequential PREDICT can never return a class with
+        ``n_max`` samples, even unanimous ones; return whether it can."""
+        need = bounds.min_samples_to_predict_sequential(alpha, self.num_classes)
+        key = ("predict_sequential", int(n_max), float(alpha))
+        if n_max < need and key not in self._warned:
+            log.warning("warning: n_max=%d samples can never decide sequential PREDICT at alpha=%g "
+                        "with %d classes; every image will abstain, use n_max >= %d",
+                        n_max, alpha, self.num_classes, need)
+        self._warned.add(key)
+        return n_max >= need
 
     def warn_if_too_few(self, n: int, alpha: float) -> bool:
         """Log (once per ``(n, alpha)``) if ``n`` samples can never certify; return whether ok."""

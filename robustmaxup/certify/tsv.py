@@ -5,10 +5,11 @@ Cohen et al.'s format, so existing analysis scripts read our files::
     certify:             idx  label  predict  radius  correct  time
     certify (sequential): idx  label  predict  radius  correct  time  n_used
     predict:             idx  label  predict  correct  time
+    predict (sequential): idx  label  predict  correct  time  n_used
 
 ``predict`` is -1 (:data:`ABSTAIN`) for an abstention, ``radius`` has 6 decimals, ``time`` is the
-wall time spent on the image as ``H:MM:SS.mmm`` and ``n_used`` the number of estimation samples a
-sequential run drew. Files are written one flushed row per image; a kill can leave a torn last
+wall time spent on the image as ``H:MM:SS.mmm`` and ``n_used`` the number of (estimation) samples
+a sequential run drew. Files are written one flushed row per image; a kill can leave a torn last
 line without newline, which every reader here ignores. This module is the only place that knows
 the format: the runner writes through it and :mod:`~robustmaxup.certify.analysis` reads through it.
 
@@ -114,6 +115,11 @@ def _common(f: Sequence[str], col: dict[str, int]) -> tuple[int, int, int, int, 
     return idx, label, predict, correct, time
 
 
+def _n_used(f: Sequence[str], col: dict[str, int]) -> int | None:
+    """The ``n_used`` column of a sequential row (None in a fixed-n file)."""
+    return _int(f, col, "n_used", 0, _INT64_MAX, "a sample count is an integer >= 0") if "n_used" in col else None
+
+
 def _check_outcome(label: int, predict: int, correct: int, radius: float | None) -> None:
     """An abstention has radius 0 and correct 0; correct is int(predict == label)."""
     if predict == ABSTAIN:
@@ -159,10 +165,8 @@ class CertifyRow:
         col = {c: i for i, c in enumerate(columns)}
         idx, label, predict, correct, time = _common(f, col)
         radius = _radius(f, col)
-        n_used = (_int(f, col, "n_used", 0, _INT64_MAX, "a sample count is an integer >= 0")
-                  if "n_used" in col else None)
         _check_outcome(label, predict, correct, radius)
-        return cls(idx, label, predict, radius, correct, time, n_used)
+        return cls(idx, label, predict, radius, correct, time, _n_used(f, col))
 
     @classmethod
     def from_line(cls, line: str, fmt: "TsvFormat") -> "CertifyRow":
@@ -171,17 +175,18 @@ class CertifyRow:
 
 @dataclass(frozen=True)
 class PredictRow:
-    """One image's PREDICT result."""
+    """One image's PREDICT result; ``n_used`` is set by sequential runs only."""
 
     idx: int
     label: int
     predict: int
     correct: int
     time: float = 0.0
+    n_used: int | None = None
 
     def to_line(self) -> str:
-        return "\t".join([str(self.idx), str(self.label), str(self.predict), str(self.correct),
-                          format_time(self.time)])
+        fields = [str(self.idx), str(self.label), str(self.predict), str(self.correct), format_time(self.time)]
+        return "\t".join(fields + ([str(self.n_used)] if self.n_used is not None else []))
 
     @classmethod
     def from_fields(cls, f: Sequence[str], columns: Sequence[str]) -> "PredictRow":
@@ -189,7 +194,7 @@ class PredictRow:
         col = {c: i for i, c in enumerate(columns)}
         idx, label, predict, correct, time = _common(f, col)
         _check_outcome(label, predict, correct, None)
-        return cls(idx, label, predict, correct, time)
+        return cls(idx, label, predict, correct, time, _n_used(f, col))
 
     @classmethod
     def from_line(cls, line: str, fmt: "TsvFormat") -> "PredictRow":
@@ -218,7 +223,8 @@ class TsvFormat:
 CERTIFY = TsvFormat("certify", ("idx", "label", "predict", "radius", "correct", "time"), CertifyRow)
 CERTIFY_SEQUENTIAL = TsvFormat("certify --sequential", CERTIFY.columns + ("n_used",), CertifyRow)
 PREDICT = TsvFormat("predict", ("idx", "label", "predict", "correct", "time"), PredictRow)
-FORMATS = (CERTIFY, CERTIFY_SEQUENTIAL, PREDICT)
+PREDICT_SEQUENTIAL = TsvFormat("predict --sequential", PREDICT.columns + ("n_used",), PredictRow)
+FORMATS = (CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, PREDICT_SEQUENTIAL)
 
 
 @dataclass(frozen=True)

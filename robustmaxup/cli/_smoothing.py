@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Sequence
 
 from robustmaxup.certify.runner import SequentialSettings, SmoothingJob, run_job
 from robustmaxup.certify.smooth import FUTILITY_RULES, PRECISIONS
+from robustmaxup.cli._cohen import cohen_positional_error
 from robustmaxup.cli.common import add_class_order_arg, add_data_args, add_runtime_args, run
-from robustmaxup.data import DATASETS
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.text import safe_text
 
@@ -62,18 +61,20 @@ SEQUENTIAL_FLAGS = {"radii": "--radii", "n_max": "--n-max", "radius_tol": "--rad
                     "sequence": "--sequence", "futility": "--futility"}
 
 
-def add_sequential_args(p: argparse.ArgumentParser) -> None:
+def add_sequential_args(p: argparse.ArgumentParser, *, certify: bool = True) -> None:
+    """``--sequential`` and its flags: for ``predict`` (``certify=False``) only ``--n-max``."""
     d = SequentialSettings()
     radii = " ".join(f"{r:g}" for r in d.radii or ())
-    g = p.add_argument_group("sequential certification (anytime-valid; stops once decided; the "
-                             "flags below need --sequential)")
-    g.add_argument("--sequential", action="store_true",
-                   help="stop sampling an image once every target radius is decided (replaces --n)")
+    g = p.add_argument_group("sequential mode (anytime-valid; stops once decided; the flags below "
+                             "need --sequential)")
+    g.add_argument("--sequential", action="store_true", help="stop sampling an image once "
+                   + ("every target radius is decided" if certify else "its class is decided") + " (replaces --n)")
+    g.add_argument("--n-max", type=int, default=None, help=f"most samples per image (for certify: after the --n0 selection; default: {d.n_max})")
+    if not certify:
+        return
     g.add_argument("--radii", type=float, nargs="*", default=None,
                    help=f"target radii (default: {radii}); with none given (--radii alone), stop "
                         "when the radius is known to --radius-tol")
-    g.add_argument("--n-max", type=int, default=None,
-                   help=f"most estimation samples per image (default: {d.n_max})")
     g.add_argument("--radius-tol", type=float, default=None,
                    help=f"stop when the radius is known to this precision, with --radii empty "
                         f"(default: {d.radius_tol:g})")
@@ -128,23 +129,3 @@ def run_smoothing(command: str, parser: argparse.ArgumentParser, argv: Sequence[
         print(safe_text(cohen), file=sys.stderr)
         return 2
     return run(command, lambda args: run_job(job_from_args(command, args)), parser, argv, FLAGS)
-
-
-def cohen_positional_error(command: str, argv: Sequence[str]) -> str | None:
-    """The one error line for Cohen et al.'s positional form (``certify.py DATASET CHECKPOINT
-    SIGMA OUTFILE [options]``), spelling out the same run in robustmaxup's flags; None otherwise."""
-    head = list(argv[:4])
-    if len(head) < 4 or any(a.startswith("-") for a in head) or "--dataset" in argv:
-        return None
-    dataset, checkpoint, sigma, outfile = head
-    try:
-        float(sigma)
-    except ValueError:
-        return None
-    if dataset not in DATASETS.names():
-        return None
-    rest = " ".join(shlex.quote(a) for a in argv[4:])
-    same = (f"robustmaxup {command} {shlex.quote(checkpoint)} --dataset {dataset} --data-root DIR "
-            f"--sigma {sigma} --out {shlex.quote(outfile)}" + (f" {rest}" if rest else ""))
-    return (f"robustmaxup {command}: error: this is Cohen et al.'s positional form "
-            f"({command}.py DATASET CHECKPOINT SIGMA OUTFILE); in robustmaxup the same run is: {same}")
