@@ -47,7 +47,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
                    help="continue an interrupted output file from its last complete row")
     p.add_argument("--images-per-batch", type=int, default=1,
                    help="images whose noise shares one forward pass (same results for any value)")
-    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS], help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold each Conv-BatchNorm pair into one convolution (faster; same function "
@@ -67,9 +68,11 @@ def add_sequential_args(p: argparse.ArgumentParser, *, certify: bool = True) -> 
     radii = " ".join(f"{r:g}" for r in d.radii or ())
     g = p.add_argument_group("sequential mode (anytime-valid; stops once decided; the flags below "
                              "need --sequential)")
-    g.add_argument("--sequential", action="store_true", help="stop sampling an image once "
-                   + ("every target radius is decided" if certify else "its class is decided") + " (replaces --n)")
-    g.add_argument("--n-max", type=int, default=None, help=f"most samples per image (for certify: after the --n0 selection; default: {d.n_max})")
+    decided = "every target radius is decided" if certify else "its class is decided"
+    g.add_argument("--sequential", action="store_true",
+                   help=f"stop sampling an image once {decided} (replaces --n)")
+    g.add_argument("--n-max", type=int, default=None,
+                   help=f"most {'estimation ' if certify else ''}samples per image (default: {d.n_max})")
     if not certify:
         return
     g.add_argument("--radii", type=float, nargs="*", default=None,
