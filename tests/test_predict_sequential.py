@@ -110,3 +110,40 @@ def test_warns_when_n_max_can_never_decide(n_max, warned, caplog):
     assert caplog.text.count("never decide sequential PREDICT") == int(warned)
     assert [r.predict for r in rows] == ([-1, -1] if warned else [3, 3])
     assert all(r.n_used == n_max for r in rows)
+
+
+# ----------------------------------------------------------------------------- analyze
+def _predict_file(path: Path, rows: list[PredictRow], fmt=PREDICT_SEQUENTIAL) -> str:
+    from robustmaxup.certify.tsv import write_rows
+
+    write_rows(path, fmt, rows)
+    return str(path)
+
+
+def test_analyze_summarises_predict_files(tmp_path, capsys):
+    """Accuracy counts abstentions as wrong; the abstain rate, the accuracy among decided images
+    and the mean samples are exact."""
+    seq = _predict_file(tmp_path / "seq.tsv", [PredictRow(0, 1, 1, 1, n_used=100), PredictRow(1, 2, -1, 0, n_used=5000),
+                                               PredictRow(2, 3, 4, 0, n_used=300), PredictRow(3, 0, 0, 1, n_used=200)])
+    assert main(["analyze", seq, "--format", "csv", "--quiet"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table == ["predict,seq.tsv", "accuracy,0.500", "abstain,0.250", "accuracy when not abstained,0.667",
+                     "images,4", "samples/image,1400"]
+
+
+def test_analyze_refuses_mixed_files_and_a_predict_plot(tmp_path, capsys):
+    from robustmaxup.certify.tsv import CERTIFY, CertifyRow, write_rows
+
+    pred = _predict_file(tmp_path / "p.tsv", [PredictRow(0, 1, 1, 1, n_used=100)])
+    cert = tmp_path / "c.tsv"
+    write_rows(cert, CERTIFY, [CertifyRow(0, 1, 1, 0.5, 1)])
+    for argv, message in (([pred, str(cert)], "not both: c.tsv is a certify file"),
+                          ([pred, "--plot", str(tmp_path / "x.png")], "predict files have no radii")):
+        assert main(["analyze", *argv, "--out", str(tmp_path / "t.md")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "t.md").exists() and not (tmp_path / "x.png").exists()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t2\t1\t0:00:00.1\n")
+    assert main(["analyze", str(bad)]) == 2
+    assert "correct" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from robustmaxup.certify.smooth import ABSTAIN
-from robustmaxup.certify.tsv import read_certify, read_sidecar, sidecar_path
+from robustmaxup.certify.tsv import read_any, read_certify, read_sidecar, sidecar_path
 from robustmaxup.errors import UserError
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError
@@ -39,23 +39,12 @@ THRESHOLD_NOTE = ("certified at radius r = correct, not abstained, and radius >=
                   "ACR = mean of radius * correct over all rows")
 
 
-@dataclass(frozen=True)
-class CertifyResults:
-    """The columns of one certify TSV (one entry per row) plus its run metadata, if any.
+class _Subset:
+    """What certify and predict results share: a length and the note on the images covered."""
 
-    ``meta`` is the JSON sidecar ``FILE.tsv.json`` when it exists (subset, n, alpha, ...);
-    ``n_used`` holds the estimation samples per image of a sequential run (None otherwise).
-    """
-
-    name: str
-    path: str
     idx: np.ndarray
-    label: np.ndarray
-    predict: np.ndarray
-    radius: np.ndarray
-    correct: np.ndarray
-    meta: dict | None = None
-    n_used: np.ndarray | None = None
+    meta: dict | None
+    n_used: np.ndarray | None
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -73,6 +62,39 @@ class CertifyResults:
         if self.n_used is not None and len(self):
             note += f"; sequential, mean {float(np.mean(self.n_used)):.0f} samples/image"
         return note
+
+
+@dataclass(frozen=True)
+class CertifyResults(_Subset):
+    """The columns of one certify TSV (one entry per row) plus its run metadata, if any.
+
+    ``meta`` is the JSON sidecar ``FILE.tsv.json`` when it exists (subset, n, alpha, ...);
+    ``n_used`` holds the estimation samples per image of a sequential run (None otherwise).
+    """
+
+    name: str
+    path: str
+    idx: np.ndarray
+    label: np.ndarray
+    predict: np.ndarray
+    radius: np.ndarray
+    correct: np.ndarray
+    meta: dict | None = None
+    n_used: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PredictResults(_Subset):
+    """The columns of one predict TSV, as :class:`CertifyResults` without the radius."""
+
+    name: str
+    path: str
+    idx: np.ndarray
+    label: np.ndarray
+    predict: np.ndarray
+    correct: np.ndarray
+    meta: dict | None = None
+    n_used: np.ndarray | None = None
 
 
 _NUMBER = (int, float)
@@ -116,7 +138,34 @@ def read_certify_tsv(path: str | os.PathLike) -> CertifyResults:
                           col("correct", np.int64), _read_sidecar(path), n_used)
 
 
-def mean_samples(res: CertifyResults) -> float:
+def read_results(path: str | os.PathLike) -> CertifyResults | PredictResults:
+    """A certify TSV (:func:`read_certify_tsv`) or a predict TSV (no ``radius`` column), checked
+    the same way."""
+    path = Path(path)
+    rows, columns = read_any(path)
+    if "radius" in columns:
+        return read_certify_tsv(path)
+    col = lambda name, dtype: np.array([getattr(r, name) for r in rows], dtype=dtype)  # noqa: E731
+    n_used = col("n_used", np.int64) if "n_used" in columns else None
+    return PredictResults(path.name, str(path), col("idx", np.int64), col("label", np.int64),
+                          col("predict", np.int64), col("correct", np.int64), _read_sidecar(path), n_used)
+
+
+def predict_summary_rows(results: Sequence[PredictResults]) -> tuple[list[str], list[list[str]]]:
+    """Header and body rows of predict files: accuracy (abstentions count as wrong), abstain
+    rate, accuracy among the images not abstained, image count and samples per image."""
+    header = ["predict"] + column_names(results)
+    decided = lambda r: r.predict != ABSTAIN  # noqa: E731
+    body = [["accuracy"] + [f"{np.mean(r.correct):.3f}" for r in results],
+            ["abstain"] + [f"{abstain_rate(r):.3f}" for r in results],
+            ["accuracy when not abstained"] + [f"{np.mean(r.correct[decided(r)]):.3f}" if decided(r).any()
+                                                 else "-" for r in results],
+            ["images"] + [str(len(r)) for r in results],
+            ["samples/image"] + [f"{mean_samples(r):.0f}" for r in results]]
+    return header, body
+
+
+def mean_samples(res: CertifyResults | PredictResults) -> float:
     """Mean estimation samples per image: ``n_used`` of a sequential run, else the sidecar's n."""
     if res.n_used is not None and len(res):
         return float(np.mean(res.n_used))
@@ -169,7 +218,7 @@ def average_certified_radius(res: CertifyResults) -> float:
     return float(np.mean(np.where(_certified(res), res.radius, 0.0)))
 
 
-def abstain_rate(res: CertifyResults) -> float:
+def abstain_rate(res: CertifyResults | PredictResults) -> float:
     """Fraction of rows that abstained."""
     return float(np.mean(res.predict == ABSTAIN)) if len(res) else float("nan")
 
@@ -238,9 +287,16 @@ def _latex(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def format_table(results: Sequence[CertifyResults], radii: Sequence[float], fmt: str = "markdown") -> str:
-    """The summary table in ``fmt`` (``markdown``, ``latex`` or ``csv``)."""
-    header, body = summary_rows(results, radii)
+def format_table(results: Sequence[CertifyResults] | Sequence[PredictResults], radii: Sequence[float],
+                 fmt: str = "markdown") -> str:
+    """The summary table in ``fmt`` (``markdown``, ``latex`` or ``csv``): certified accuracy
+    per radius for certify files, accuracy and abstentions for predict files (``radii`` unused)."""
+    predict = [isinstance(r, PredictResults) for r in results]
+    if any(predict) and not all(predict):
+        name = column_names(results)[predict.index(not predict[0])]
+        raise UserError(f"analyze takes certify files or predict files, not both: {name} is a "
+                        f"{'predict' if not predict[0] else 'certify'} file")
+    header, body = predict_summary_rows(results) if all(predict) else summary_rows(results, radii)
     return TABLE_FORMATS.get(fmt)(header, body)
 
 

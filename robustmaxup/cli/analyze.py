@@ -1,4 +1,5 @@
-"""``robustmaxup analyze``: certified-accuracy table (and plot) from certify TSV files.
+"""``robustmaxup analyze``: certified-accuracy table (and plot) from certify TSV files; accuracy,
+abstentions and samples per image from predict TSV files (``robustmaxup analyze pred.tsv``).
 
 Example::
 
@@ -38,8 +39,9 @@ DEFAULT_RADII = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("analyze", "Certified accuracy at given radii, ACR and abstain rate from "
-                               "'robustmaxup certify' TSV files; optional plot.")
-    p.add_argument("files", nargs="+", help="certify TSV files (one table column each)")
+                               "'robustmaxup certify' TSV files (optional plot); accuracy and abstain "
+                               "rate from 'robustmaxup predict' TSV files.")
+    p.add_argument("files", nargs="+", help="certify TSV files, or predict TSV files (one table column each)")
     p.add_argument("--radii", type=float, nargs="+", default=DEFAULT_RADII, help="L2 radii (pixels in [0,1])")
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
     p.add_argument("--plot", default=None,
@@ -67,17 +69,20 @@ def _body(args: argparse.Namespace) -> None:
     if any(not r >= 0 or r == float("inf") for r in args.radii):
         raise UserError("--radii must be finite and >= 0")
     _check_outputs(args)
-    results = [analysis.read_certify_tsv(f) for f in args.files]  # all read (and checked) first
+    results = [analysis.read_results(f) for f in args.files]  # all read (and checked) first
     for res in results:
         if len(res) == 0:
             raise UserError(f"{shown(res.path)} has no rows yet")
+    if args.plot and isinstance(results[0], analysis.PredictResults):
+        raise UserError("--plot draws certified accuracy against radius; predict files have no radii")
     differ = analysis.differences(results)
     if differ:
         log.warning("warning: the files differ in %s; their columns are not a like-for-like "
                     "comparison", ", ".join(differ))
     table = analysis.format_table(results, args.radii, args.format)
     notes = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
-    text = table if args.quiet else "\n".join([*notes, f"# {analysis.THRESHOLD_NOTE}", table])
+    legend = [] if isinstance(results[0], analysis.PredictResults) else [f"# {analysis.THRESHOLD_NOTE}"]
+    text = table if args.quiet else "\n".join([*notes, *legend, table])
     if args.plot:
         analysis.plot_certified_accuracy(results, args.plot)
         log.info("wrote %s", args.plot)
