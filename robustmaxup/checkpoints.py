@@ -353,7 +353,7 @@ def _names(names: Sequence[str], most: int = 4) -> str:
 
 
 def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequence[str],
-                declared: Sequence[str] | None = None) -> dict[str, Any]:
+                declared: Sequence[str] | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Reorder ``model``'s outputs (in place) so that output ``j`` scores ``data_classes[j]``.
 
     The model's own output order is ``declared`` if given, else the checkpoint's recorded
@@ -361,13 +361,15 @@ def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequ
     be the data's, and logged as assumed. Returns the record of what was done:
     ``{"class_source": "declared" | "checkpoint" | "assumed", "class_order": order or None}``
     (``order[j]``: the model output used for data class ``j``; ``None``: no reordering).
+    ``quiet``: no log line (e.g. on every rank but the first of a sharded run).
     """
+    say = (lambda *a: None) if quiet else log.info  # noqa: E731
     if declared is not None:
         source, names = "declared", list(declared)
     elif meta.get("classes") is not None:
         source, names = "checkpoint", list(meta["classes"])
     else:
-        log.info("the checkpoint records no class names: assuming its outputs follow the data's "
+        say("the checkpoint records no class names: assuming its outputs follow the data's "
                  "class order (%s); --class-order declares them", _names(list(data_classes)))
         model.set_output_order(None)
         return {"class_source": "assumed", "class_order": None}
@@ -375,7 +377,7 @@ def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequ
     order = class_order(names, data_classes, what=what)
     model.set_output_order(order)
     if order is not None:
-        log.info("%s are in another order than the data's: outputs reordered by name (data class j "
+        say("%s are in another order than the data's: outputs reordered by name (data class j "
                  "<- model output %s[j])", what, order)
     return {"class_source": source, "class_order": order}
 

@@ -638,7 +638,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
         raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
                         "check --skip/--max")
     s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
-    classes = map_classes(model, meta, split.classes, job.class_order)
+    classes = map_classes(model, meta, split.classes, job.class_order, quiet=not dist.main)
     smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile,
                     fold_bn=job.fold_bn)
     _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
