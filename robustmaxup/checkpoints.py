@@ -370,7 +370,7 @@ def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequ
         source, names = "checkpoint", list(meta["classes"])
     else:
         say("the checkpoint records no class names: assuming its outputs follow the data's "
-                 "class order (%s); --class-order declares them", _names(list(data_classes)))
+            "class order (%s); --class-order declares them", _names(list(data_classes)))
         model.set_output_order(None)
         return {"class_source": "assumed", "class_order": None}
     what = "--class-order's classes" if source == "declared" else "the checkpoint's classes"
@@ -378,7 +378,7 @@ def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequ
     model.set_output_order(order)
     if order is not None:
         say("%s are in another order than the data's: outputs reordered by name (data class j "
-                 "<- model output %s[j])", what, order)
+            "<- model output %s[j])", what, order)
     return {"class_source": source, "class_order": order}
 
 
