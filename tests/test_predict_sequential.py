@@ -136,12 +136,12 @@ def test_analyze_refuses_mixed_files_and_a_predict_plot(tmp_path, capsys):
 
     pred = _predict_file(tmp_path / "p.tsv", [PredictRow(0, 1, 1, 1, n_used=100)])
     cert = tmp_path / "c.tsv"
-    write_rows(cert, CERTIFY, [CertifyRow(0, 1, 1, 0.5, 1)])
+    write_rows(cert, CERTIFY, [CertifyRow(1, 1, 1, 0.5, 1)])   # other images: a "differ" warning
     for argv, message in (([pred, str(cert)], "not both: c.tsv is a certify file"),
                           ([pred, "--plot", str(tmp_path / "x.png")], "predict files have no radii")):
         assert main(["analyze", *argv, "--out", str(tmp_path / "t.md")]) == 2
         err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1
+        assert message in err and len(err.strip().splitlines()) == 1, err   # the error alone, no warning
         assert not (tmp_path / "t.md").exists() and not (tmp_path / "x.png").exists()
     bad = tmp_path / "bad.tsv"
     bad.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t2\t1\t0:00:00.1\n")

@@ -75,11 +75,11 @@ def _body(args: argparse.Namespace) -> None:
             raise UserError(f"{shown(res.path)} has no rows yet")
     if args.plot and isinstance(results[0], analysis.PredictResults):
         raise UserError("--plot draws certified accuracy against radius; predict files have no radii")
+    table = analysis.format_table(results, args.radii, args.format)  # refuses certify + predict files
     differ = analysis.differences(results)
     if differ:
         log.warning("warning: the files differ in %s; their columns are not a like-for-like "
                     "comparison", ", ".join(differ))
-    table = analysis.format_table(results, args.radii, args.format)
     notes = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
     legend = [] if isinstance(results[0], analysis.PredictResults) else [f"# {analysis.THRESHOLD_NOTE}"]
     text = table if args.quiet else "\n".join([*notes, *legend, table])
