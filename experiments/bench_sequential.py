@@ -384,16 +384,17 @@ def predict_section(args: argparse.Namespace) -> dict[str, Any]:
     the same per-image seeds (the sequential votes are a prefix of the fixed-n ones)."""
     xs, labels = _images("digits", args.digits, torch.device("cpu"))
     smooth = Smooth(_digits_model(args), 10, args.sigma)
-    gens = lambda: [torch.Generator().manual_seed(args.seed * 5_000_011 + i) for i in range(len(xs))]  # noqa: E731
     k = args.images_per_batch
-    t0 = time.perf_counter()
-    fixed = [p for s in range(0, len(xs), k) for p in
-             smooth.predict_batch(xs[s:s + k], args.n, args.alpha, args.batch, gens()[s:s + k])]
-    t_fixed = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    seq = [p for s in range(0, len(xs), k) for p in
-           smooth.predict_sequential_details(xs[s:s + k], args.n, args.alpha, args.batch, gens()[s:s + k])]
-    t_seq = time.perf_counter() - t0
+
+    def timed(predict: Any) -> tuple[list[Any], float]:
+        """``predict`` over the images, ``k`` at a time, each with its own seeded generator."""
+        gens = [torch.Generator().manual_seed(args.seed * 5_000_011 + i) for i in range(len(xs))]
+        t0 = time.perf_counter()
+        out = [p for s in range(0, len(xs), k) for p in predict(xs[s:s + k], args.n, args.alpha, args.batch, gens[s:s + k])]
+        return out, time.perf_counter() - t0
+
+    fixed, t_fixed = timed(smooth.predict_batch)
+    seq, t_seq = timed(smooth.predict_sequential_details)
     used = np.array([p.n_used for p in seq])
     pred = np.array([p.prediction for p in seq])
     out = {

@@ -130,25 +130,24 @@ def read_certify_tsv(path: str | os.PathLike) -> CertifyResults:
     idx, an unreadable time, ...), or if the sidecar is malformed: no number is computed from
     such a file."""
     path = Path(path)
-    rows, columns = read_certify(path)
-    col = lambda name, dtype: np.array([getattr(r, name) for r in rows], dtype=dtype)  # noqa: E731
-    n_used = col("n_used", np.int64) if "n_used" in columns else None
-    return CertifyResults(path.name, str(path), col("idx", np.int64), col("label", np.int64),
-                          col("predict", np.int64), col("radius", np.float64),
-                          col("correct", np.int64), _read_sidecar(path), n_used)
+    return _results(path, *read_certify(path))  # type: ignore[return-value]
 
 
 def read_results(path: str | os.PathLike) -> CertifyResults | PredictResults:
     """A certify TSV (:func:`read_certify_tsv`) or a predict TSV (no ``radius`` column), checked
     the same way."""
     path = Path(path)
-    rows, columns = read_any(path)
-    if "radius" in columns:
-        return read_certify_tsv(path)
+    return _results(path, *read_any(path))
+
+
+def _results(path: Path, rows: Sequence, columns: Sequence[str]) -> CertifyResults | PredictResults:
+    """The column arrays of rows read from ``path`` (certify rows when there is a radius)."""
     col = lambda name, dtype: np.array([getattr(r, name) for r in rows], dtype=dtype)  # noqa: E731
     n_used = col("n_used", np.int64) if "n_used" in columns else None
-    return PredictResults(path.name, str(path), col("idx", np.int64), col("label", np.int64),
-                          col("predict", np.int64), col("correct", np.int64), _read_sidecar(path), n_used)
+    head = (path.name, str(path), col("idx", np.int64), col("label", np.int64), col("predict", np.int64))
+    if "radius" in columns:
+        return CertifyResults(*head, col("radius", np.float64), col("correct", np.int64), _read_sidecar(path), n_used)
+    return PredictResults(*head, col("correct", np.int64), _read_sidecar(path), n_used)
 
 
 def predict_summary_rows(results: Sequence[PredictResults]) -> tuple[list[str], list[list[str]]]:

@@ -215,8 +215,8 @@ def mode_of(command: str, settings: Settings) -> Mode:
     if q is None:
         return MODES[command]
     if command == "predict":
-        unused = [f.name for f in dataclasses.fields(q) if f.name not in PREDICT_SEQUENTIAL_FIELDS
-                  and getattr(q, f.name) != getattr(SequentialSettings(), f.name)]
+        unused = [f.name for f in dataclasses.fields(q)
+                  if f.name not in PREDICT_SEQUENTIAL_FIELDS and getattr(q, f.name) != f.default]
         if unused:
             raise FieldError(unused[0], "applies to sequential certify only; sequential predict uses n_max")
     return MODES[f"{command}_sequential"]

@@ -312,24 +312,24 @@ def read_certify(path: str | os.PathLike) -> tuple[list[CertifyRow], tuple[str, 
 
     UserError, one line naming the file, the line and the column, if a row breaks the format
     (see the module docstring) or repeats an idx."""
-    rows, columns = read_any(path)
-    if "radius" not in columns:
-        raise UserError(f"{path} lacks column(s) radius; is it a certify (not predict) TSV?")
-    return rows, columns  # type: ignore[return-value]
+    return read_any(path, certify_only=True)  # type: ignore[return-value]
 
 
-def read_any(path: str | os.PathLike) -> tuple[list[Row], tuple[str, ...]]:
+def read_any(path: str | os.PathLike, *, certify_only: bool = False) -> tuple[list[Row], tuple[str, ...]]:
     """Rows of a certify TSV (:class:`CertifyRow`, when it has a ``radius`` column) or a predict
-    TSV (:class:`PredictRow`), checked as :func:`read_certify` checks them."""
+    TSV (:class:`PredictRow`), checked as :func:`read_certify` checks them; ``certify_only``:
+    a file without ``radius`` is refused at its header."""
     path = Path(path)
     all_lines, _ = _complete_lines(path)
     lines = [(number, line) for number, line in enumerate(all_lines, start=1) if line.strip()]
     if not lines:
         raise UserError(f"{path} is empty; expected a certify TSV with header {CERTIFY.header!r}")
     columns = tuple(h.strip() for h in lines[0][1].split("\t"))
-    missing = [c for c in ("idx", "label", "predict", "correct") if c not in columns]
+    required = ("idx", "label", "predict", *(("radius",) if certify_only else ()), "correct")
+    missing = [c for c in required if c not in columns]
     if missing:
-        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; is it a certify or predict TSV?")
+        kind = "a certify (not predict)" if certify_only else "a certify or predict"
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; is it {kind} TSV?")
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
         raise UserError(f"{shown(path)} line {lines[0][0]} (the header) names column "

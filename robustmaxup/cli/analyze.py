@@ -73,7 +73,8 @@ def _body(args: argparse.Namespace) -> None:
     for res in results:
         if len(res) == 0:
             raise UserError(f"{shown(res.path)} has no rows yet")
-    if args.plot and isinstance(results[0], analysis.PredictResults):
+    predict = isinstance(results[0], analysis.PredictResults)
+    if args.plot and predict:
         raise UserError("--plot draws certified accuracy against radius; predict files have no radii")
     table = analysis.format_table(results, args.radii, args.format)  # refuses certify + predict files
     differ = analysis.differences(results)
@@ -81,7 +82,7 @@ def _body(args: argparse.Namespace) -> None:
         log.warning("warning: the files differ in %s; their columns are not a like-for-like "
                     "comparison", ", ".join(differ))
     notes = [f"# {name}: {res.subset_note()}" for res, name in zip(results, analysis.column_names(results))]
-    legend = [] if isinstance(results[0], analysis.PredictResults) else [f"# {analysis.THRESHOLD_NOTE}"]
+    legend = [] if predict else [f"# {analysis.THRESHOLD_NOTE}"]
     text = table if args.quiet else "\n".join([*notes, *legend, table])
     if args.plot:
         analysis.plot_certified_accuracy(results, args.plot)

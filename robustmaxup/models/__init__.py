@@ -80,9 +80,10 @@ class NormalizedModel(nn.Module):
     def set_output_order(self, order: Sequence[int] | None) -> None:
         """Make output ``j`` score ``net``'s output ``order[j]`` (a permutation; ``None`` or the
         identity: no reordering). Once set, the order is part of the state dict."""
-        if order is not None and sorted(order) != list(range(len(order))):
+        identity = list(range(len(order))) if order is not None else []
+        if order is not None and sorted(order) != identity:
             raise ValueError(f"output order must be a permutation of 0..{len(order) - 1}, got {list(order)}")
-        if order is None or list(order) == list(range(len(order))):
+        if order is None or list(order) == identity:
             self.output_order = None
             return
         device = self.normalize.mean.device
