@@ -160,6 +160,12 @@ ERRORS = [
     (["--lr", "1e308"], "--lr"),                          # beyond float32: the optimiser would crash
     (["--weight-decay", "1e39"], "--weight-decay"),
     (["--schedule", "multistep"], "--lr-milestones"),     # multistep without a milestone
+    (["--method", "pgd_at", "--eval-radius", "0.25"], "--eval-radius applies to smoothing methods"),
+    (["--eval-radius", "0.25", "--eval-n", "39"], "--eval-n is 39: too few"),  # 40 is the least
+    (["--eval-radius", "-0.1"], "--eval-radius"),
+    (["--eval-radius", "9"], "--eval-radius is too large"),
+    (["--eval-radius", "0.25", "--eval-alpha", "0"], "--eval-alpha"),
+    (["--eval-n", "0"], "--eval-n"),
 ]
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "clopper_pearson_lower", "certified_radius", "binomial_test_pvalue", "min_samples_to_certify",
     "min_samples_to_predict", "predict_sequential_log_threshold", "min_samples_to_predict_sequential",
-    "can_ever_certify", "check_alpha",
+    "can_ever_certify", "check_alpha", "certified_at", "min_samples_to_certify_radius",
     # anytime-valid confidence sequences (sequential CERTIFY / PREDICT)
     "one_sided_mixture_log_evidence", "one_sided_mixture_lower", "one_sided_mixture_upper",
     "beta_mixture_log_evidence", "beta_mixture_lower", "beta_mixture_upper",
@@ -184,6 +184,51 @@ def min_samples_to_predict_sequential(alpha: float, num_classes: int) -> int:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
     return hi
+
+
+def certified_at(k: np.ndarray | int, n: int, alpha: float, radius: float, sigma: float) -> np.ndarray | bool:
+    """Whether ``k`` of ``n`` votes for a class **chosen before sampling** (e.g. the true label)
+    certify that class at L2 radius ``radius``, elementwise: the one-sided ``(1 - alpha)``
+    Clopper-Pearson lower bound ``p_lower`` on its probability satisfies ``p_lower > 1/2`` and
+    ``p_lower >= Phi(radius / sigma)``, i.e. ``sigma * Phi^-1(p_lower) >= radius``.
+
+    Guarantee, per image: if the smoothed classifier does not return that class on the whole
+    ball of radius ``radius``, the result is True with probability at most ``alpha``. No
+    selection samples are needed because the class is not chosen from the votes.
+
+    Example::
+
+        >>> bool(certified_at(10, 10, 0.001, 0.0, 0.25)), bool(certified_at(10, 10, 0.001, 0.01, 0.25))
+        (True, False)
+    """
+    threshold = float(radius_thresholds([radius], sigma)[0])
+    p_lower = np.asarray(clopper_pearson_lower_array(k, n, alpha))
+    out = (p_lower > 0.5) & (p_lower >= threshold)
+    return bool(out) if out.ndim == 0 else out
+
+
+def min_samples_to_certify_radius(radius: float, sigma: float, alpha: float) -> int:
+    """The smallest ``n`` for which :func:`certified_at` can ever be True at ``radius``: even
+    unanimous votes give only ``p_lower = alpha ** (1/n)``, which must reach ``Phi(radius/sigma)``
+    (and exceed 1/2). UserError if ``Phi(radius / sigma)`` rounds to 1 (no ``n`` suffices).
+
+    Example::
+
+        >>> min_samples_to_certify_radius(0.0, 0.25, 0.001), min_samples_to_certify_radius(0.25, 0.25, 0.001)
+        (10, 40)
+    """
+    check_alpha(alpha)
+    threshold = float(radius_thresholds([radius], sigma)[0])
+    if threshold >= 1.0:
+        raise UserError(f"radius {radius} is beyond what any number of samples can certify at sigma {sigma}")
+    least = min_samples_to_certify(alpha)
+    unanimous = lambda m: float(clopper_pearson_lower_array(m, m, alpha))  # noqa: E731
+    n = max(least, math.ceil(math.log(alpha) / math.log(threshold)) if threshold > 0.5 else least)
+    while unanimous(n) < threshold:
+        n += 1
+    while n > least and unanimous(n - 1) >= threshold:
+        n -= 1
+    return n
 
 
 def can_ever_certify(n: int, alpha: float, *, warn: bool = True) -> bool:

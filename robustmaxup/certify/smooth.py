@@ -354,6 +354,39 @@ class Smooth:
             out.append(c_a if p <= alpha else ABSTAIN)
         return out
 
+    def certified_correct(
+        self, xs: torch.Tensor, labels: torch.Tensor, radius: float, n: int, alpha: float,
+        batch_size: int, generators: Sequence[torch.Generator | None],
+    ) -> np.ndarray:
+        """Whether the smoothed classifier is certified to return each image's **known** label on
+        the L2 ball of radius ``radius``: ``[k]`` bool, the per-image terms of certified accuracy
+        at ``radius``. Used to select checkpoints (``robustmaxup train --eval-radius``).
+
+        The label is fixed before sampling, so CERTIFY's selection phase is not needed: ``k`` of
+        ``n`` noisy copies vote for the label, and the image counts when the one-sided
+        ``(1 - alpha)`` Clopper-Pearson bound certifies ``radius``
+        (:func:`~robustmaxup.certify.bounds.certified_at`). Guarantee, per image: if ``g`` does
+        not return the label on the whole ball, True comes back with probability at most
+        ``alpha``. Whenever :meth:`certify` on the same ``n`` estimation samples would count the
+        image, this does too (it cannot be hurt by a wrong selection on ``n0`` samples).
+
+        Args:
+            xs: images ``[k, C, H, W]`` in [0, 1]. labels: ``[k]`` class indices.
+            radius: L2 radius (>= 0). n, alpha, batch_size, generators: as in :meth:`predict_batch`.
+
+        Example::
+
+            ok = smooth.certified_correct(x, y, 0.25, n=100, alpha=0.001, batch_size=500,
+                                          generators=[g] * len(y))
+            certified_accuracy = ok.mean()
+        """
+        self._check_args(xs, generators, n, alpha, batch_size)
+        if labels.shape != (xs.shape[0],):
+            raise ValueError(f"expected {xs.shape[0]} labels, got shape {tuple(labels.shape)}")
+        counts = self.sample_counts(xs, n, batch_size, generators)
+        votes = counts[np.arange(len(counts)), labels.cpu().numpy()]
+        return np.asarray(bounds.certified_at(votes, n, alpha, radius, self.sigma), dtype=bool).reshape(-1)
+
     def predict_sequential(
         self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int,
         generator: torch.Generator | None = None,

@@ -40,8 +40,9 @@ from robustmaxup.errors import UserError
 from robustmaxup.methods import METHODS, PERTURBATIONS
 from robustmaxup.models import MODELS
 from robustmaxup.runtime.checks import (
-    FieldError, check_choice, check_int, check_range,
+    FieldError, check_alpha, check_choice, check_int, check_positive, check_range,
 )
+from robustmaxup.runtime.limits import MAX_NOISE_DRAWS
 from robustmaxup.runtime.io import check_input_path
 from robustmaxup.train.recipes import RECIPES, recipe_values
 
@@ -226,6 +227,13 @@ class TrainConfig:
     max_train: int = field(default=0, metadata=_meta("use only a random N-image subset of the training split (0: all)", _OPT))
     max_eval: int = field(default=1000, metadata=_meta("test images for the per-epoch metric (0: none)", _OPT))
     eval_batch: int = field(default=512, metadata=_meta("batch size of the per-epoch evaluation", _OPT))
+    eval_radius: float | None = field(default=None, metadata=_meta(
+        "smoothing methods: make the per-epoch metric (and best.pt's) certified accuracy at this L2 "
+        "radius, from --eval-n noisy copies per image (default: accuracy under one noise draw)", _OPT,
+        metavar="R"))
+    eval_n: int = field(default=100, metadata=_meta("--eval-radius: noisy copies per image", _OPT))
+    eval_alpha: float = field(default=0.001, metadata=_meta(
+        "--eval-radius: failure probability of each image's bound", _OPT))
     precision: str = field(default="auto", metadata=_meta(
         "auto: bf16 autocast on CUDA, fp32 on CPU", _RUN, choices=("auto", "bf16", "fp32")))
     compile: bool = field(default=False, metadata=_meta("torch.compile the model", _RUN))
@@ -324,6 +332,10 @@ class TrainConfig:
         check_int("max_train", self.max_train, minimum=0)
         check_int("max_eval", self.max_eval, minimum=0)
         check_int("eval_batch", self.eval_batch, minimum=1)
+        if self.eval_radius is not None:
+            check_positive("eval_radius", self.eval_radius, allow_zero=True)
+        check_int("eval_n", self.eval_n, minimum=1, maximum=MAX_NOISE_DRAWS)
+        check_alpha(self.eval_alpha, "eval_alpha")
         check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
         check_int("seed", self.seed)
         check_int("workers", self.workers, minimum=0)

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from robustmaxup.certify import Smooth
 from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturbation, build_method
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
@@ -43,11 +44,13 @@ from robustmaxup.runtime.records import provenance
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.train import checkpointing
 from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
-from robustmaxup.train.state import RUN_FILES, Run, RunDirLock, build_run, check_out_dir, load_splits
+from robustmaxup.train.state import (
+    RUN_FILES, Run, RunDirLock, build_run, check_eval_metric, check_out_dir, load_splits,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["setup", "train", "train_epoch", "train_batch", "train_step", "evaluate",
+__all__ = ["setup", "train", "train_epoch", "train_batch", "train_step", "evaluate", "certified_accuracy",
            "build_perturbation", "steps_per_batch"]
 
 
@@ -74,6 +77,7 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
     """
     cfg.validate()
     method = build_method(cfg.method, **cfg.method_args)
+    check_eval_metric(cfg, method)
     perturbation = build_perturbation(cfg.perturbation)
     dist = Dist.from_env()
     dist.check_divides("batch", cfg.batch)
@@ -179,9 +183,9 @@ def _fit(run: Run) -> dict[str, Any]:
 
 
 def _log_epoch(run: Run, m: Mapping[str, Any]) -> None:
-    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %s %.3f  test %s %.3f  %.0f img/s  lr %.4g  %.1fs",
-             m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], run.metric, m["val"], run.metric,
-             m["test"], m["img_per_s"], m["lr"], m["epoch_seconds"])
+    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %.3f  test %.3f  (%s)  %.0f img/s  lr %.4g  %.1fs",
+             m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], m["val"], m["test"], run.metric,
+             m["img_per_s"], m["lr"], m["epoch_seconds"])
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -278,11 +282,14 @@ def _progress(iterable: Iterable, desc: str, enabled: bool) -> Iterable:
 def evaluate(run: Run, name: str) -> float:
     """Mean of ``method.evaluate`` over split ``name`` (``"val"`` or ``"test"``; NaN if the run
     has none), in eval mode, with noise from the fixed stream ``eval.<name>`` so the metric is
-    comparable across epochs. Every rank evaluates the whole split; cheap by design."""
+    comparable across epochs. Every rank evaluates the whole split; cheap by design. With
+    ``cfg.eval_radius`` (smoothing methods): :func:`certified_accuracy` instead."""
     loader = run.loaders.get(name)
     if loader is None:
         return float("nan")
     gen = stream_generator(run.cfg.seed, f"eval.{name}", device=run.device)
+    if run.cfg.eval_radius is not None:
+        return certified_accuracy(run, loader, gen)
     correct = torch.zeros((), device=run.device, dtype=torch.float64)
     count = 0
     was_training = run.model.training
@@ -295,3 +302,22 @@ def evaluate(run: Run, name: str) -> float:
     finally:
         run.model.train(was_training)
     return correct.item() / max(count, 1)
+
+
+def certified_accuracy(run: Run, loader: Iterable, generator: torch.Generator) -> float:
+    """Certified accuracy at ``cfg.eval_radius`` over ``loader``'s images: the share whose true
+    label :meth:`Smooth.certified_correct <robustmaxup.certify.Smooth.certified_correct>`
+    certifies from ``cfg.eval_n`` noisy copies at ``cfg.eval_alpha`` (noise from
+    ``generator``). Costs ``eval_n`` forward passes per image, in batches of ``eval_batch``."""
+    cfg = run.cfg
+    smooth = Smooth(run.model, run.splits["train"].info.num_classes, float(run.method.hparams()["sigma"]),
+                    precision=cfg.precision, channels_last=False)  # the model keeps its own layout
+    per_call = max(1, cfg.eval_batch // min(cfg.eval_n, smooth.noise_chunk))
+    hits, count = 0, 0
+    for x, y in loader:
+        for i in range(0, len(y), per_call):
+            xs, ys = x[i:i + per_call], y[i:i + per_call]
+            hits += int(smooth.certified_correct(xs, ys, cfg.eval_radius, cfg.eval_n, cfg.eval_alpha,
+                                                 cfg.eval_batch, [generator] * len(ys)).sum())
+            count += len(ys)
+    return hits / max(count, 1)

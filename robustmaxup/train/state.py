@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from robustmaxup.certify.bounds import min_samples_to_certify_radius
 from robustmaxup.data import load_split, make_loader, spread_indices, train_val_split
 from robustmaxup.errors import UserError
 from robustmaxup.methods import Method, WeightPerturbation
@@ -34,7 +35,8 @@ from robustmaxup.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "TrainState", "RunDirLock", "build_run", "load_splits", "check_out_dir", "metric_name"]
+__all__ = ["Run", "TrainState", "RunDirLock", "build_run", "load_splits", "check_out_dir", "metric_name",
+           "check_eval_metric"]
 
 
 @dataclass
@@ -81,16 +83,40 @@ class Run:
 
     @property
     def metric(self) -> str:
-        return metric_name(self.method)
+        return metric_name(self.method, self.cfg)
 
 
-def metric_name(method: Method) -> str:
-    """What the per-epoch validation/test number measures for ``method``'s family."""
+def metric_name(method: Method, cfg: TrainConfig | None = None) -> str:
+    """What the per-epoch validation/test number measures for ``method``'s family (and, for
+    smoothing methods, ``cfg.eval_radius``)."""
     if method.family == "smoothing":
-        return f"noisy accuracy (sigma={method.hparams().get('sigma')})"
+        sigma = method.hparams().get("sigma")
+        if cfg is not None and cfg.eval_radius is not None:
+            return (f"certified accuracy at r={cfg.eval_radius:g} (sigma={sigma}, n={cfg.eval_n}, "
+                    f"alpha={cfg.eval_alpha:g})")
+        return f"noisy accuracy (sigma={sigma})"
     if method.family == "adversarial":
         return "PGD robust accuracy"
     return "clean accuracy"
+
+
+def check_eval_metric(cfg: TrainConfig, method: Method) -> None:
+    """FieldError unless ``cfg.eval_radius`` (if set) fits ``method``: a smoothing method, and
+    ``cfg.eval_n`` samples enough to certify the radius at its sigma even with unanimous votes."""
+    if cfg.eval_radius is None:
+        return
+    if method.family != "smoothing":
+        raise FieldError("eval_radius", f"applies to smoothing methods only; {cfg.method} here is validated "
+                                        f"by {metric_name(method)}")
+    sigma = float(method.hparams()["sigma"])
+    try:
+        need = min_samples_to_certify_radius(cfg.eval_radius, sigma, cfg.eval_alpha)
+    except UserError as e:
+        raise FieldError("eval_radius", f"is too large: {e}") from None
+    if cfg.eval_n < need:
+        raise FieldError("eval_n", f"is {cfg.eval_n}: too few to ever certify radius {cfg.eval_radius:g} at "
+                                   f"sigma {sigma:g} and alpha {cfg.eval_alpha:g}, even with unanimous "
+                                   f"votes; use {need} or more")
 
 
 #: the files of a run directory, and its lock file (present while a run holds it, or after a kill)
