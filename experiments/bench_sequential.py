@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -395,6 +396,7 @@ def predict_section(args: argparse.Namespace) -> dict[str, Any]:
 
     fixed, t_fixed = timed(smooth.predict_batch)
     seq, t_seq = timed(smooth.predict_sequential_details)
+    unanimous, _ = timed(functools.partial(smooth.predict_sequential_details, futility="unanimous"))
     used = np.array([p.n_used for p in seq])
     pred = np.array([p.prediction for p in seq])
     out = {
@@ -406,11 +408,42 @@ def predict_section(args: argparse.Namespace) -> dict[str, Any]:
                        "accuracy": float(np.mean(pred == labels)), "wall_s": t_seq},
         "same_prediction": int(np.sum(pred == np.array(fixed))),
         "sample_ratio": float(args.n / used.mean()), "wall_ratio": t_fixed / t_seq,
+        "unanimous_futility": {"mean_samples": float(np.mean([p.n_used for p in unanimous])),
+                               "same_prediction": int(sum(a.prediction == b.prediction for a, b in zip(seq, unanimous)))},
+        "near_ties": predict_ties(args),
     }
     log.info("predict, digits (%d images): fixed n=%d %.1fs, sequential mean %.0f / median %.0f samples "
              "(x%.1f fewer) %.1fs (x%.1f); same prediction on %d; abstain %d vs %d", len(xs), args.n, t_fixed,
              used.mean(), np.median(used), out["sample_ratio"], t_seq, out["wall_ratio"], out["same_prediction"],
              out["fixed"]["abstain"], out["sequential"]["abstain"])
+    return out
+
+
+def predict_ties(args: argparse.Namespace) -> dict[str, Any]:
+    """Sequential PREDICT's two futility rules (n_max = --n) on near-tied images, the same
+    per-image seeds: the 2-class :class:`Margin` model at ``p_A`` uniform on [0.5, 0.55] (``--digits``
+    images, label 1). The unanimous rule is the reference."""
+    m, k = args.digits, args.images_per_batch
+    p = np.random.default_rng(args.seed + 20).uniform(0.5, 0.55, size=m)
+    xs = torch.zeros(m, 1, 1, 2, dtype=torch.float64)
+    xs[:, 0, 0, 0] = torch.as_tensor(args.sigma * norm.ppf(p))
+    smooth = Smooth(Margin(), 2, args.sigma)
+    out: dict[str, Any] = {"images": m, "p_a": [0.5, 0.55]}
+    for rule in ("unanimous", "projected"):
+        gens = [torch.Generator().manual_seed(args.seed * 7_000_003 + i) for i in range(m)]
+        t0 = time.perf_counter()
+        preds = [q for s in range(0, m, k) for q in smooth.predict_sequential_details(
+            xs[s:s + k], args.n, args.alpha, args.batch, gens[s:s + k], futility=rule)]
+        pred = np.array([q.prediction for q in preds])
+        out[rule] = {"mean_samples": float(np.mean([q.n_used for q in preds])), "decided": int(np.sum(pred != -1)),
+                     "wrong": int(np.sum((pred != -1) & (pred != 1))), "wall_s": time.perf_counter() - t0,
+                     "predictions": pred.tolist()}
+    out["sample_ratio"] = out["unanimous"]["mean_samples"] / out["projected"]["mean_samples"]
+    out["same_prediction"] = int(np.sum(np.array(out["unanimous"]["predictions"]) == np.array(out["projected"]["predictions"])))
+    log.info("predict, near ties (%d images, p_A in [0.5, 0.55]): unanimous futility mean %.0f samples, %d decided; "
+             "projected %.0f (x%.2f fewer), %d decided; same prediction on %d", m, out["unanimous"]["mean_samples"],
+             out["unanimous"]["decided"], out["projected"]["mean_samples"], out["sample_ratio"],
+             out["projected"]["decided"], out["same_prediction"])
     return out
 
 

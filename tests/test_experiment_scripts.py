@@ -41,3 +41,6 @@ def test_bench_sequential_predict_section_runs_small():
     assert out["images"] == 6 and 0 < out["sequential"]["mean_samples"] <= 500
     assert out["sample_ratio"] == pytest.approx(500 / out["sequential"]["mean_samples"])
     assert 0 <= out["same_prediction"] <= 6
+    ties = out["near_ties"]
+    assert ties["images"] == 6 and ties["projected"]["mean_samples"] <= ties["unanimous"]["mean_samples"]
+    assert ties["projected"]["wrong"] == 0

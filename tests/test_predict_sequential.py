@@ -48,7 +48,7 @@ def test_rows_are_smooth_predict_sequential_per_image(digits_checkpoint, tmp_pat
         assert (r.label, r.predict, r.n_used, r.correct) == (y, p.prediction, p.n_used, int(p.prediction == y))
     assert min(r.n_used for r in rows) < 3000            # clear images stop early
     meta = json.loads((tmp_path / "p.tsv.json").read_text())
-    assert meta["mode"] == "predict_sequential" and meta["sequential"] == {"n_max": 3000}
+    assert meta["mode"] == "predict_sequential" and meta["sequential"] == {"n_max": 3000, "futility": "projected"}
     # the Python API writes the same rows; packing images changes nothing
     api = predict_dataset(smooth, split, [r.idx for r in rows], n=1, alpha=0.01, batch_size=100,
                           images_per_batch=3, sequential=SequentialSettings(n_max=3000), progress=False)
@@ -75,13 +75,25 @@ def test_resume_and_settings_are_checked(digits_checkpoint, tmp_path, capsys):
     (["--n-max", "100"], "--n-max applies only with --sequential"),
     (["--sequential", "--n", "100"], "--n is not used with --sequential"),
     (["--sequential", "--radii", "0.5"], "unrecognized arguments: --radii"),
-    (["--sequential", "--futility", "unanimous"], "unrecognized arguments: --futility"),
+    (["--sequential", "--sequence", "betting"], "unrecognized arguments: --sequence"),
+    (["--futility", "unanimous"], "--futility applies only with --sequential"),
 ])
 def test_flags_sequential_predict_does_not_use_are_one_line(digits_checkpoint, tmp_path, capsys, argv, message):
     assert main(["predict", digits_checkpoint, *FLAGS, *argv, "--out", str(tmp_path / "x.tsv")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_futility_is_a_predict_setting_recorded_and_checked_on_resume(digits_checkpoint, tmp_path, capsys):
+    out = tmp_path / "p.tsv"
+    assert _run(digits_checkpoint, out, "--futility", "unanimous") == 0
+    meta = json.loads((tmp_path / "p.tsv.json").read_text())
+    assert meta["sequential"] == {"n_max": 3000, "futility": "unanimous"}
+    capsys.readouterr()
+    assert _run(digits_checkpoint, out, "--resume") == 2        # the default is projected
+    err = capsys.readouterr().err
+    assert "futility" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_library_refuses_certify_only_settings():

@@ -573,15 +573,46 @@ def test_sequential_upper_bound_is_the_running_min_over_looks():
     assert model.seen == n0 + t
 
 
-def test_predict_sequential_stops_once_no_remaining_votes_can_decide():
-    """An exact tie (votes alternate 0, 1): PREDICT abstains, and stops sampling at the first
-    look where even ``n_max - t`` further votes for the leader could not reach (C - 1)/alpha,
-    recomputed here. With looks 1.2x apart that saves only the last look (4,800 of 5,000)."""
-    n_max, alpha = 5000, 0.001
+def _tie_stop(n_max: int, alpha: float, futility: str) -> int:
+    """The look at which an exact tie (t/2 votes each, t even) gives up, recomputed: the
+    leader's further votes are all ``n_max - t`` of them (unanimous) or, projected, its
+    Clopper-Pearson upper share of them plus 3 standard deviations."""
     a, b = bounds.MIXTURE_PRIOR
-    stop = next(t for t in bounds.look_schedule(n_max, 100)
-                if bounds.one_sided_mixture_log_evidence(t // 2 + n_max - t, n_max, 0.5, a, b) < np.log(1 / alpha))
-    assert stop < n_max
+    for t in bounds.look_schedule(n_max, 100):
+        rest = n_max - t
+        if futility == "unanimous":
+            ahead = rest
+        else:
+            u = float(bounds.clopper_pearson_upper_array(t // 2, t, alpha))
+            ahead = min(math.ceil(rest * u + 3 * math.sqrt(rest * u * (1 - u)) - 1e-9), rest)
+        if bounds.one_sided_mixture_log_evidence(t // 2 + ahead, n_max, 0.5, a, b) < np.log(1 / alpha):
+            return t
+    return n_max
+
+
+@pytest.mark.parametrize("futility", ["unanimous", "projected"])
+def test_predict_sequential_gives_up_on_a_tie_at_the_recomputed_look(futility):
+    """An exact tie (votes alternate 0, 1): PREDICT abstains, and stops sampling at the first
+    look where the further votes (all for the leader, or its projected share) could not reach
+    (C - 1)/alpha. Unanimous saves only the last look (4,800 of 5,000); projected stops near
+    half of n_max (2,200)."""
+    n_max, alpha = 5000, 0.001
+    stop = _tie_stop(n_max, alpha, futility)
+    assert stop == (4800 if futility == "unanimous" else 2200)
     model = Scripted([0, 1] * (n_max // 2))
-    result = Smooth(model, 2, 0.25).predict_sequential_details(torch.rand(1, 1, 2, 2), n_max, alpha, 1000, [gen(0)])
+    result = Smooth(model, 2, 0.25).predict_sequential_details(torch.rand(1, 1, 2, 2), n_max, alpha, 1000,
+                                                               [gen(0)], futility=futility)
     assert result[0].prediction == ABSTAIN and result[0].n_used == model.seen == stop
+
+
+def test_projected_futility_keeps_a_clear_leader():
+    """A 3:2 split is decided at the same look under both rules (the projection does not give
+    up on what the votes will decide)."""
+    n_max, alpha = 20_000, 0.001
+    used = {}
+    for rule in ("unanimous", "projected"):
+        model = Scripted([0, 1, 0, 1, 0] * (n_max // 5))
+        used[rule] = Smooth(model, 2, 0.25).predict_sequential_details(
+            torch.rand(1, 1, 2, 2), n_max, alpha, 1000, [gen(0)], futility=rule)[0]
+    assert used["unanimous"] == used["projected"] and used["projected"].prediction == 0
+    assert used["projected"].n_used < n_max

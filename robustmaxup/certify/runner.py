@@ -171,7 +171,8 @@ def _predict_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs:
 
 def _predict_sequential_rows(smooth: Smooth, xs: torch.Tensor, labels: Sequence[int], idxs: Sequence[int],
                              gens: Sequence[torch.Generator], s: Settings) -> list[Row]:
-    preds = smooth.predict_sequential_details(xs, s.sequential.n_max, s.alpha, s.batch_size, gens)
+    preds = smooth.predict_sequential_details(xs, s.sequential.n_max, s.alpha, s.batch_size, gens,
+                                              futility=s.sequential.futility)
     return [PredictRow(i, y, p.prediction, int(p.prediction == y), n_used=p.n_used)
             for i, y, p in zip(idxs, labels, preds)]
 
@@ -205,12 +206,12 @@ MODES = {
 }
 
 #: what sequential PREDICT uses of :class:`SequentialSettings` (the rest is CERTIFY's)
-PREDICT_SEQUENTIAL_FIELDS = ("n_max",)
+PREDICT_SEQUENTIAL_FIELDS = ("n_max", "futility")
 
 
 def mode_of(command: str, settings: Settings) -> Mode:
     """The mode of ``command`` under ``settings``; a FieldError for sequential PREDICT settings
-    that only sequential CERTIFY uses (target radii, tolerance, sequence, futility)."""
+    that only sequential CERTIFY uses (target radii, tolerance, sequence)."""
     q = settings.sequential
     if q is None:
         return MODES[command]
@@ -218,7 +219,8 @@ def mode_of(command: str, settings: Settings) -> Mode:
         unused = [f.name for f in dataclasses.fields(q)
                   if f.name not in PREDICT_SEQUENTIAL_FIELDS and getattr(q, f.name) != f.default]
         if unused:
-            raise FieldError(unused[0], "applies to sequential certify only; sequential predict uses n_max")
+            raise FieldError(unused[0], "applies to sequential certify only; sequential predict uses "
+                                        "n_max and futility")
     return MODES[f"{command}_sequential"]
 
 

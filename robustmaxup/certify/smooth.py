@@ -389,7 +389,7 @@ class Smooth:
 
     def predict_sequential(
         self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, *, futility: str = "projected",
     ) -> int:
         """Sequential (anytime-valid) PREDICT for one image ``x`` ``[C, H, W]``: the class or
         ``ABSTAIN``, drawing at most ``n_max`` samples and stopping once decided.
@@ -399,8 +399,15 @@ class Smooth:
         beta-binomial mixture evidence ``M = M(n_A, n_A + n_B)`` against ``q <= 1/2``, where
         ``q = p_A / (p_A + p_B)`` is the chance that a vote for A or B is for A
         (:func:`bounds.one_sided_mixture_log_evidence` at ``m = 1/2``). It returns A as soon as
-        ``M >= (C - 1) / alpha`` (``C = num_classes``), abstains as soon as even ``n_max - t``
-        further votes for A could not get there, and abstains at ``n_max``.
+        ``M >= (C - 1) / alpha`` (``C = num_classes``), abstains once it cannot get there by
+        ``n_max`` (``futility``, below), and abstains at ``n_max``.
+
+        ``futility="unanimous"`` gives up only when even ``n_max - t`` further votes, all for A,
+        could not reach the threshold. ``"projected"`` (default) also gives up when the further
+        votes, all for A or B and split at A's optimistic share (the one-sided ``(1 - alpha)``
+        Clopper-Pearson upper bound on ``q``, plus :data:`bounds.PROJECTION_Z` standard
+        deviations of luck), could not: near-ties stop at about half of ``n_max`` instead of
+        running to it. Giving up only ever abstains, so neither rule affects the guarantee.
 
         Guarantee: ``P[returns a class other than g(x)] <= alpha``, whatever the stopping time.
         Proof sketch: if it returns ``c != c* = g(x)`` at some look then ``n_{c*} <= n_B`` there,
@@ -416,22 +423,26 @@ class Smooth:
             label = smooth.predict_sequential(x, n_max=10_000, alpha=0.001, batch_size=1000,
                                               generator=torch.Generator().manual_seed(0))
         """
-        return self.predict_sequential_batch(x[None], n_max, alpha, batch_size, [generator])[0]
+        return self.predict_sequential_batch(x[None], n_max, alpha, batch_size, [generator],
+                                             futility=futility)[0]
 
     def predict_sequential_batch(
         self, xs: torch.Tensor, n_max: int, alpha: float, batch_size: int,
-        generators: Sequence[torch.Generator | None],
+        generators: Sequence[torch.Generator | None], *, futility: str = "projected",
     ) -> list[int]:
         """Sequential PREDICT (:meth:`predict_sequential`) for ``k`` images ``[k, C, H, W]``, one
         generator each; the same answers as image by image, for any ``batch_size``."""
-        return [p.prediction for p in self.predict_sequential_details(xs, n_max, alpha, batch_size, generators)]
+        return [p.prediction for p in self.predict_sequential_details(xs, n_max, alpha, batch_size, generators,
+                                                                      futility=futility)]
 
     def predict_sequential_details(
         self, xs: torch.Tensor, n_max: int, alpha: float, batch_size: int,
-        generators: Sequence[torch.Generator | None],
+        generators: Sequence[torch.Generator | None], *, futility: str = "projected",
     ) -> list[Prediction]:
         """:meth:`predict_sequential_batch`, with the samples each image drew (its stopping time)."""
         self._check_args(xs, generators, n_max, alpha, batch_size)
+        if futility not in FUTILITY_RULES:
+            raise FieldError("futility", f"must be one of {', '.join(FUTILITY_RULES)}, got {futility!r}")
         looks = bounds.look_schedule(int(n_max), self.noise_chunk)
         threshold = bounds.predict_sequential_log_threshold(alpha, self.num_classes)
         out = np.full(xs.shape[0], ABSTAIN, dtype=np.int64)
@@ -445,7 +456,12 @@ class Smooth:
             decided = evidence >= threshold
             out[idx[decided]] = order[decided, 0]
             rest = looks[-1] - looks[j]
-            futile = bounds.one_sided_mixture_log_evidence(n_a + rest, n_a + n_b + rest, 0.5, *prior) < threshold
+            ahead = np.full(len(idx), float(rest))
+            if futility == "projected":
+                share = np.asarray(bounds.clopper_pearson_upper_array(n_a, n_a + n_b, alpha), dtype=np.float64)
+                luck = bounds.PROJECTION_Z * np.sqrt(rest * share * (1.0 - share))
+                ahead = np.minimum(np.ceil(rest * share + luck - 1e-9), rest)
+            futile = bounds.one_sided_mixture_log_evidence(n_a + ahead, n_a + n_b + rest, 0.5, *prior) < threshold
             return decided | futile
 
         n_used = self._run_looks(xs, looks, batch_size, generators, step)[1]

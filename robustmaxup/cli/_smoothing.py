@@ -73,6 +73,10 @@ def add_sequential_args(p: argparse.ArgumentParser, *, certify: bool = True) -> 
                    help=f"stop sampling an image once {decided} (replaces --n)")
     g.add_argument("--n-max", type=int, default=None,
                    help=f"most {'estimation ' if certify else ''}samples per image (default: {d.n_max})")
+    give_up = "a radius" if certify else "an image (it abstains)"
+    g.add_argument("--futility", default=None, choices=FUTILITY_RULES,
+                   help=f"give {give_up} up when even projected (or unanimous) further votes cannot "
+                        f"decide it by --n-max (default: {d.futility})")
     if not certify:
         return
     g.add_argument("--radii", type=float, nargs="*", default=None,
@@ -83,9 +87,6 @@ def add_sequential_args(p: argparse.ArgumentParser, *, certify: bool = True) -> 
                         f"(default: {d.radius_tol:g})")
     g.add_argument("--sequence", default=None, help="anytime-valid confidence sequence "
                    f"(robustmaxup.certify.bounds.CONFIDENCE_SEQUENCES; default: {d.sequence})")
-    g.add_argument("--futility", default=None, choices=FUTILITY_RULES,
-                   help="give a radius up when even projected (or unanimous) further votes cannot "
-                        f"reach it (default: {d.futility})")
 
 
 def _sequential_settings(args: argparse.Namespace) -> SequentialSettings | None:
