@@ -51,7 +51,10 @@ default sequence ``mixture_cp`` with the projected futility rule; accuracies in 
 * cifar10: not run (no GPU in this session).
 * predict (``--sections predict``, 60 digits images, n = n_max = 100,000,
   ``experiments/results/bench_sequential_predict_cpu.json``): sequential PREDICT drew a mean of
-  105 samples (median 100) against 100,000, the same 60 predictions, 0.17 s against 204 s.
+  105 samples (median 100) against 100,000, the same 60 predictions, 0.7 s against 379 s (at
+  b390d1c, the 2 cores shared with another job; quiet at 655b243: 0.17 s against 204 s). Its
+  near-ties (60 images at p_A in [0.5, 0.55]): the projected futility rule 33,625 samples on
+  average against the unanimous rule's 39,412 (x1.17), the same 47 decided, none wrong.
 
 So the goal (>= 10x fewer samples, certified accuracy within 0.5 points) is met on the linear
 population and NOT quite on this small digits model (x8-9): its ``p_A`` are spread over
