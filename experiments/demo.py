@@ -22,6 +22,10 @@ from pathlib import Path
 from robustmaxup.cli import main as cli
 
 
+#: the file that marks a directory as the demo's own (so a rerun may replace it)
+MARKER = ".robustmaxup-demo"
+
+
 def _step(argv: list[str]) -> None:
     print(f"\n$ robustmaxup {' '.join(argv)}", flush=True)
     code = cli(argv)
@@ -34,14 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--n", type=int, default=1000, help="Monte-Carlo samples per certified image")
-    p.add_argument("--skip", type=int, default=3, help="certify every SKIP-th test image (360 in all)")
+    p.add_argument("--skip", type=int, default=3, help="certify every SKIP-th of the 360 test images (120 by default)")
     p.add_argument("--sigma", default="0.25")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)  # the demo owns this directory: every run starts clean
+    if out.exists():  # every run starts clean, but only a directory the demo made is removed
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            print(f"demo: error: --out {out} exists and was not made by the demo; choose another "
+                  "directory or remove it yourself", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by experiments/demo.py; the next demo run replaces this directory\n")
     t0 = time.perf_counter()
     common = ["--dataset", "digits", "--device", args.device]
     runs = {
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     tsvs = []
     for name, method in runs.items():
         _step(["train", *common, "--arch", "digits_cnn", *method, "--sigma", args.sigma,
-               "--epochs", str(args.epochs), "--batch", "64", "--lr", "0.05", "--lr-step", str(args.epochs * 2 // 3),
+               "--epochs", str(args.epochs), "--batch", "64", "--lr", "0.05", "--lr-step", str(max(1, args.epochs * 2 // 3)),
                "--out", str(out / name)])
         tsv = out / f"certify_{name}.tsv"
         _step(["certify", str(out / name / "last.pt"), *common, "--n0", "100", "--n", str(args.n),

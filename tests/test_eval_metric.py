@@ -136,6 +136,25 @@ def test_best_checkpoint_is_chosen_by_certified_accuracy(tmp_path):
     vals = [m["val"] for m in summary["history"]]
     assert best["best"]["value"] == max(vals) and best["best"]["epoch"] == 1 + vals.index(max(vals))
     assert best["config"]["eval_radius"] == 0.25 and best["config"]["eval_n"] == 100
+    assert all(m["metric"] == best["best"]["metric"].removeprefix("validation ") for m in summary["history"])
+    assert all(m["eval_seconds"] > 0 for m in summary["history"])
+
+
+@pytest.mark.parametrize("flag", [{"eval_n": 200}, {"eval_alpha": 0.01}])
+def test_eval_settings_without_eval_radius_are_refused(tmp_path, flag):
+    with pytest.raises(Exception, match="applies only with --eval-radius"):
+        setup(_cfg(tmp_path / "run", eval_radius=None, **flag))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("ratio", [6.0, 7.0, 8.0, 8.2])
+def test_far_radii_are_refused_at_once_not_searched_for(tmp_path, ratio):
+    """r/sigma in [6.5, 8.3) once made the least-n search count down from ~1e16 one by one."""
+    n = bounds.min_samples_to_certify_radius(ratio * 0.25, 0.25, 0.001)
+    assert bounds.certified_at(n, n, 0.001, ratio * 0.25, 0.25)
+    assert not bounds.certified_at(n - 1, n - 1, 0.001, ratio * 0.25, 0.25)
+    with pytest.raises(Exception, match="noisy copies per image"):
+        setup(_cfg(tmp_path / "run", eval_radius=ratio * 0.25, eval_n=100_000))
 
 
 def test_certified_accuracy_falls_with_the_radius_on_the_same_noise(tmp_path):

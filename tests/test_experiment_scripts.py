@@ -44,3 +44,24 @@ def test_bench_sequential_predict_section_runs_small():
     ties = out["near_ties"]
     assert ties["images"] == 6 and ties["projected"]["mean_samples"] <= ties["unanimous"]["mean_samples"]
     assert ties["projected"]["wrong"] == 0
+
+
+def test_demo_never_removes_a_directory_it_did_not_make(tmp_path, capsys):
+    demo = load_experiment("demo")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("keep")
+    assert demo.main(["--out", str(victim), "--epochs", "1"]) == 2
+    assert (victim / "important.txt").read_text() == "keep"
+    err = capsys.readouterr().err
+    assert "was not made by the demo" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_replaces_its_own_directory_and_runs_one_epoch(tmp_path):
+    demo = load_experiment("demo")
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--epochs", "1", "--n", "20", "--skip", "60", "--device", "cpu"]
+    assert demo.main(args) == 0                     # one epoch: the lr step is clamped to 1
+    (out / "leftover.txt").write_text("from the last run")
+    assert demo.main(args) == 0
+    assert not (out / "leftover.txt").exists() and (out / "table.md").exists()

@@ -166,6 +166,8 @@ ERRORS = [
     (["--eval-radius", "9"], "--eval-radius is too large"),
     (["--eval-radius", "0.25", "--eval-alpha", "0"], "--eval-alpha"),
     (["--eval-n", "0"], "--eval-n"),
+    (["--eval-n", "200"], "--eval-n applies only with --eval-radius"),
+    (["--eval-radius", "1.75"], "--eval-radius is too large"),   # r/sigma = 7 needs ~5e12 copies
 ]
 
 

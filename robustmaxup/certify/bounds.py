@@ -222,13 +222,14 @@ def min_samples_to_certify_radius(radius: float, sigma: float, alpha: float) -> 
     if threshold >= 1.0:
         raise UserError(f"radius {radius} is beyond what any number of samples can certify at sigma {sigma}")
     least = min_samples_to_certify(alpha)
-    unanimous = lambda m: float(clopper_pearson_lower_array(m, m, alpha))  # noqa: E731
-    n = max(least, math.ceil(math.log(alpha) / math.log(threshold)) if threshold > 0.5 else least)
-    while unanimous(n) < threshold:
-        n += 1
-    while n > least and unanimous(n - 1) >= threshold:
-        n -= 1
-    return n
+    reaches = lambda m: float(clopper_pearson_lower_array(m, m, alpha)) >= threshold  # noqa: E731
+    lo, hi = least - 1, least    # reaches(lo) is False (no n below `least` certifies at all)
+    while not reaches(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:           # the bound grows with n: bisect for the least n that reaches
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return hi
 
 
 def can_ever_certify(n: int, alpha: float, *, warn: bool = True) -> bool:

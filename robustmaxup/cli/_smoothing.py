@@ -31,9 +31,10 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
         p.add_argument("--n0", "--N0", dest="n0", type=int, default=100,
                        help="samples to select the top class (--N0 as in Cohen et al.'s certify.py)")
     bound = "at most 10^9, like --n0 and --n-max" if with_n0 else "at most 10^9"
+    script = "certify.py" if with_n0 else "predict.py"
     p.add_argument("--n", "--N", dest="n", type=int, default=None,
                    help=f"samples to estimate/test the top class (default: {N_DEFAULT}; --N as in "
-                        f"Cohen et al.'s certify.py; {bound})")
+                        f"Cohen et al.'s {script}; {bound})")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--skip", type=int, default=1, help="use dataset indices 0, skip, 2*skip, ...")

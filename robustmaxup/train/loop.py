@@ -167,7 +167,9 @@ def _fit(run: Run) -> dict[str, Any]:
                  len(run.splits["val"]) if run.splits["val"] is not None else 0, run.device, run.dist.world)
     for epoch in range(state.epoch, cfg.epochs):
         metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
+        t_eval = time.perf_counter()
         metrics.update(epoch=epoch + 1, lr=lr_at(cfg, epoch), val=evaluate(run, "val"), test=evaluate(run, "test"))
+        metrics.update(eval_seconds=time.perf_counter() - t_eval, metric=run.metric)
         if not math.isfinite(metrics["loss"]):
             raise FieldError("lr", f"may be too high (now {lr_at(cfg, epoch):g}): training diverged at "
                                    f"epoch {epoch + 1} (loss {metrics['loss']}); lower it, or whichever "
@@ -183,9 +185,9 @@ def _fit(run: Run) -> dict[str, Any]:
 
 
 def _log_epoch(run: Run, m: Mapping[str, Any]) -> None:
-    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %.3f  test %.3f  (%s)  %.0f img/s  lr %.4g  %.1fs",
-             m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], m["val"], m["test"], run.metric,
-             m["img_per_s"], m["lr"], m["epoch_seconds"])
+    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %.3f  test %.3f  (%s)  %.0f img/s  lr %.4g  "
+             "%.1fs + eval %.1fs", m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], m["val"], m["test"],
+             m["metric"], m["img_per_s"], m["lr"], m["epoch_seconds"], m["eval_seconds"])
 
 
 # --- one epoch -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import FileLock, check_not_inputs, check_output_path, shown
+from robustmaxup.runtime.limits import MAX_NOISE_DRAWS
 from robustmaxup.runtime.seeds import seed_everything, stream_generator, stream_seed
 from robustmaxup.train.config import TrainConfig
 
@@ -104,6 +105,10 @@ def check_eval_metric(cfg: TrainConfig, method: Method) -> None:
     """FieldError unless ``cfg.eval_radius`` (if set) fits ``method``: a smoothing method, and
     ``cfg.eval_n`` samples enough to certify the radius at its sigma even with unanimous votes."""
     if cfg.eval_radius is None:
+        for name in ("eval_n", "eval_alpha"):
+            if getattr(cfg, name) != TrainConfig.__dataclass_fields__[name].default:
+                raise FieldError(name, "applies only with --eval-radius (certified accuracy as the "
+                                       "per-epoch metric); add --eval-radius R or drop it")
         return
     if method.family != "smoothing":
         raise FieldError("eval_radius", f"applies to smoothing methods only; {cfg.method} here is validated "
@@ -113,6 +118,9 @@ def check_eval_metric(cfg: TrainConfig, method: Method) -> None:
         need = min_samples_to_certify_radius(cfg.eval_radius, sigma, cfg.eval_alpha)
     except UserError as e:
         raise FieldError("eval_radius", f"is too large: {e}") from None
+    if need > MAX_NOISE_DRAWS:
+        raise FieldError("eval_radius", f"is too large: certifying {cfg.eval_radius:g} at sigma {sigma:g} "
+                                        f"needs {need} or more noisy copies per image (at most {MAX_NOISE_DRAWS})")
     if cfg.eval_n < need:
         raise FieldError("eval_n", f"is {cfg.eval_n}: too few to ever certify radius {cfg.eval_radius:g} at "
                                    f"sigma {sigma:g} and alpha {cfg.eval_alpha:g}, even with unanimous "
