@@ -27,7 +27,7 @@ ATTACK = ["--dataset", "digits", "--attack", "pgd", "--eps", "0.1", "--steps", "
           "--n-examples", "6", "--batch", "2", "--quiet", "--device", "cpu"]
 TRAIN = ["train", "--dataset", "digits", "--arch", "digits_cnn", "--epochs", "2", "--max-train", "200",
          "--max-eval", "30", "--batch", "50", "--lr", "0.05", "--quiet", "--device", "cpu"]
-TIMING_KEYS = {"img_per_s", "epoch_seconds", "total_time_s", "this_call_s", "timings", "wall_seconds_this_session"}
+TIMING_KEYS = {"img_per_s", "epoch_seconds", "eval_seconds", "total_time_s", "this_call_s", "timings", "wall_seconds_this_session"}
 
 # (command, fault point): every write boundary; the first of each command runs in the fast suite
 POINTS = {
