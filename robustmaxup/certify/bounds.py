@@ -43,7 +43,7 @@ __all__ = [
     "staged_clopper_pearson_lower", "staged_clopper_pearson_upper", "betting_lower", "betting_upper",
     "mixture_cp_lower", "mixture_cp_upper",
     "look_schedule", "staged_schedule", "ConfidenceSequence", "CONFIDENCE_SEQUENCES", "DEFAULT_SEQUENCE",
-    "MIXTURE_PRIOR", "CP_SHARE", "PROJECTION_Z", "confidence_sequence", "radius_thresholds", "sequential_done",
+    "MIXTURE_PRIOR", "CP_SHARE", "PROJECTION_Z", "projected_successes", "confidence_sequence", "radius_thresholds", "sequential_done",
 ]
 
 
@@ -175,11 +175,15 @@ def min_samples_to_predict_sequential(alpha: float, num_classes: int) -> int:
         14
     """
     need = predict_sequential_log_threshold(alpha, num_classes)
-    reaches = lambda n: one_sided_mixture_log_evidence(n, n, 0.5, *MIXTURE_PRIOR) >= need  # noqa: E731
-    hi = 1
+    return _least(lambda n: one_sided_mixture_log_evidence(n, n, 0.5, *MIXTURE_PRIOR) >= need)
+
+
+def _least(reaches: Callable[[int], bool], start: int = 1) -> int:
+    """The least ``n >= start`` with ``reaches(n)``, for a predicate that stays true once true
+    (``reaches(start - 1)`` must be false): doubling, then bisection -- O(log n) calls."""
+    lo, hi = start - 1, start
     while not reaches(hi):
-        hi *= 2
-    lo = hi // 2          # reaches(lo) is False (or lo = 0); the evidence grows with n
+        lo, hi = hi, 2 * hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
@@ -221,15 +225,9 @@ def min_samples_to_certify_radius(radius: float, sigma: float, alpha: float) -> 
     threshold = float(radius_thresholds([radius], sigma)[0])
     if threshold >= 1.0:
         raise UserError(f"radius {radius} is beyond what any number of samples can certify at sigma {sigma}")
-    least = min_samples_to_certify(alpha)
-    reaches = lambda m: float(clopper_pearson_lower_array(m, m, alpha)) >= threshold  # noqa: E731
-    lo, hi = least - 1, least    # reaches(lo) is False (no n below `least` certifies at all)
-    while not reaches(hi):
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:           # the bound grows with n: bisect for the least n that reaches
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
-    return hi
+    # no n below min_samples_to_certify certifies at all; the unanimous bound grows with n
+    return _least(lambda m: float(clopper_pearson_lower_array(m, m, alpha)) >= threshold,
+                  start=min_samples_to_certify(alpha))
 
 
 def can_ever_certify(n: int, alpha: float, *, warn: bool = True) -> bool:
@@ -659,12 +657,27 @@ class ConfidenceSequence:
         j = ks.shape[1]
         ahead = (looks_arr[None, j:] - looks_arr[j - 1]).astype(np.float64)
         if rate is not None:
-            r = np.clip(np.asarray(rate, dtype=np.float64).reshape(-1, 1), 0.0, 1.0)
-            ahead = np.minimum(np.ceil(ahead * r + z * np.sqrt(ahead * r * (1.0 - r)) - 1e-9), ahead)
+            ahead = projected_successes(ahead, np.asarray(rate, dtype=np.float64).reshape(-1, 1), z)
         path = np.concatenate([ks, ks[:, -1:] + ahead.astype(np.int64)], axis=1)
         if self.path_free:
             return self.lower(path[:, -1:], looks_arr[-1:], alpha, tuple(looks))
         return self.lower(path, looks_arr, alpha, tuple(looks))
+
+
+def projected_successes(draws: np.ndarray | float, rate: np.ndarray | float, z: float = PROJECTION_Z) -> np.ndarray:
+    """Successes an optimistic projection grants among ``draws`` further draws at ``rate``:
+    ``draws * rate + z * sqrt(draws * rate * (1 - rate))`` (``z`` standard deviations of luck),
+    rounded up, at most ``draws`` (``rate`` is clipped to [0, 1]). The futility rules of
+    sequential CERTIFY (:meth:`ConfidenceSequence.best_lower`) and PREDICT use it.
+
+    Example::
+
+        >>> projected_successes(np.array([100.0]), 0.5, z=2.0).tolist()
+        [60.0]
+    """
+    d = np.asarray(draws, dtype=np.float64)
+    r = np.clip(np.asarray(rate, dtype=np.float64), 0.0, 1.0)
+    return np.minimum(np.ceil(d * r + z * np.sqrt(d * r * (1.0 - r)) - 1e-9), d)
 
 
 # Prior of the one-sided beta-binomial mixture: Beta(1, 0.1) puts most mass near q = 1, where most

@@ -47,7 +47,7 @@ from torch import nn
 
 from robustmaxup.certify import bounds
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.checks import FieldError, check_choice
 from robustmaxup.models.fold import fold_batchnorm
 from robustmaxup.models.state import model_state
 
@@ -300,8 +300,7 @@ class Smooth:
         self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0)
         if not radius_tol > 0:
             raise FieldError("radius_tol", f"must be > 0, got {radius_tol}")
-        if futility not in FUTILITY_RULES:
-            raise FieldError("futility", f"must be one of {', '.join(FUTILITY_RULES)}, got {futility!r}")
+        check_choice("futility", futility, FUTILITY_RULES)
         seq = bounds.confidence_sequence(sequence)
         thresholds = None if radii is None else bounds.radius_thresholds(radii, self.sigma)
         looks = seq.schedule(int(n_max), self.noise_chunk)
@@ -441,8 +440,7 @@ class Smooth:
     ) -> list[Prediction]:
         """:meth:`predict_sequential_batch`, with the samples each image drew (its stopping time)."""
         self._check_args(xs, generators, n_max, alpha, batch_size)
-        if futility not in FUTILITY_RULES:
-            raise FieldError("futility", f"must be one of {', '.join(FUTILITY_RULES)}, got {futility!r}")
+        check_choice("futility", futility, FUTILITY_RULES)
         looks = bounds.look_schedule(int(n_max), self.noise_chunk)
         threshold = bounds.predict_sequential_log_threshold(alpha, self.num_classes)
         out = np.full(xs.shape[0], ABSTAIN, dtype=np.int64)
@@ -458,9 +456,8 @@ class Smooth:
             rest = looks[-1] - looks[j]
             ahead = np.full(len(idx), float(rest))
             if futility == "projected":
-                share = np.asarray(bounds.clopper_pearson_upper_array(n_a, n_a + n_b, alpha), dtype=np.float64)
-                luck = bounds.PROJECTION_Z * np.sqrt(rest * share * (1.0 - share))
-                ahead = np.minimum(np.ceil(rest * share + luck - 1e-9), rest)
+                share = bounds.clopper_pearson_upper_array(n_a, n_a + n_b, alpha)
+                ahead = bounds.projected_successes(ahead, share)
             futile = bounds.one_sided_mixture_log_evidence(n_a + ahead, n_a + n_b + rest, 0.5, *prior) < threshold
             return decided | futile
 
