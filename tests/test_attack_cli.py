@@ -64,6 +64,8 @@ def test_errors_are_one_line_exit_2_and_write_nothing(ckpt, tmp_path, capsys):
         (["--eps", "0.1", "--attacks", "apgd-ce", "pgd"], "pgd"),
         (["--eps", "0.1", "--attack", "pgd", "--norm", "L1"], "norm"),
         (["--eps", "0.1", "--attack", "pgd", "--version", "rand"], "--version"),
+        (["--eps", "0.1", "--steps", "50"], "--steps/--step-size apply to --attack pgd"),
+        (["--eps", "0.1", "--step-size", "1/255"], "--steps/--step-size apply to --attack pgd"),
         (["--eps", "0.1", "--n-examples", "0"], "--n-examples"),
         (["--eps", "0.1", "--smoothed", "--sigma", "-0.5"], "--sigma"),
         (["--eps", "0.1", "--sigma", "0.5"], "--smoothed"),
@@ -114,6 +116,8 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
     assert "running apgd-ce" not in err  # pyautoattack's debug log goes to the file only
     res = json.loads(out.read_text())
     assert res["n"] == 20 and res["version"] == "custom" and res["attacks"] == ["apgd-ce"]
+    used = res["attack_config"]      # as used: rescores resolved, PGD's fields unset
+    assert used["rescores"] == 1 and used["steps"] is None and used["step_size"] is None
     assert abs(res["eps"] - 8 / 255) < 1e-12 and res["norm"] == "Linf"
     assert res["robust_accuracy"] <= res["clean_accuracy"]
     assert res["clean_accuracy"] > 0.8

@@ -237,3 +237,14 @@ def test_resume_runs_each_unfinished_chunk_once_and_no_finished_one(tmp_path, mo
     assert done.record["n"] == 12 and len(done.examples) == 12
     fresh = evaluate_dataset(model, split, idx, config, seed=0, progress=False)
     assert done.examples.tsv() == fresh.examples.tsv()
+
+
+def test_the_recorded_attack_config_is_the_one_used():
+    """``attack_config`` in the JSON records rescores resolved (5 for a smoothed model, not the
+    null of "default") and leaves the other attack's fields unset."""
+    smoothed_pgd = AttackConfig(eps=0.5, attack="pgd", norm="L2", steps=3, sigma=0.25).as_used()
+    assert smoothed_pgd["rescores"] == 5 and smoothed_pgd["steps"] == 3
+    assert smoothed_pgd["version"] is None and smoothed_pgd["attacks"] is None
+    aa = AttackConfig(eps=0.1, attacks=("apgd-ce",), version="custom", rescores=2).as_used()
+    assert aa["rescores"] == 2 and aa["attacks"] == ["apgd-ce"] and aa["version"] == "custom"
+    assert aa["steps"] is None and aa["step_size"] is None

@@ -159,3 +159,21 @@ def test_bad_class_order_is_one_line(original, tmp_path, capsys, value, message)
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "x.tsv").exists()
+
+
+@pytest.mark.parametrize("command", ["certify", "attack"])
+def test_a_wrong_class_order_is_named_by_the_near_chance_warning(original, tmp_path, capsys, command):
+    """A permuted --class-order makes a good model look like chance; the warning says which
+    class order to suspect (it used to say only "labels")."""
+    shuffled = ",".join(DIGITS[p] for p in P)
+    more = ["--skip", "1", "--max", "40"] if command == "certify" else ["--n-examples", "40"]
+    flags = CERTIFY if command == "certify" else ATTACK
+    out = tmp_path / ("x.tsv" if command == "certify" else "x.json")
+    for order, warned in (([], False), (["--class-order", shuffled], True)):
+        assert main([command, original, *flags, *more, "--out", str(out), *order]) == 0
+        err = capsys.readouterr().err
+        assert ("near chance; check --dataset, the normalisation and the class order given with "
+                "--class-order" in err) is warned
+        out.unlink()
+        for extra in tmp_path.glob("x.*"):
+            extra.unlink()

@@ -457,7 +457,7 @@ def test_log_lines_and_error_lines_escape_control_characters(capsys):
 def test_default_outputs_carry_the_checkpoint_name(tmp_path):
     import argparse
 
-    from robustmaxup.certify.runner import SmoothingJob, default_out
+    from robustmaxup.certify.runner import SequentialSettings, SmoothingJob, default_out
     from robustmaxup.cli.attack import default_out as attack_out
 
     a = default_out(SmoothingJob("certify", "runs/gauss/last.pt", "digits"), 0.25)
@@ -465,5 +465,11 @@ def test_default_outputs_carry_the_checkpoint_name(tmp_path):
     assert str(a) == "certify_gauss-last_test_sigma0.25.tsv" and a != b
     assert str(default_out(SmoothingJob("predict", "c10 model\x1b.pth.tar", "digits"), 0.5)) == \
         "predict_c10_model_test_sigma0.5.tsv"
-    args = argparse.Namespace(checkpoint="m/best.pt", attack="pgd", norm="L2")
+    sequential = SmoothingJob("certify", "runs/gauss/last.pt", "digits", sequential=SequentialSettings())
+    assert str(default_out(sequential, 0.25)) == "certify_gauss-last_test_sigma0.25_sequential.tsv"
+    args = argparse.Namespace(checkpoint="m/best.pt", attack="pgd", norm="L2", smoothed=False, sigma=None)
     assert str(attack_out(args, 0.5)) == "attack_m-best_pgd_L2_eps0.5.json"
+    args.smoothed = True
+    assert str(attack_out(args, 0.5)) == "attack_m-best_pgd_L2_eps0.5_smoothed.json"
+    args.sigma = 0.5
+    assert str(attack_out(args, 0.5)) == "attack_m-best_pgd_L2_eps0.5_smoothed_sigma0.5.json"

@@ -10,6 +10,7 @@ from robustmaxup.checkpoints import build_model_for
 from robustmaxup.errors import UserError
 from robustmaxup.methods import build_method
 from robustmaxup.methods.maxup import naive_maxup_loss, per_example_loss
+from robustmaxup.runtime.checks import FieldError
 
 
 def _setup(m: int, seed: int = 0):
@@ -106,3 +107,14 @@ def test_mixing_alpha_defaults_to_the_augmentations_own():
     assert build_method("maxup", augment="kmixup").hparams()["alpha"] == 10.0
     assert build_method("maxup", augment="mixup").hparams()["alpha"] == 1.0
     assert build_method("maxup", augment="mixup", alpha=0.4).hparams()["alpha"] == 0.4
+    assert build_method("maxup", augment="kmixup").hparams()["k"] == 16
+    assert build_method("maxup", augment="kmixup", k=4).hparams()["k"] == 4
+
+
+@pytest.mark.parametrize("augment, option", [("gaussian", "alpha"), ("gaussian", "k"), ("mixup", "k"),
+                                             ("cutmix", "k")])
+def test_an_option_the_augmentation_does_not_use_is_refused_not_recorded(augment, option):
+    """A user's ``--alpha`` with Gaussian copies did nothing yet was recorded as if it had."""
+    with pytest.raises(FieldError, match=f"{option} is not used by the {augment} augmentation"):
+        build_method("maxup", augment=augment, **{option: 4})
+    assert build_method("maxup", augment=augment).hparams()[option] is None

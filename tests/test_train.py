@@ -47,7 +47,7 @@ def test_run_directory_describes_itself(tmp_path):
     assert config["score_batch"] == 0 and config["recipe"] is None and config["recipe_overrides"] == {}
     assert "git_dirty" in config["provenance"]
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert ckpt["hparams"] == {"sigma": 0.25, "copies": 2, "augment": "gaussian", "alpha": 1.0, "k": 16,
+    assert ckpt["hparams"] == {"sigma": 0.25, "copies": 2, "augment": "gaussian", "alpha": None, "k": None,
                                "score_batch": 0}
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "digits_cnn" and ckpt["method"] == "maxup"
     assert "scaler" not in ckpt and len(ckpt["history"]) == 1
@@ -141,6 +141,7 @@ ERRORS = [
     (["--method", "macer", "--beta", "4"], "--beta was renamed --trades-beta or --macer-beta"),
     (["--awp", "0.01"], "--awp was renamed --awp-gamma"),
     (["--amp", "0.5"], "--amp was renamed --amp-eps"),
+    (["--method", "maxup", "--alpha", "0.01"], "--alpha is not used by the gaussian augmentation"),
     (["--recipe", "nonesuch"], "--recipe"),
     (["--method", "smoothadv", "--copies", "8", "--batch", "4", "--max-train", "200"], "--batch"),
     (["--lr-milestones", "5", "3"], "--lr-milestones"),
@@ -444,3 +445,16 @@ def test_evaluation_does_not_consume_the_training_noise_stream(tmp_path):  # kil
     finally:
         run.lock.release()
         run.dist.close()
+
+
+def test_without_validation_images_the_log_says_best_pt_is_not_written(tmp_path, caplog):
+    """``--val-size 0`` used to show only ``val nan``; now one line says what it means and the
+    epoch line shows ``val -``."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="robustmaxup"):
+        train(_cfg(tmp_path / "run", epochs=1, max_train=200, val_size=0, quiet=False))
+    text = caplog.text
+    assert "no validation images (val_size 0): best.pt is not written; use last.pt" in text
+    assert "val -  test 0." in text and "nan" not in text
+    assert not (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "last.pt").exists()

@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,15 @@ class AttackConfig:
         if self.rescores is not None:
             return self.rescores
         return RANDOMIZED_RESCORES if self.randomized else 1
+
+    def as_used(self) -> dict[str, Any]:
+        """The settings as the run uses them, for records: ``rescores`` resolved, and the other
+        attack's fields None (``steps``/``step_size`` are PGD's, ``version``/``attacks``
+        AutoAttack's)."""
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        d["rescores"] = self.n_rescores
+        unused = ("steps", "step_size") if self.attack == "autoattack" else ("version", "attacks")
+        return {**d, **dict.fromkeys(unused)}
 
 
 Evaluator = Callable[..., AttackResult]

@@ -58,7 +58,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -345,7 +345,7 @@ def _header(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, 
         "dataset": split.info.name, "split": getattr(split, "split", None), "split_size": len(split),
         "n": len(idx), "indices": idx,
         "batch": config.batch_size, "seed": seed, "save_adv": save_adv,
-        "attack_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "attack_config": config.as_used(),
         "attack": config.attack, "eps": config.eps, "norm": config.norm,
         "version": config.version if config.attack == "autoattack" else None,
         "smoothed": {"sigma": config.sigma, "m": config.m} if config.randomized else None,
@@ -574,7 +574,8 @@ def evaluate_dataset(
 
     chosen = [idx[i] for i in spread_indices(len(idx), CLEAN_CHECK_IMAGES).tolist()]
     accuracy, images = clean_accuracy(model, split, chosen, b, device)
-    log_clean_accuracy(accuracy, images, split.info.num_classes, "the model")
+    log_clean_accuracy(accuracy, images, split.info.num_classes, "the model",
+                       (extra_record or {}).get("class_source"))
     header["clean_check"] = {"examples": images, "accuracy": accuracy}
     if config.randomized:
         log.info("randomized (smoothed) model: x_adv is re-scored %d times; an example counts as "

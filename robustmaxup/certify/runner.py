@@ -276,8 +276,8 @@ class Output:
         """UserError if a file of this output exists (a run without resume writes none over)."""
         blocking = [p for p in [self.final, *self.parts(), self.sidecar] if p.exists()]
         if blocking:
-            raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it, "
-                            "or choose another output")
+            raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it "
+                            "(same settings only), or choose another output (--out)")
 
     def done(self) -> set[int]:
         """Indices already written (in the final file or this rank's part)."""
@@ -570,11 +570,13 @@ class SmoothingJob:
 
 
 def default_out(job: SmoothingJob, sigma: float) -> Path:
-    """``<command>_<checkpoint>_<split>_sigma<S>.tsv`` in the current directory, where
-    ``<checkpoint>`` is :func:`~robustmaxup.runtime.io.file_label` of the checkpoint (its stem,
-    ``runs/maxup/last.pt`` -> ``maxup-last``), so two models certified side by side never
-    share a default output."""
-    return Path(f"{job.command}_{file_label(job.checkpoint)}_{job.split}_sigma{sigma:g}.tsv")
+    """``<command>_<checkpoint>_<split>_sigma<S>[_sequential].tsv`` in the current directory,
+    where ``<checkpoint>`` is :func:`~robustmaxup.runtime.io.file_label` of the checkpoint (its
+    stem, ``runs/maxup/last.pt`` -> ``maxup-last``), so two models certified side by side never
+    share a default output, nor do a fixed-n and a sequential run of one model (their files
+    have different columns)."""
+    mode = "_sequential" if job.sequential is not None else ""
+    return Path(f"{job.command}_{file_label(job.checkpoint)}_{job.split}_sigma{sigma:g}{mode}.tsv")
 
 
 def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
@@ -648,7 +650,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     acc, n_check = clean_accuracy(lambda b: smooth.logits(b, compiled=False), split, chosen,
                                   job.batch_size, device)
     if dist.main:
-        log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier")
+        log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier", classes["class_source"])
     record = {
         "config": dataclasses.asdict(job), **checkpoint_record(job.checkpoint, meta),
         "skip": job.skip, "max": job.max_images, "sigma_source": source, **classes,

@@ -42,8 +42,8 @@ def add_smoothing_args(p: argparse.ArgumentParser, *, with_n0: bool) -> None:
                    help="at most this many images, spread evenly over the skip-selection (default: "
                         "-1, all); it counts images, unlike certify.py's --max, an index bound")
     p.add_argument("--out", default=None,
-                   help="output TSV (default: <command>_<checkpoint>_<split>_sigma<S>.tsv in the current "
-                        "directory; never the checkpoint or the data root)")
+                   help="output TSV (default: <command>_<checkpoint>_<split>_sigma<S>[_sequential].tsv "
+                        "in the current directory; never the checkpoint or the data root)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted output file from its last complete row")
     p.add_argument("--images-per-batch", type=int, default=1,

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --smoothed; custom with --attacks)")
     p.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
                    help=f"AutoAttack custom attack list from: {', '.join(AA_ATTACKS)}")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (--attack pgd)")
+    p.add_argument("--steps", type=int, default=None, help="PGD steps (--attack pgd; default 10)")
     p.add_argument("--step-size", default=None,
                    help="PGD step size (--attack pgd; default 2.5*eps/steps; fractions work)")
     p.add_argument("--n-examples", type=int, default=1000,
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescores", type=int, default=None,
                    help="re-scorings of x_adv (default: 5 for --smoothed, else 1)")
     p.add_argument("--out", default=None,
-                   help="output JSON (default: attack_<checkpoint>_<attack>_<norm>_eps<EPS>.json); the "
-                        "TSV goes beside it")
+                   help="output JSON (default: attack_<checkpoint>_<attack>_<norm>_eps<EPS>[_smoothed]"
+                        ".json); the TSV goes beside it")
     p.add_argument("--save-adv", default=None, metavar="FILE", help="also save x_adv to this torch file")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last finished chunk (a finished run "
@@ -81,22 +81,27 @@ def attack_config(args: argparse.Namespace, eps: float, sigma: float | None):
 
     if args.attack != "autoattack" and (args.version is not None or args.attacks):
         raise UserError(f"--version/--attacks apply to --attack autoattack, not {args.attack!r}")
+    if args.attack == "autoattack" and (args.steps is not None or args.step_size is not None):
+        raise UserError("--steps/--step-size apply to --attack pgd; AutoAttack sets its own "
+                        "iterations (choose its attacks with --version or --attacks)")
     if (args.sigma is not None or args.m != 32) and not args.smoothed:
         raise UserError("--sigma/--m only apply with --smoothed")
     version = args.version or ("custom" if args.attacks else "rand" if args.smoothed else "standard")
     step_size = parse_fraction(args.step_size, "step_size") if args.step_size is not None else None
     return AttackConfig(
         eps=eps, attack=args.attack, norm=args.norm, version=version,
-        attacks=tuple(args.attacks) if args.attacks else None, steps=args.steps,
+        attacks=tuple(args.attacks) if args.attacks else None,
+        steps=AttackConfig.steps if args.steps is None else args.steps,
         step_size=step_size, batch_size=args.batch, sigma=sigma, m=args.m, rescores=args.rescores,
     )
 
 
 def default_out(args: argparse.Namespace, eps: float) -> Path:
-    """``attack_<checkpoint>_<attack>_<norm>_eps<EPS>.json`` in the current directory
-    (``<checkpoint>``: :func:`~robustmaxup.runtime.io.file_label`, so two models attacked side
-    by side never share a default output)."""
-    return Path(f"attack_{file_label(args.checkpoint)}_{args.attack}_{args.norm}_eps{eps:.6g}.json")
+    """``attack_<checkpoint>_<attack>_<norm>_eps<EPS>[_smoothed[_sigma<S>]].json`` in the current
+    directory (``<checkpoint>``: :func:`~robustmaxup.runtime.io.file_label`, so two models, or a
+    model and its smoothed version, attacked side by side never share a default output)."""
+    smoothed = "_smoothed" + ("" if args.sigma is None else f"_sigma{args.sigma:g}") if args.smoothed else ""
+    return Path(f"attack_{file_label(args.checkpoint)}_{args.attack}_{args.norm}_eps{eps:.6g}{smoothed}.json")
 
 
 def _body(args: argparse.Namespace) -> None:

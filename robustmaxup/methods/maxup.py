@@ -7,8 +7,10 @@ With Gaussian noise (the default, ``--augment gaussian``) the copies are ``x + �
 augmentations (mixup, CutMix, k-mixup) are maximised over the same way, with no noise unless
 ``sigma`` is given: ``sigma > 0`` adds Gaussian noise on top of each mixed copy, so the result can
 still be smoothed. Defaults: ``copies = 4``; ``sigma = 0.25`` with ``--augment gaussian``, else 0;
-``alpha``: the augmentation's own default (mixup and CutMix 1.0, k-mixup 10.0). The resolved
-values are what ``hparams()`` records.
+``alpha`` and ``k``: the augmentation's own defaults (``alpha``: mixup and CutMix 1.0, k-mixup
+10.0; ``k``: 16, k-mixup only). An option the chosen augmentation does not use is refused when
+given (``alpha`` with Gaussian copies) and recorded as None otherwise. The resolved values are what
+``hparams()`` records.
 
 Efficient gradient. The gradient of a max is the gradient of its argmax, so ``prepare`` scores
 all m·B copies in one batched forward *without* autograd, keeps each example's worst copy, and
@@ -40,9 +42,13 @@ from robustmaxup.methods.base import (
 )
 from robustmaxup.methods.registry import AUGMENTATIONS, register_method
 from robustmaxup.models.state import frozen_bn_stats
+from robustmaxup.runtime.checks import FieldError
 
 #: σ of Gaussian MaxUp when none is given (Cohen et al.'s σ = 0.25 column)
 DEFAULT_SIGMA = 0.25
+
+#: MaxUp fields that belong to some augmentations only (taken from the augmentation's defaults)
+AUGMENTATION_OPTIONS = ("alpha", "k")
 
 
 @register_method
@@ -63,7 +69,8 @@ class MaxUp(Method):
     augment: str = "gaussian"
     alpha: float | None = field(default=None, metadata={
         "help": "Beta(alpha, alpha) of mixed copies; none: the augmentation's default"})
-    k: int = 16           # k-mixup group size
+    k: int | None = field(default=None, metadata={
+        "help": "k-mixup group size; none: the augmentation's default"})
     score_batch: int = 0  # max copies per scoring forward; 0 = all m·B at once
 
     def __post_init__(self) -> None:
@@ -73,10 +80,20 @@ class MaxUp(Method):
         if self.sigma is None:
             self.sigma = DEFAULT_SIGMA if self.augment == "gaussian" else 0.0
         check_positive("sigma", self.sigma, allow_zero=self.augment != "gaussian")
-        if self.alpha is None:
-            defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-            self.alpha = defaults.get("alpha", 1.0)
+        self._resolve_augmentation_options(cls)
         self._augmentation = self._build_augmentation(cls)
+
+    def _resolve_augmentation_options(self, cls: type[Augmentation]) -> None:
+        """``alpha`` and ``k`` take the augmentation's defaults; one it does not use must be unset."""
+        own = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name in AUGMENTATION_OPTIONS:
+            if name in own:
+                setattr(self, name, own[name] if getattr(self, name) is None else getattr(self, name))
+            elif getattr(self, name) is not None:
+                users = [a for a in AUGMENTATIONS.names()
+                         if name in {f.name for f in dataclasses.fields(AUGMENTATIONS.get(a))}]
+                raise FieldError(name, f"is not used by the {self.augment} augmentation (only by "
+                                       f"{', '.join(users)}); drop it or choose another augmentation")
 
     def _build_augmentation(self, cls: type[Augmentation]) -> Augmentation:
         shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(self)}

@@ -48,10 +48,22 @@ def clean_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Any, 
     return correct / len(chosen), len(chosen)
 
 
-def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str) -> None:
+#: where the model's class order came from (``checkpoints.map_classes``) -> what to check
+CLASS_ORDER_HINTS = {
+    "declared": "the class order given with --class-order",
+    "checkpoint": "the class order the checkpoint records",
+    "assumed": "the class order (assumed to be the data's; give the model's with --class-order)",
+}
+
+
+def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str,
+                       class_source: str | None = None) -> None:
     """Log the clean accuracy right after loading, warning when it is near chance (a wrong
-    normalisation, dataset or label mapping shows here at once)."""
+    normalisation, dataset or label mapping shows here at once); ``class_source`` (``"declared"``,
+    ``"checkpoint"`` or ``"assumed"``) names the class order to suspect."""
     log.info("check after loading: clean accuracy of %s on %d images spread over the selection: "
              "%.1f%%", what, images, 100 * accuracy)
     if accuracy < 2.0 / num_classes and images >= 20:
-        log.warning("warning: clean accuracy is near chance; check --dataset, normalisation and labels")
+        order = CLASS_ORDER_HINTS.get(class_source or "", "the labels")
+        log.warning("warning: clean accuracy is near chance; check --dataset, the normalisation and %s",
+                    order)

@@ -165,6 +165,8 @@ def _fit(run: Run) -> dict[str, Any]:
         log.info("training %s with %s on %s (%d train / %d val images), %s, %d process(es)",
                  cfg.arch, cfg.method, cfg.dataset, len(run.splits["train"]),
                  len(run.splits["val"]) if run.splits["val"] is not None else 0, run.device, run.dist.world)
+        if not run.splits["val"]:
+            log.info("no validation images (val_size 0): best.pt is not written; use last.pt")
     for epoch in range(state.epoch, cfg.epochs):
         metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
         t_eval = time.perf_counter()
@@ -185,9 +187,12 @@ def _fit(run: Run) -> dict[str, Any]:
 
 
 def _log_epoch(run: Run, m: Mapping[str, Any]) -> None:
-    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %.3f  test %.3f  (%s)  %.0f img/s  lr %.4g  "
-             "%.1fs + eval %.1fs", m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], m["val"], m["test"],
-             m["metric"], m["img_per_s"], m["lr"], m["epoch_seconds"], m["eval_seconds"])
+    def score(v: float) -> str:   # an empty split scores nan: shown as "-"
+        return "-" if math.isnan(v) else f"{v:.3f}"
+
+    log.info("epoch %d/%d  loss %.4f  train acc %.3f  val %s  test %s  (%s)  %.0f img/s  lr %.4g  "
+             "%.1fs + eval %.1fs", m["epoch"], run.cfg.epochs, m["loss"], m["train_acc"], score(m["val"]),
+             score(m["test"]), m["metric"], m["img_per_s"], m["lr"], m["epoch_seconds"], m["eval_seconds"])
 
 
 # --- one epoch -----------------------------------------------------------------------------------
