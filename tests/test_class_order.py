@@ -172,7 +172,8 @@ def test_a_wrong_class_order_is_named_by_the_near_chance_warning(original, tmp_p
     for order, warned in (([], False), (["--class-order", shuffled], True)):
         assert main([command, original, *flags, *more, "--out", str(out), *order]) == 0
         err = capsys.readouterr().err
-        assert ("near chance; check --dataset, the normalisation and the class order given with "
+        assert ("near chance; if the model is trained, check --dataset, the normalisation and the "
+                "class order given with "
                 "--class-order" in err) is warned
         out.unlink()
         for extra in tmp_path.glob("x.*"):

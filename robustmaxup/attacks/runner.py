@@ -72,6 +72,7 @@ from robustmaxup.models.probe import CLEAN_CHECK_IMAGES, clean_accuracy, log_cle
 from robustmaxup.runtime.checks import FieldError, check_int
 from robustmaxup.runtime.dist import resolve_device
 from robustmaxup.runtime.faults import fault_point
+from robustmaxup.runtime.progress import Progress
 from robustmaxup.runtime.io import (
     FileLock, atomic_torch_save, atomic_write_json, atomic_write_text, check_distinct,
     check_output_path, ensure_writable_dir, shown,
@@ -482,12 +483,11 @@ def _attack_chunks(model: nn.Module, split: Any, chunks: list[list[int]], done: 
                    keep_adv: bool) -> tuple[dict[str, Any], ChunkRecord]:
     """Run the chunks not yet ``done`` (saving the state after each), then write the outputs
     and remove the state file; returns the summary and every example's record."""
-    from tqdm import tqdm
-
     log_file = paths.aa_log if paths is not None and config.attack == "autoattack" else None
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(len(c) for c in chunks), desc=f"attack {config.attack}", unit="img",
-               disable=None if progress else True, initial=sum(len(r) for r in done.values()))
+    bar = Progress(sum(len(c) for c in chunks), desc=f"attack {config.attack}", unit="img",
+                   enabled=progress, initial=sum(len(r) for r in done.values()), first_after=1,
+                   skip_first=False)
     with bar:
         for c, chunk in enumerate(chunks):
             if c in done:
@@ -498,8 +498,7 @@ def _attack_chunks(model: nn.Module, split: Any, chunks: list[list[int]], done: 
                 _save_state(paths.state, header, done)
                 fault_point("attack.chunk")
             robust = torch.cat([r.robust for r in done.values()]).float().mean()
-            bar.set_postfix(robust=f"{robust:.3f}", refresh=False)
-            bar.update(len(chunk))
+            bar.update(len(chunk), note=f"robust accuracy so far {robust:.1%}")
     records = [done[c] for c in range(len(chunks))]
     all_ = ChunkRecord.concat(records)
     summary = _summary(header, config, records, all_, time.perf_counter() - t0, paths)

@@ -40,7 +40,7 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -63,12 +63,14 @@ from robustmaxup.runtime.io import (
     open_locked, shown,
 )
 from robustmaxup.runtime.limits import MAX_SAMPLES, batch_bytes, check_memory
+from robustmaxup.runtime.progress import Progress
 from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.runtime.text import error_summary
 
 log = logging.getLogger(__name__)
 
+#: off a terminal, the first progress line (with its ETA) comes after this many images
 ETA_AFTER_IMAGES = 5
 #: result-defining settings: a resume refuses to continue a file made with other values
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "mode", "n0", "n", "alpha",
@@ -305,41 +307,11 @@ class Output:
 
 
 # ----------------------------------------------------------------------------- the loop
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    # disable=None: on only when stderr is a terminal, so logs don't fill with bar updates
-    return tqdm(total=total, unit="img", disable=None if enabled else True, dynamic_ncols=True,
-                smoothing=0.1)
-
-
-@dataclass
-class _Eta:
-    """Logs the typical time per image and the ETA once, after a few images."""
-
-    total: int
-    enabled: bool
-    times: list[float] = field(default_factory=list)
-    logged: bool = False
-
-    def update(self, per_image: float, done: int) -> None:
-        self.times.append(per_image)
-        left = self.total - done
-        if self.logged or not self.enabled or not left or done < ETA_AFTER_IMAGES:
-            return
-        typical = float(sorted(self.times)[len(self.times) // 2])  # the median skips warm-up
-        log.info("%.3f s/image; ETA for the remaining %d images: %s", typical, left,
-                 format_time(typical * left))
-        self.logged = True
-
-
 def _compute(mode: Mode, smooth: Smooth, split: Any, todo: Sequence[int], s: Settings,
              device: torch.device, write: Callable[[list[Row]], None], progress: bool) -> None:
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    eta = _Eta(len(todo), progress)
     k = s.images_per_batch
-    with _progress(len(todo), progress) as bar, logging_redirect_tqdm():
+    with Progress(len(todo), desc=mode.command, unit="img", enabled=progress,
+                  first_after=ETA_AFTER_IMAGES) as bar:
         for start in range(0, len(todo), k):
             group = list(todo[start:start + k])
             t0 = time.perf_counter()
@@ -350,7 +322,6 @@ def _compute(mode: Mode, smooth: Smooth, split: Any, todo: Sequence[int], s: Set
             per_image = (time.perf_counter() - t0) / len(group)
             write([dataclasses.replace(r, time=per_image) for r in rows])
             bar.update(len(group))
-            eta.update(per_image, start + len(group))
 
 
 def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Settings, *,

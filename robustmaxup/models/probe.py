@@ -65,5 +65,6 @@ def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str
              "%.1f%%", what, images, 100 * accuracy)
     if accuracy < 2.0 / num_classes and images >= 20:
         order = CLASS_ORDER_HINTS.get(class_source or "", "the labels")
-        log.warning("warning: clean accuracy is near chance; check --dataset, the normalisation and %s",
+        log.warning("warning: clean accuracy is near chance; if the model is trained, check --dataset, "
+                    "the normalisation and %s",
                     order)

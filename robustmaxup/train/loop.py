@@ -29,9 +29,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -40,6 +39,7 @@ from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturb
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.io import ensure_writable_dir, shown
+from robustmaxup.runtime.progress import Progress
 from robustmaxup.runtime.records import provenance
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.train import checkpointing
@@ -278,12 +278,12 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
     return out
 
 
-def _progress(iterable: Iterable, desc: str, enabled: bool) -> Iterable:
-    if not enabled or not sys.stderr.isatty():
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+def _progress(iterable: Iterable, desc: str, enabled: bool) -> Iterator:
+    """``iterable``'s items, with :class:`~robustmaxup.runtime.progress.Progress` shown."""
+    with Progress(len(iterable), desc=desc, unit="batch", enabled=enabled) as bar:  # type: ignore[arg-type]
+        for item in iterable:
+            yield item
+            bar.update(1)
 
 
 def evaluate(run: Run, name: str) -> float:
