@@ -264,3 +264,15 @@ def test_analyze_names_every_setting_that_differs():
     for key, other in (("alpha", 0.01), ("sigma", 0.5), ("n", 1000)):
         found = analysis.differences([one("a.tsv"), one("b.tsv", **{key: other})])
         assert found == [f"{key} (a.tsv {one('a.tsv').meta[key]}, b.tsv {other})"]
+
+
+def test_the_subset_note_says_all_not_max_minus_one():
+    col = np.zeros(9, dtype=np.int64)
+
+    def note(**meta):
+        return analysis.CertifyResults("a", "a", col, col, col, np.zeros(9), col,
+                                       meta={"split": "test", "split_size": 360, **meta}).subset_note()
+
+    assert note(skip=40, max=-1) == "9 of 360 test images (skip 40)"
+    assert note(skip=1, max=9) == "9 of 360 test images (skip 1, max 9)"
+    assert note() == "9 of 360 test images"

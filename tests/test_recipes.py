@@ -127,6 +127,10 @@ def test_list_recipes_needs_no_dataset(capsys):
     text = capsys.readouterr().out
     for name in RECIPES:
         assert f"| {name} |" in text and RECIPES.get(name).repo in text
+    # TRADES's authors run 76 epochs with drops at 0-based 74, 89, 99: the two late ones are named
+    notes = [line for line in text.splitlines() if "lie past" in line]
+    assert notes == ["trades: lr_milestones 89,99 lie past its 76 epochs, as in the authors' code; "
+                     "they act only with a larger --epochs."]
 
 
 @pytest.mark.parametrize("old, new", [("--m", "--copies"), ("--m-train", "--copies"), ("--awp", "--awp-gamma"),

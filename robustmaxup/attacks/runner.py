@@ -573,7 +573,8 @@ def evaluate_dataset(
 
     chosen = [idx[i] for i in spread_indices(len(idx), CLEAN_CHECK_IMAGES).tolist()]
     accuracy, images = clean_accuracy(model, split, chosen, b, device)
-    log_clean_accuracy(accuracy, images, split.info.num_classes, "the model",
+    log_clean_accuracy(accuracy, images, split.info.num_classes,
+                       "the base model (no noise)" if config.randomized else "the model",
                        (extra_record or {}).get("class_source"))
     header["clean_check"] = {"examples": images, "accuracy": accuracy}
     if config.randomized:
@@ -599,8 +600,9 @@ def evaluate_dataset(
         if lock is not None:
             lock.release()
     after = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["robust_accuracy_after"].items())
-    log.info("n=%d  clean accuracy %.1f%%  robust accuracy %.1f%% (%s %s eps=%.6g; after: %s)",
-             len(idx), 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"],
+    which = f"the smoothed model (sigma={config.sigma:g}, m={config.m}): " if config.randomized else ""
+    log.info("n=%d  %sclean accuracy %.1f%%  robust accuracy %.1f%% (%s %s eps=%.6g; after: %s)",
+             len(idx), which, 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"],
              config.attack, config.norm, config.eps, after)
     if config.randomized:
         rs = summary["rescoring"]

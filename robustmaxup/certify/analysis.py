@@ -56,7 +56,9 @@ class _Subset:
         if meta.get("full_split") and len(self) == size:
             note = f"full {split} split ({len(self)} images)"
         else:
-            extra = f" (skip {meta['skip']}, max {meta.get('max')})" if "skip" in meta else ""
+            limit = meta.get("max")
+            limited = f", max {limit}" if isinstance(limit, int) and limit >= 0 else ""   # -1: all
+            extra = f" (skip {meta['skip']}{limited})" if "skip" in meta else ""
             of = f" of {size} {split}" if size else ""
             note = f"{len(self)}{of} images{extra}"
         if self.n_used is not None and len(self):

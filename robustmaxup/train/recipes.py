@@ -449,4 +449,20 @@ def recipe_table() -> str:
         lines.append(f"| {name} | {recipe.method} | {' '.join(core)} | {' '.join(other)} | {recipe.repo} |")
     lines.append("")
     lines.append("* = OUR CHOICE or UNVERIFIED against the authors' code (see robustmaxup/train/recipes.py).")
+    lines.extend(_late_milestones())
     return "\n".join(lines)
+
+
+def _late_milestones() -> list[str]:
+    """A note for each recipe whose authors' schedule has milestones at or past its last epoch
+    (TRADES: 76 epochs, drops at 75, 90 and 100): kept as the authors wrote them; they act only
+    when ``--epochs`` is raised."""
+    notes = []
+    for name in RECIPES:
+        values = {s.key: s.value for s in RECIPES.get(name).settings}
+        late = [m for m in values.get("lr_milestones") or () if m >= values.get("epochs", m + 1)]
+        if late:
+            notes.append(f"{name}: lr_milestones {','.join(map(str, late))} lie past its "
+                         f"{values['epochs']} epochs, as in the authors' code; they act only with a "
+                         "larger --epochs.")
+    return notes
