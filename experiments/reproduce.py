@@ -31,7 +31,9 @@ table and the results are written. At most the epoch or image in progress at the
 made with other settings is refused in one line by the library's resume checks (exit 2; so is a
 run directory that holds more epochs than the plan trains). ``--fresh`` deletes the out
 directory first (only one that holds nothing but what this script writes); ``--dry-run``
-prints the plan's commands and runs nothing. ``--data-root`` for CIFAR-10 is a folder holding
+prints the plan's commands and runs nothing. Each step logs as the command does by hand (epoch
+lines; off a terminal a progress line with its ETA at most once a minute), so a killed call's
+log shows how far it got. ``--data-root`` for CIFAR-10 is a folder holding
 ``cifar-10-batches-py/`` (or its files; read directly, nothing to decode), a folder of
 ``train/<class>/`` and ``test/<class>/`` images, or the path of a ``.tar.gz`` of either (decoded
 once into the cache, ``$ROBUSTMAXUP_CACHE`` or ``~/.cache/robustmaxup``, and read from there by
@@ -469,9 +471,9 @@ def _main(args: argparse.Namespace, labels: list[str]) -> int:
         run_dir = out / run_name(label)
         tsv = out / f"{run_dir.name}.tsv"
         commands[label] = {
-            "train": [*rows[label]["train"], "--device", args.device, "--out", str(run_dir), "--quiet", "--resume"],
+            "train": [*rows[label]["train"], "--device", args.device, "--out", str(run_dir), "--resume"],
             "certify": ["certify", str(run_dir / "last.pt"), *certify, *root, "--device", args.device,
-                        "--out", str(tsv), "--quiet", "--resume"],
+                        "--out", str(tsv), "--resume"],
         }
     tsvs = {label: out / f"{run_name(label)}.tsv" for label in labels}
     analyze = ["analyze", *map(str, tsvs.values()), "--radii", *preset["radii"], "--plot", str(out / PLOT),
