@@ -311,6 +311,26 @@ def test_crop_flip_matches_reference():
     assert torch.equal(out[1][:, :3, :5], x[1][:, 2:, :5].flip(-1))
 
 
+@pytest.mark.parametrize("padding, np_mode, fill", [("zeros", "constant", 0), ("reflect", "reflect", None),
+                                                   ("grey", "constant", 128)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_crop_flip_paddings_match_numpy_pad_then_crop(padding, np_mode, fill, dtype):
+    """Every offset and flip of a 5x7 image padded by 3, against numpy's pad (the references'
+    ``np.pad(..., mode='reflect')`` and torchvision's ``fill=128`` on uint8 / 128/255 on floats)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, 256, (1, 2, 5, 7), generator=g, dtype=torch.uint8)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    pad, (h, w) = 3, x.shape[-2:]
+    kw = {} if fill is None else {"constant_values": fill if dtype == torch.uint8 else fill / 255}
+    padded = torch.from_numpy(np.pad(x[0].numpy(), [(0, 0), (pad, pad), (pad, pad)], mode=np_mode, **kw))
+    for dy, dx, fl in itertools.product(range(2 * pad + 1), range(2 * pad + 1), (False, True)):
+        out = crop_flip(x, pad, torch.tensor([dy]), torch.tensor([dx]), torch.tensor([fl]), padding)
+        ref = padded[:, dy:dy + h, dx:dx + w]
+        assert torch.equal(out[0], ref.flip(-1) if fl else ref), (dy, dx, fl)
+
+
 def _match_augmented(x_out: torch.Tensor, originals: torch.Tensor, pad: int, flips: bool):
     """All (index, dy, dx, flip) whose crop_flip of an original equals ``x_out`` exactly."""
     hits = []

@@ -72,3 +72,40 @@ def test_model_state_restores_modes_and_requires_grad_even_on_error():
             raise RuntimeError("boom")
     assert all(m.training == mode for m, mode in before)
     assert all(p.requires_grad == flag for p, flag in grads)
+
+
+def _conv_std_ratio(model: torch.nn.Module) -> list[float]:
+    """For each 3x3 convolution with many weights: its weight std over sqrt(2 / fan_out)."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4096:
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            out.append(m.weight.std().item() / (2.0 / fan_out) ** 0.5)
+    return out
+
+
+@pytest.mark.parametrize("arch, reference_init", [("wrn_34_10", True), ("amp_preact_resnet18", True),
+                                                  ("preact_resnet18", False)])
+def test_reference_initialisations(arch, reference_init):
+    """TRADES's/AWP's WideResNet and AMP's PreAct ResNet draw conv weights from N(0, 2/fan_out) and
+    zero the Linear bias; PyTorch's default (Rice et al.'s PreAct ResNet) is ~sqrt(1/3) of it
+    (uniform, fan-in based) and leaves a nonzero bias."""
+    torch.manual_seed(0)
+    net = MODELS.get(arch)(10, 3)
+    ratios = _conv_std_ratio(net)
+    assert ratios
+    if reference_init:
+        assert all(abs(r - 1) < 0.05 for r in ratios), ratios
+        assert all(float(m.bias.abs().max()) == 0 for m in net.modules() if isinstance(m, torch.nn.Linear))
+    else:
+        assert all(r < 0.8 for r in ratios), ratios
+
+
+def test_amp_preact_resnet18_has_the_references_block_biases():
+    """AMP's preresnet.py: biased block and shortcut convolutions (19 tensors), an unbiased stem;
+    otherwise the same layers as preact_resnet18."""
+    amp, plain = MODELS.get("amp_preact_resnet18")(10, 3), MODELS.get("preact_resnet18")(10, 3)
+    biases = [n for n, m in amp.named_modules() if isinstance(m, torch.nn.Conv2d) and m.bias is not None]
+    assert len(biases) == 19 and "conv1" not in biases
+    shapes = lambda net: [tuple(p.shape) for n, p in net.named_parameters() if not n.endswith(".bias")]  # noqa: E731
+    assert shapes(amp) == shapes(plain)

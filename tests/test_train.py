@@ -169,6 +169,9 @@ ERRORS = [
     (["--eval-n", "0"], "--eval-n"),
     (["--eval-n", "200"], "--eval-n applies only with --eval-radius"),
     (["--eval-radius", "1.75"], "--eval-radius is too large"),   # r/sigma = 7 needs ~5e12 copies
+    (["--crop-padding", "mirror"], "--crop-padding"),
+    (["--dataset", "imagenet", "--crop-padding", "reflect"],
+     "--crop-padding applies to datasets trained with a padded random crop; imagenet is not"),
 ]
 
 
@@ -458,3 +461,20 @@ def test_without_validation_images_the_log_says_best_pt_is_not_written(tmp_path,
     assert "no validation images (val_size 0): best.pt is not written; use last.pt" in text
     assert "val -  test 0." in text and "nan" not in text
     assert not (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect", "grey"])
+def test_crop_padding_reaches_the_training_loader(tmp_path, padding):
+    from robustmaxup.data import CropFlip
+    from robustmaxup.train.state import train_augmentation
+
+    run = setup(_cfg(tmp_path / padding, epochs=1, max_train=200, val_size=0, crop_padding=padding))
+    assert run.loaders["train"].augment == CropFlip(pad=1, flip=False, padding=padding)  # digits' policy
+    assert train_augmentation(_cfg(tmp_path / "x", crop_padding=padding, data_augment=False)) is False
+
+
+@pytest.mark.parametrize("recipe, padding", [("pgd_at", "reflect"), ("awp_at", "reflect"), ("amp", "grey"),
+                                             ("cohen", "zeros"), ("trades", "zeros")])
+def test_recipes_pad_the_crop_as_their_references(recipe, padding):
+    cfg = TrainConfig.from_recipe(recipe, dataset="cifar10", out="unused")
+    assert cfg.crop_padding == padding

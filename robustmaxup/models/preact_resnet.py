@@ -1,5 +1,10 @@
 """Pre-activation ResNet-18 (He et al. 2016, "Identity Mappings in Deep Residual Networks"),
-the CIFAR variant used by Rice et al. 2020 and most adversarial-training baselines."""
+the CIFAR variant used by Rice et al. 2020 and most adversarial-training baselines.
+
+``block_bias=True, fan_out=True`` is the AMP reference's variant (hiyouga/AMP-Regularizer@87e689f
+``models/preresnet.py``): the blocks' convolutions and shortcuts have biases (:17, :21, :25; the
+stem has none, :74) and the weights get :func:`~robustmaxup.models.init.fan_out_init` (:87-94).
+Registered as ``amp_preact_resnet18``; AMP perturbs those 19 bias tensors too."""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustmaxup.models.init import fan_out_init
+
 
 class PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, bias: bool = False) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
         self.shortcut = None
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
@@ -28,16 +35,19 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, *, block_bias: bool = False,
+                 fan_out: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         widths, strides, layers, cin = (64, 128, 256, 512), (1, 2, 2, 2), [], 64
         for w, s in zip(widths, strides):
-            layers.append(nn.Sequential(PreActBlock(cin, w, s), PreActBlock(w, w)))
+            layers.append(nn.Sequential(PreActBlock(cin, w, s, block_bias), PreActBlock(w, w, 1, block_bias)))
             cin = w
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(512)
         self.fc = nn.Linear(512, num_classes)
+        if fan_out:
+            fan_out_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.layers(self.conv1(x))))

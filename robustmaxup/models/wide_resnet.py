@@ -1,10 +1,14 @@
-"""Wide ResNets (Zagoruyko & Komodakis 2016), WRN-28-10 and WRN-34-10 as used by TRADES/AWP."""
+"""Wide ResNets (Zagoruyko & Komodakis 2016), WRN-28-10 and WRN-34-10 as used by TRADES/AWP,
+initialised as their code does (:func:`~robustmaxup.models.init.fan_out_init`; TRADES@6e8e11b
+``models/wideresnet.py:74-82``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from robustmaxup.models.init import fan_out_init
 
 
 class WideBlock(nn.Module):
@@ -40,6 +44,7 @@ class WideResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
+        fan_out_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.stages(self.conv1(x))))

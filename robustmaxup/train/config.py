@@ -36,6 +36,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+from robustmaxup.data.augment import PADDINGS
 from robustmaxup.errors import UserError
 from robustmaxup.methods import METHODS, PERTURBATIONS
 from robustmaxup.models import MODELS
@@ -222,6 +223,9 @@ class TrainConfig:
         _OPT, choices=STEP_STRUCTURES))
     data_augment: bool = field(default=True, metadata=_meta(
         "no random crop/flip of training images", _OPT, flag="--no-data-augment"))
+    crop_padding: str = field(default="zeros", metadata=_meta(
+        "padding of the random crop (CIFAR, digits): zeros (torchvision's RandomCrop), reflect "
+        "(Rice et al., AWP) or grey (AMP)", _OPT, choices=PADDINGS))
     val_size: int = field(default=-1, metadata=_meta(
         "training images held out for best.pt selection (-1: min(1000, 10%); 0: none)", _OPT))
     max_train: int = field(default=0, metadata=_meta("use only a random N-image subset of the training split (0: all)", _OPT))
@@ -327,6 +331,7 @@ class TrainConfig:
                                               "(e.g. --lr-milestones 30 60), or use another schedule")
         check_range("lr_gamma", self.lr_gamma, 0.0, FLOAT32_MAX, lo_open=True)
         check_choice("step_structure", self.step_structure, STEP_STRUCTURES)
+        check_choice("crop_padding", self.crop_padding, PADDINGS)
         check_choice("recipe", self.recipe, (None, *RECIPES.names()))
         check_int("val_size", self.val_size, minimum=-1)  # -1: automatic
         check_int("max_train", self.max_train, minimum=0)

@@ -293,6 +293,7 @@ _add(Recipe(
         _s("nesterov", False, "train_cifar.py:230 (plain SGD)"),
         _s("weight_decay", 5e-4, "train_cifar.py:230"),
         _s("data_augment", True, "train_cifar.py:183,197 (crop of the 4-padded image, flip)"),
+        _s("crop_padding", "reflect", "utils.py:27 (np.pad mode='reflect'), applied at train_cifar.py:197"),
         _s("norm", "Linf", "train_cifar.py:144"),
         _s("attack_eps", 8 / 255, "train_cifar.py:139,205"),
         _s("attack_steps", 10, "train_cifar.py:140"),
@@ -303,14 +304,18 @@ _add(Recipe(
         _s("step_structure", "reference", "train_cifar.py:301-337 (one SGD step per loader batch)"),
     ),
     notes=("The reference attack's forwards also update BatchNorm running statistics; robustmaxup "
-           "freezes them during the attack.",),
+           "freezes them during the attack.",
+           "After each step the reference runs one more clean train-mode forward for its accuracy log "
+           "(train_cifar.py:339), which also moves the BatchNorm running statistics toward clean "
+           "data; robustmaxup does not (training is unchanged, evaluation-time statistics differ).",),
 ))
 
 _add(Recipe(
     name="trades", method="trades", repo="yaodongyu/TRADES@6e8e11b",
     paper="Zhang et al. 2019, Theoretically Principled Trade-off between Robustness and Accuracy",
     settings=(
-        _s("arch", "wrn_34_10", "train_trades_cifar10.py:152 (models/wideresnet.py:51: depth 34, widen 10)"),
+        _s("arch", "wrn_34_10", "train_trades_cifar10.py:152 (models/wideresnet.py:51: depth 34, widen 10; "
+                                "fan-out He init, :74-82)"),
         _s("epochs", 76, "train_trades_cifar10.py:20"),
         _s("batch", 128, "train_trades_cifar10.py:16"),
         _s("lr", 0.1, "train_trades_cifar10.py:24"),
@@ -345,25 +350,34 @@ _add(Recipe(
         _s("nesterov", False, "AT_AWP/train_cifar10.py:240 (plain SGD)"),
         _s("weight_decay", 5e-4, "AT_AWP/train_cifar10.py:240"),
         _s("data_augment", True, "AT_AWP/train_cifar10.py:191,205"),
+        _s("crop_padding", "reflect", "AT_AWP/utils.py:27 (np.pad mode='reflect'), applied at "
+                                      "AT_AWP/train_cifar10.py:205"),
         _s("norm", "Linf", "AT_AWP/train_cifar10.py:148"),
         _s("attack_eps", 8 / 255, "AT_AWP/train_cifar10.py:142,213"),
         _s("attack_steps", 10, "AT_AWP/train_cifar10.py:143"),
         _s("attack_step_size", 2 / 255, "AT_AWP/train_cifar10.py:146,214"),
         _s("attack_train_mode", True, "AT_AWP/train_cifar10.py:329,338 (model.train() after each attack: "
-                                      "the next batch is attacked in train mode)"),
+                                      "the next batch is attacked in train mode; the first batch of "
+                                      "each epoch after the first follows the test loop's model.eval(), "
+                                      ":379, and is attacked in eval mode: robustmaxup attacks every "
+                                      "batch in train mode)"),
         _s("eval_steps", 20, "AT_AWP/train_cifar10.py:144,392 (--attack-iters-test 20)"),
         _s("awp_gamma", 0.01, "AT_AWP/train_cifar10.py:162"),
         _s("awp_warmup", 0, "AT_AWP/train_cifar10.py:163"),
         _s("awp_restore_after_step", True, "AT_AWP/train_cifar10.py:340-363 (perturb, gradient, step, restore)"),
         _s("step_structure", "reference", "AT_AWP/train_cifar10.py:314-363 (one SGD step per loader batch)"),
     ),
+    notes=("As in pgd_at: the reference attack's forwards and one clean train-mode forward per step "
+           "(AT_AWP/train_cifar10.py:365) update BatchNorm running statistics; robustmaxup freezes "
+           "them during the attack and runs no extra forward.",),
 ))
 
 _add(Recipe(
     name="awp_trades", method="trades", repo="csdongxian/AWP@a7acf5d",
     paper="Wu, Xia & Wang 2020, Adversarial Weight Perturbation Helps Robust Generalization (TRADES-AWP)",
     settings=(
-        _s("arch", "wrn_34_10", "trades_AWP/train_trades_cifar.py:19 (models/wideresnet.py:97-98)"),
+        _s("arch", "wrn_34_10", "trades_AWP/train_trades_cifar.py:19 (models/wideresnet.py:97-98; "
+                                "fan-out He init, :72-80)"),
         _s("epochs", 200, "trades_AWP/train_trades_cifar.py:24"),
         _s("batch", 128, "trades_AWP/train_trades_cifar.py:20"),
         _s("lr", 0.1, "trades_AWP/train_trades_cifar.py:33"),
@@ -394,7 +408,8 @@ _add(Recipe(
     name="amp", method="standard", repo="hiyouga/AMP-Regularizer@87e689f",
     paper="Zheng, Zhang & Mao 2021, Regularizing Neural Networks via Adversarial Model Perturbation",
     settings=(
-        _s("arch", "preact_resnet18", "main.py:124 (models/preresnet.py: preactresnet18)"),
+        _s("arch", "amp_preact_resnet18", "main.py:124 (models/preresnet.py:17,21,25: convolutions of the "
+                                          "blocks with bias; :89-94: fan-out He init, zero biases)"),
         _s("epochs", 200, "main.py:125"),
         _s("batch", 50, "main.py:126"),
         _s("lr", 0.1, "main.py:127"),
@@ -404,7 +419,8 @@ _add(Recipe(
         _s("momentum", 0.9, "main.py:131"),
         _s("nesterov", True, "main.py:98"),
         _s("weight_decay", 1e-4, "main.py:132"),
-        _s("data_augment", True, "data_utils.py:39-40 (crop padded with grey 128, flip)"),
+        _s("data_augment", True, "data_utils.py:39-40 (crop, flip)"),
+        _s("crop_padding", "grey", "data_utils.py:39 (RandomCrop(32, padding=4, fill=128))"),
         _s("amp_eps", 0.5, "main.py:128"),
         _s("amp_step_size", 1.0, "main.py:129"),
         _s("amp_steps", 1, "main.py:130"),
@@ -412,10 +428,7 @@ _add(Recipe(
         _s("amp_warmup", 0, "main.py:101-104 (no warm-up)"),
         _s("step_structure", "reference", "main.py:44-53 (one step per loader batch)"),
     ),
-    notes=("The reference clips the gradient norm to 50 (main.py:51,134); robustmaxup does not.",
-           "Its data augmentation pads the crop with grey (128) rather than black (data_utils.py:39).",
-           "UNVERIFIED: that models/preresnet.py's preactresnet18 equals robustmaxup's preact_resnet18 "
-           "layer for layer (the other recipes' architectures were compared by structure).",),
+    notes=("The reference clips the gradient norm to 50 (main.py:51,134); robustmaxup does not.",),
 ))
 
 
@@ -424,7 +437,7 @@ _add(Recipe(
 # --------------------------------------------------------------------------------------------
 
 _SHOWN_CORE = ("arch", "epochs", "batch", "lr", "schedule", "lr_step", "lr_milestones", "lr_gamma",
-               "momentum", "nesterov", "weight_decay", "data_augment", "step_structure")
+               "momentum", "nesterov", "weight_decay", "data_augment", "crop_padding", "step_structure")
 
 
 def _fmt(value: Any) -> str:

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from robustmaxup.certify.bounds import min_samples_to_certify_radius
-from robustmaxup.data import load_split, make_loader, spread_indices, train_val_split
+from robustmaxup.data import CropFlip, get_info, load_split, make_loader, spread_indices, train_val_split
 from robustmaxup.errors import UserError
 from robustmaxup.methods import Method, WeightPerturbation
 from robustmaxup.models import build_model
@@ -37,7 +38,7 @@ from robustmaxup.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["Run", "TrainState", "RunDirLock", "build_run", "load_splits", "check_out_dir", "metric_name",
-           "check_eval_metric"]
+           "check_eval_metric", "train_augmentation"]
 
 
 @dataclass
@@ -253,10 +254,22 @@ def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbat
                record=cfg.record(method.hparams()), state=state, lock=lock)
 
 
+def train_augmentation(cfg: TrainConfig) -> CropFlip | bool:
+    """The training split's augmentation: False, the dataset's own (True), or its padded random
+    crop with ``cfg.crop_padding``. FieldError for a padding the dataset's policy has no use for."""
+    policy = get_info(cfg.dataset).augment
+    if not isinstance(policy, CropFlip):
+        if cfg.crop_padding != "zeros":
+            raise FieldError("crop_padding", f"applies to datasets trained with a padded random crop; "
+                                             f"{cfg.dataset} is not")
+        return cfg.data_augment
+    return dataclasses.replace(policy, padding=cfg.crop_padding) if cfg.data_augment else False
+
+
 def _make_loaders(cfg: TrainConfig, splits: Mapping[str, Any], dist: Dist, device: torch.device) -> dict[str, Any]:
     loaders = {"train": make_loader(
         splits["train"], batch_size=cfg.batch // dist.world, device=device, train=True,
-        augment=cfg.data_augment, seed=cfg.seed, rank=dist.rank, world_size=dist.world,
+        augment=train_augmentation(cfg), seed=cfg.seed, rank=dist.rank, world_size=dist.world,
         drop_last=True, num_workers=cfg.workers)}
     for name in ("val", "test"):
         if splits[name] is not None:
