@@ -478,3 +478,17 @@ def test_crop_padding_reaches_the_training_loader(tmp_path, padding):
 def test_recipes_pad_the_crop_as_their_references(recipe, padding):
     cfg = TrainConfig.from_recipe(recipe, dataset="cifar10", out="unused")
     assert cfg.crop_padding == padding
+
+
+def test_a_run_from_setup_releases_its_directory_when_closed(tmp_path):
+    """``setup`` holds the run directory's lock; ``close`` (or ``with``) gives it back, so the
+    same process can then train there."""
+    cfg = _cfg(tmp_path / "run", epochs=1, max_train=200, val_size=0)
+    run = setup(cfg)
+    with pytest.raises(UserError, match="in use by another run"):
+        setup(cfg)
+    run.close()
+    run.close()                                   # twice is harmless
+    with setup(cfg) as run:
+        assert run.state.epoch == 0
+    assert train(cfg)["metrics"]["epoch"] == 1

@@ -40,6 +40,15 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return other - true
 
 
+def check_unit_range(x: Tensor) -> None:
+    """UserError unless every entry of ``x`` lies in [0, 1] (attacks work in pixel space); one
+    host sync, so the training methods, whose loader pixels are in [0, 1] by construction, skip it."""
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0.0 or hi > 1.0 or lo != lo or hi != hi:
+        raise UserError(f"inputs must lie in [0, 1] (pixels, normalisation inside the model); "
+                        f"got values in [{lo:.4g}, {hi:.4g}]")
+
+
 def work_dtype(x: Tensor) -> torch.dtype:
     """Attack arithmetic in fp32 at least (bf16/fp16 input gradients weaken attacks)."""
     return torch.promote_types(x.dtype, torch.float32)

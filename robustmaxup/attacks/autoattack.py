@@ -20,10 +20,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from robustmaxup.attacks._core import check_unit_range
 from robustmaxup.attacks.result import AttackResult, predict
 from robustmaxup.errors import UserError
-from robustmaxup.models.state import model_state
-from robustmaxup.runtime.checks import FieldError, check_choice
+from robustmaxup.models.state import input_dtype, model_state
+from robustmaxup.runtime.checks import FieldError, check_choice, check_int
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,6 @@ AA_NORMS = ("Linf", "L2", "L1")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 
-
-def check_unit_range(x: Tensor) -> None:
-    """UserError unless every entry of ``x`` lies in [0, 1] (attacks work in pixel space)."""
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0.0 or hi > 1.0 or lo != lo or hi != hi:
-        raise UserError(f"inputs must lie in [0, 1] (pixels, normalisation inside the model); "
-                        f"got values in [{lo:.4g}, {hi:.4g}]")
 
 
 def check_aa_options(norm: str, version: str, attacks: list[str] | None) -> None:
@@ -92,6 +86,23 @@ def _keep_global_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
+class _Cast(nn.Module):
+    """``model`` fed in ``dtype`` and answering in float32: the package works in float32 (its
+    inputs and ``x_adv`` too), the model may not (a float64 model runs in float64)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def _in_dtype(model: nn.Module) -> nn.Module:
+    dtype = input_dtype(model)
+    return model if dtype == torch.float32 else _Cast(model, dtype)
+
+
 def run_autoattack(
     model: nn.Module,
     x: Tensor,
@@ -139,10 +150,11 @@ def run_autoattack(
     check_aa_options(norm, version, attacks)
     if not eps > 0:
         raise UserError(f"eps must be positive, got {eps}")
+    check_int("batch_size", batch_size, minimum=1)
     check_unit_range(x)
     with model_state(model, train=False, requires_grad=False), capture_log(log_file), \
             _keep_global_rng(x.device):
-        adversary = AutoAttack(model, attacks=list(attacks) if attacks else None, device=x.device,
+        adversary = AutoAttack(_in_dtype(model), attacks=list(attacks) if attacks else None, device=x.device,
                                eps=eps, norm=norm, seed=seed, version=version)
         if configure is not None:
             configure(adversary)
@@ -157,7 +169,7 @@ def run_autoattack(
             idx = robust.nonzero().squeeze(1)
             if idx.numel() > 0:
                 adversary.attacks_to_run = [name]
-                x_a, y_a = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
+                x_a, y_a = adversary.run_standard_evaluation(x[idx].float(), y[idx], batch_size=batch_size)
                 broken = y_a.to(y.device) != y[idx]
                 result.x_adv[idx[broken]] = x_a[broken].to(x.dtype)
                 robust[idx[broken]] = False

@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from robustmaxup.attacks._core import NORMS, random_init, work_dtype
-from robustmaxup.attacks.autoattack import check_aa_options, check_unit_range, run_autoattack
+from robustmaxup.attacks._core import NORMS, check_unit_range, random_init, work_dtype
+from robustmaxup.attacks.autoattack import check_aa_options, run_autoattack
 from robustmaxup.attacks.pgd import pgd
 from robustmaxup.attacks.result import AttackResult, predict, rescore
 from robustmaxup.attacks.smoothed import SoftSmoothed, per_example_noise
@@ -143,7 +143,8 @@ def _evaluate_pgd(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, 
                            for j, g in enumerate(rows)])
         with per_example_noise(model, rows):
             parts.append(pgd(model, xb, y[i:i + bs], eps=config.eps, norm=config.norm,
-                             steps=config.steps, step_size=config.step_size, delta_init=delta))
+                             steps=config.steps, step_size=config.step_size, delta_init=delta,
+                             check_inputs=False))  # checked once in evaluate
     x_adv = torch.cat(parts)
     with model_state(model, train=False):
         still = predict(model, x_adv, bs, gens) == y

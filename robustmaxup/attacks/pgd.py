@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from robustmaxup.attacks._core import (
-    LOSSES, attack_mode, check_budget, check_norm, pgd_loop, random_init, work_dtype,
+    LOSSES, attack_mode, check_budget, check_norm, check_unit_range, pgd_loop, random_init, work_dtype,
 )
+from robustmaxup.errors import UserError
 
 LossSpec = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -30,6 +31,7 @@ def pgd(
     delta_init: Tensor | None = None,
     train_mode: bool = False,
     generator: torch.Generator | None = None,
+    check_inputs: bool = True,
 ) -> Tensor:
     """PGD attack: ``steps`` projected gradient-ascent steps on ``loss`` within the ε-ball.
 
@@ -41,7 +43,8 @@ def pgd(
 
     Args:
         model: classifier taking [0, 1] pixels ``[B, C, H, W]`` to logits ``[B, K]``.
-        x: clean inputs ``[B, C, H, W]`` in [0, 1].
+        x: clean inputs ``[B, C, H, W]`` in [0, 1] (checked unless ``check_inputs=False``,
+            which saves a host sync where they are in [0, 1] by construction).
         y: labels ``[B]`` (the target classes when ``targeted``), or whatever a callable
             ``loss`` expects as second argument (e.g. soft labels ``[B, K]``).
         eps: radius of the ball (pixel scale).
@@ -68,6 +71,9 @@ def pgd(
     """
     check_norm(norm)
     step_size = check_budget(eps, steps, step_size, default_ratio=2.5)
+    _check_shapes(x, y, delta_init)
+    if check_inputs:
+        check_unit_range(x)
     loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
     sign = -1.0 if targeted else 1.0
     x_work = x.detach().to(work_dtype(x))
@@ -79,9 +85,18 @@ def pgd(
         delta = torch.zeros_like(x_work)
 
     def objective(x_adv: Tensor) -> Tensor:
-        return sign * loss_fn(model(x_adv.to(x.dtype)).float(), y)
+        logits = model(x_adv.to(x.dtype))
+        return sign * loss_fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), y)
 
     with attack_mode(model, train_mode, x.device.type):
         x_adv = pgd_loop(objective, x_work, delta, eps=eps, norm=norm, steps=steps,
                          step_size=step_size)
     return x_adv.to(x.dtype)
+
+
+def _check_shapes(x: Tensor, y: Tensor, delta_init: Tensor | None) -> None:
+    if x.dim() < 2 or y.shape[:1] != x.shape[:1]:
+        raise UserError(f"x and y must hold the same number of examples, got shapes {tuple(x.shape)} "
+                        f"and {tuple(y.shape)}")
+    if delta_init is not None and delta_init.shape != x.shape:
+        raise UserError(f"delta_init must have x's shape {tuple(x.shape)}, got {tuple(delta_init.shape)}")

@@ -66,9 +66,10 @@ import torch
 from torch import Tensor, nn
 
 from robustmaxup.attacks.evaluation import AttackConfig, check_config, evaluate
-from robustmaxup.data import spread_indices
+from robustmaxup.data import check_indices, check_split, spread_indices
 from robustmaxup.errors import UserError
 from robustmaxup.models.probe import CLEAN_CHECK_IMAGES, clean_accuracy, log_clean_accuracy
+from robustmaxup.models.state import input_dtype
 from robustmaxup.runtime.checks import FieldError, check_int
 from robustmaxup.runtime.dist import resolve_device
 from robustmaxup.runtime.faults import fault_point
@@ -328,16 +329,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_indices(indices: Sequence[int], size: int) -> list[int]:
-    idx = [int(i) for i in indices]
-    if not idx:
-        raise FieldError("indices", "must name at least one example")
-    bad = [i for i in idx if not 0 <= i < size]
-    if bad:
-        raise FieldError("indices", f"must lie in [0, {size}) (the split's size), got {bad[0]}")
-    return idx
-
-
 def _header(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, *, seed: int,
             save_adv: bool, device: torch.device, extra: Mapping[str, Any]) -> dict[str, Any]:
     base = {
@@ -401,7 +392,7 @@ def _save_state(path: Path, header: Mapping[str, Any], done: Mapping[int, ChunkR
 def _run_chunk(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, *, seed: int,
                device: torch.device, log_file: Path | None, keep_adv: bool) -> ChunkRecord:
     x, y = split.batch(idx)
-    x, y = x.to(device), y.to(device)
+    x, y = x.to(device, dtype=input_dtype(model)), y.to(device)
     t0 = time.perf_counter()
     res = evaluate(model, x, y, config, seed=seed, indices=idx, log_file=log_file)
     if device.type == "cuda":
@@ -527,7 +518,9 @@ def evaluate_dataset(
     Args:
         model: classifier on [0, 1] pixels (normalisation inside), already on ``device``.
         split: the data: anything with ``len``, ``.batch(indices) -> (x, y)`` (x in [0, 1]) and
-            ``.info`` (``name``, ``image_shape``, ``num_classes``); ``.split`` (its name) if any.
+            ``.info`` (``name``, ``image_shape``, ``num_classes``); ``.split`` (its name) if any:
+            :func:`~robustmaxup.data.load_split`'s, or your own tensors through
+            :meth:`~robustmaxup.data.ImageSplit.from_tensors`.
         indices: dataset indices to evaluate, in order (e.g. ``data.spread_indices``).
         config: what to run; ``config.batch_size`` is also the chunk size (unit of resume).
         seed: the run's seed (randomness per example: see the module docstring).
@@ -546,9 +539,10 @@ def evaluate_dataset(
     Raises:
         FieldError/UserError for bad settings or outputs, before anything is written.
     """
+    check_split(split)
     check_config(config, tuple(split.info.image_shape))
     seed = check_int("seed", seed, minimum=-2**63, maximum=2**64 - 1)
-    idx = _check_indices(indices, len(split))
+    idx = check_indices(indices, len(split))
     if out is None and (resume or save_adv is not None):
         raise FieldError("out", "is needed with resume or save_adv")
     device = resolve_device(device) if device is not None else _model_device(model)
@@ -572,7 +566,8 @@ def evaluate_dataset(
             return _finished(paths, header)
 
     chosen = [idx[i] for i in spread_indices(len(idx), CLEAN_CHECK_IMAGES).tolist()]
-    accuracy, images = clean_accuracy(model, split, chosen, b, device)
+    dtype = input_dtype(model)
+    accuracy, images = clean_accuracy(lambda batch: model(batch.to(dtype)), split, chosen, b, device)
     log_clean_accuracy(accuracy, images, split.info.num_classes,
                        "the base model (no noise)" if config.randomized else "the model",
                        (extra_record or {}).get("class_source"))

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from robustmaxup.attacks._core import (
-    attack_mode, check_budget, pgd_loop, random_init, work_dtype,
+    attack_mode, check_budget, check_unit_range, pgd_loop, random_init, work_dtype,
 )
 from robustmaxup.attacks.smoothed import soft_smoothed_log_probs
 from robustmaxup.errors import UserError
@@ -28,6 +28,7 @@ def smooth_pgd(
     generator: torch.Generator | None = None,
     train_mode: bool = False,
     box_first: bool = False,
+    check_inputs: bool = True,
 ) -> Tensor:
     """SmoothAdv PGD-L2: maximise the cross-entropy of the soft smoothed classifier
     ``log mean_i softmax(model(x' + noise_i))`` over ``||x' - x||_2 <= eps``, ``x'`` in [0, 1].
@@ -38,7 +39,8 @@ def smooth_pgd(
 
     Args:
         model: base classifier on [0, 1] pixels, ``[N, C, H, W] -> [N, K]``.
-        x: clean inputs ``[B, C, H, W]`` in [0, 1].
+        x: clean inputs ``[B, C, H, W]`` in [0, 1] (checked unless ``check_inputs=False``,
+            which saves a host sync where they are in [0, 1] by construction).
         y: labels ``[B]``.
         eps: L2 radius.
         sigma: noise standard deviation (used only when ``noise`` is None).
@@ -63,6 +65,8 @@ def smooth_pgd(
         loss = F.cross_entropy(model((x_adv + noise).flatten(0, 1)), y.repeat(4))
     """
     step_size = check_budget(eps, steps, step_size, default_ratio=2.0)
+    if check_inputs:
+        check_unit_range(x)
     if int(m) != m or m < 1:
         raise UserError(f"m must be a positive integer, got {m}")
     if noise is None:

@@ -26,7 +26,7 @@ def soft_smoothed_log_probs(model: nn.Module, x: Tensor, noise: Tensor) -> Tenso
     """
     m, b = noise.shape[:2]
     logits = model((x.unsqueeze(0) + noise).reshape(m * b, *x.shape[1:]))
-    probs = logits.float().softmax(-1).view(m, b, -1).mean(0)
+    probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1).view(m, b, -1).mean(0)
     return probs.clamp_min(_LOG_FLOOR).log()
 
 

@@ -52,7 +52,9 @@ from robustmaxup.certify.tsv import (
     CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, PREDICT_SEQUENTIAL, CertifyRow, PredictRow, Row, TsvFormat, format_time,
     merge_rows, part_path, read_rows, read_sidecar, sidecar_path, write_rows,
 )
+from robustmaxup.data.splits import check_indices, check_split
 from robustmaxup.errors import UserError
+from robustmaxup.models.state import input_dtype
 from robustmaxup.runtime.checks import (
     FieldError, check_alpha, check_choice, check_int, check_positive,
 )
@@ -309,14 +311,14 @@ class Output:
 # ----------------------------------------------------------------------------- the loop
 def _compute(mode: Mode, smooth: Smooth, split: Any, todo: Sequence[int], s: Settings,
              device: torch.device, write: Callable[[list[Row]], None], progress: bool) -> None:
-    k = s.images_per_batch
+    k, dtype = s.images_per_batch, input_dtype(smooth.base_classifier)
     with Progress(len(todo), desc=mode.command, unit="img", enabled=progress,
                   first_after=ETA_AFTER_IMAGES) as bar:
         for start in range(0, len(todo), k):
             group = list(todo[start:start + k])
             t0 = time.perf_counter()
             xs, ys = split.batch(group)
-            xs = xs.to(device, non_blocking=True)
+            xs = xs.to(device, dtype=dtype, non_blocking=True)
             gens = [stream_generator(s.seed, "certify.noise", i, device=device) for i in group]
             rows = mode.run_group(smooth, xs, ys.tolist(), group, gens, s)
             per_image = (time.perf_counter() - t0) / len(group)
@@ -328,10 +330,9 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
          out: str | Path | None, resume: bool, record: dict[str, Any] | None, progress: bool,
          dist: Dist | None) -> list[Row]:
     s.check()
+    check_split(split)
     mode = mode_of(command, s)
-    indices = [int(i) for i in indices]
-    if not indices:
-        raise FieldError("indices", "select no image; check skip/max")
+    indices = check_indices(indices, len(split))
     dist = dist or Dist()
     device = _device_of(smooth)
     s.check_memory(tuple(split[indices[0]][0].shape), len(indices[dist.rank::dist.world]), device,
@@ -452,7 +453,9 @@ def certify_dataset(smooth: Smooth, split: Any, indices: Sequence[int], *, n0: i
 
     Args:
         smooth: the smoothed classifier (its model on the device the work runs on).
-        split: a dataset split (``split.batch(idx) -> (x [k,C,H,W] in [0,1], y [k])``).
+        split: a dataset split (``split.batch(idx) -> (x [k,C,H,W] in [0,1], y [k])``):
+            :func:`~robustmaxup.data.load_split`'s, or your own tensors through
+            :meth:`~robustmaxup.data.ImageSplit.from_tensors`.
         indices: dataset indices to certify.
         n0, n, alpha, batch_size: as in :meth:`Smooth.certify` (``n`` is unused when
             ``sequential`` is given; its ``n_max`` caps the samples).
@@ -554,7 +557,7 @@ def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
                    generator: torch.Generator) -> None:
     """Forward one clean and a few noisy copies of an image; failures become UserErrors."""
     x, _ = split[index]
-    x = x.to(device)
+    x = x.to(device, dtype=input_dtype(smooth.base_classifier))
     try:
         with torch.no_grad():
             logits = smooth.logits(x[None], compiled=False)
@@ -618,7 +621,8 @@ def run_job(job: SmoothingJob) -> list[Row]:
                     fold_bn=job.fold_bn)
     _trial_forward(smooth, split, indices[0], device, stream_generator(job.seed, "certify.noise", -1, device=device))
     chosen = [indices[i] for i in spread_indices(len(indices), 100).tolist()]
-    acc, n_check = clean_accuracy(lambda b: smooth.logits(b, compiled=False), split, chosen,
+    dtype = input_dtype(model)
+    acc, n_check = clean_accuracy(lambda b: smooth.logits(b.to(dtype), compiled=False), split, chosen,
                                   job.batch_size, device)
     if dist.main:
         log_clean_accuracy(acc, n_check, info.num_classes, "the base classifier", classes["class_source"])

@@ -47,7 +47,7 @@ from torch import nn
 
 from robustmaxup.certify import bounds
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.checks import FieldError, check_choice
+from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
 from robustmaxup.models.fold import fold_batchnorm
 from robustmaxup.models.state import model_state
 
@@ -143,14 +143,11 @@ class Smooth:
         precision: str = "auto", channels_last: bool | None = None, compile: bool | str = False,
         fold_bn: bool = False, noise_chunk: int = 100,
     ) -> None:
-        if not sigma > 0:
-            raise UserError(f"sigma must be > 0, got {sigma}; e.g. --sigma 0.25")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        check_positive("sigma", sigma)
+        check_int("num_classes", num_classes, minimum=2)
         if precision != "auto" and precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
-        if noise_chunk < 1:
-            raise ValueError(f"noise_chunk must be >= 1, got {noise_chunk}")
+        check_int("noise_chunk", noise_chunk, minimum=1)
         self.base_classifier = base_classifier
         self.num_classes = int(num_classes)
         self.sigma = float(sigma)
@@ -381,7 +378,9 @@ class Smooth:
         """
         self._check_args(xs, generators, n, alpha, batch_size)
         if labels.shape != (xs.shape[0],):
-            raise ValueError(f"expected {xs.shape[0]} labels, got shape {tuple(labels.shape)}")
+            raise FieldError("labels", f"must have shape [{xs.shape[0]}], got {tuple(labels.shape)}")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            raise FieldError("labels", f"must be class indices in [0, {self.num_classes})")
         counts = self.sample_counts(xs, n, batch_size, generators)
         votes = counts[np.arange(len(counts)), labels.cpu().numpy()]
         return np.asarray(bounds.certified_at(votes, n, alpha, radius, self.sigma), dtype=bool).reshape(-1)
@@ -583,19 +582,26 @@ class Smooth:
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
                     batch_size: int, n0: int | None = None) -> None:
         if xs.dim() != 4:
-            raise ValueError(f"expected images [k, C, H, W], got shape {tuple(xs.shape)}")
+            raise FieldError("x", f"must be images [k, C, H, W] (one image: [C, H, W]), got shape "
+                                  f"{tuple(xs.shape)}")
+        if not xs.is_floating_point():
+            raise FieldError("x", f"must be floating-point pixels in [0, 1], got {xs.dtype}")
         if len(generators) != xs.shape[0]:
-            raise ValueError(f"{xs.shape[0]} images but {len(generators)} generators")
+            raise FieldError("generators", f"must be one per image: {xs.shape[0]} images but "
+                                           f"{len(generators)} generators")
         bounds.check_alpha(alpha)
-        for name, value in (("n0", n0), ("n", n), ("batch", batch_size)):
-            if value is not None and value < 1:
-                raise FieldError(name, f"must be >= 1, got {value}")
+        for name, value in (("n0", n0), ("n", n), ("batch_size", batch_size)):
+            if value is not None:
+                check_int(name, value, minimum=1)
         for g in generators:
             if g is not None and g.device.type != xs.device.type:
-                raise ValueError(f"generator on {g.device} but images on {xs.device}")
-        p = next(iter(self.base_classifier.parameters()), None)
+                raise FieldError("generators", f"live on {g.device} but the images on {xs.device}")
+        p = next((q for q in self.base_classifier.parameters() if q.is_floating_point()), None)
         if p is not None and p.device.type != xs.device.type:
-            raise ValueError(f"model on {p.device} but images on {xs.device}; move one of them")
+            raise FieldError("x", f"is on {xs.device} but the model on {p.device}; move one of them")
+        if p is not None and p.dtype != xs.dtype:
+            raise FieldError("x", f"is {xs.dtype} but the model {p.dtype}; convert one of them "
+                                  f"(x.to({p.dtype}) or model.to({xs.dtype}))")
 
     def _buffer(self, k: int, m: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A ``[k, m, *shape]`` contiguous view of one reused flat buffer."""
@@ -651,6 +657,14 @@ class Smooth:
 
     def _argmax(self, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
         if batch.shape[0] <= batch_size:
-            return self.logits(batch).argmax(1)
-        return torch.cat([self.logits(batch[i:i + batch_size]).argmax(1)
+            return self._votes(self.logits(batch))
+        return torch.cat([self._votes(self.logits(batch[i:i + batch_size]))
                           for i in range(0, batch.shape[0], batch_size)])
+
+    def _votes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predicted classes of logits ``[B, num_classes]``; a model with another number of
+        outputs would put votes into other images' counts (one shape check, no sync)."""
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise UserError(f"the model returns logits of shape {tuple(logits.shape[1:])} per image, but "
+                            f"Smooth was given num_classes={self.num_classes}")
+        return logits.argmax(1)

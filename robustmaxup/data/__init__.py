@@ -26,11 +26,11 @@ from robustmaxup.data.loaders import DeviceLoader, FolderLoader, make_loader
 from robustmaxup.data.registry import DATASETS, foreign_dataset, get_info, load_split, register_dataset
 from robustmaxup.data.sampling import epoch_indices, select_indices, spread_indices, train_val_split
 from robustmaxup.data.spec import DatasetInfo, DatasetSpec
-from robustmaxup.data.splits import FolderSplit, ImageSplit, Split
+from robustmaxup.data.splits import FolderSplit, ImageSplit, Split, check_indices, check_split
 
 __all__ = [
     "DATASETS", "DatasetSpec", "DatasetInfo", "get_info", "register_dataset", "foreign_dataset",
-    "ImageSplit", "FolderSplit", "Split", "load_split", "spread_indices", "select_indices", "train_val_split",
+    "ImageSplit", "FolderSplit", "Split", "check_indices", "check_split", "load_split", "spread_indices", "select_indices", "train_val_split",
     "default_cache_dir",
     "CropFlip", "crop_flip", "epoch_indices", "DeviceLoader", "FolderLoader", "make_loader",
 ]

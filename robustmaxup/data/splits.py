@@ -22,8 +22,11 @@ import numpy as np
 import torch
 
 from robustmaxup.data.spec import DatasetSpec
+from robustmaxup.errors import UserError
+from robustmaxup.runtime.checks import FieldError
 
-__all__ = ["ImageSplit", "FolderSplit", "Split", "Indices", "SPLITS", "as_index", "folder_transform"]
+__all__ = ["ImageSplit", "FolderSplit", "Split", "Indices", "SPLITS", "as_index", "check_indices", "check_split",
+           "folder_transform"]
 
 Indices = Sequence[int] | torch.Tensor | np.ndarray
 
@@ -66,6 +69,31 @@ class ImageSplit:
         self.labels = self.labels.to(torch.int64)
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError("labels must be [N] matching images")
+
+    @classmethod
+    def from_tensors(cls, images: torch.Tensor, labels: torch.Tensor, info: DatasetSpec, *,
+                     classes: Sequence[str] | None = None, split: str = "custom") -> "ImageSplit":
+        """Your own images as a split, for the dataset runners (``certify_dataset``,
+        ``evaluate_dataset``): uint8 ``[N, C, H, W]``, or floats in [0, 1] (rounded to uint8, as
+        every split here is stored), of ``info``'s kind (e.g. ``get_info("cifar10")``).
+
+        Example::
+
+            split = ImageSplit.from_tensors(x, y, get_info("cifar10"))   # x [N,3,32,32] in [0,1]
+            rows = certify_dataset(smooth, split, range(len(split)), n=10_000)
+        """
+        if images.is_floating_point():
+            if images.numel() and not 0 <= float(images.min()) <= float(images.max()) <= 1:
+                raise UserError("images must lie in [0, 1] (pixels; normalisation is inside the model)")
+            images = images.mul(255).round().to(torch.uint8)
+        if images.dim() != 4 or tuple(images.shape[1:]) != tuple(info.image_shape):
+            raise UserError(f"images must be [N, {', '.join(map(str, info.image_shape))}] for "
+                            f"{info.name}, got {tuple(images.shape)}")
+        labels = torch.as_tensor(labels).to(torch.int64).cpu()
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
+            raise UserError(f"labels must be class indices in [0, {info.num_classes})")
+        names = list(classes) if classes is not None else [str(i) for i in range(info.num_classes)]
+        return cls(info, split, images.cpu().contiguous(), labels, names, source="tensors")
 
     @property
     def name(self) -> str:
@@ -155,6 +183,28 @@ class FolderSplit:
 
 
 Split = ImageSplit | FolderSplit
+
+
+def check_indices(indices: Sequence[int], size: int) -> list[int]:
+    """``indices`` as ints: FieldError unless there is at least one, each in ``[0, size)``."""
+    idx = [int(i) for i in indices]
+    if not idx:
+        raise FieldError("indices", "must name at least one example")
+    bad = [i for i in idx if not 0 <= i < size]
+    if bad:
+        raise FieldError("indices", f"must lie in [0, {size}) (the split's size), got {bad[0]}")
+    return idx
+
+
+def check_split(split: Any) -> None:
+    """UserError unless ``split`` is a split as the runners read it: ``len()``, ``.batch(indices)
+    -> (x, y)`` and ``.info`` (a :class:`DatasetSpec`), as :func:`~robustmaxup.data.load_split`
+    and :meth:`ImageSplit.from_tensors` make."""
+    missing = [name for name in ("__len__", "batch", "info") if not hasattr(split, name)]
+    if missing:
+        raise UserError(f"split must be a robustmaxup split (data.load_split, or your tensors through "
+                        f"ImageSplit.from_tensors); a {type(split).__name__} has no "
+                        f"{', '.join(missing)}")
 
 
 def folder_transform(augment: bool, size: tuple[int, int]) -> Callable[[Any], torch.Tensor]:

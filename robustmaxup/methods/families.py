@@ -112,7 +112,8 @@ class AdversarialMethod(Method):
         (:func:`reference_start`); ``train_mode``: BatchNorm batch statistics."""
         start = reference_start(x, self.attack_eps, self.norm, generator)
         return pgd(model, x, y, eps=self.attack_eps, norm=self.norm, steps=steps,
-                   step_size=self.attack_step_size, delta_init=start, train_mode=train_mode)
+                   step_size=self.attack_step_size, delta_init=start, train_mode=train_mode,
+                   check_inputs=False)
 
     def evaluate(self, model, x, y, *, generator=None):
         """Robust accuracy ``[B]`` under PGD-``eval_steps`` (gradients enabled inside, since the

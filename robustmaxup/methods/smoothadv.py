@@ -109,7 +109,8 @@ class SmoothAdv(SmoothingMethod):
         m = int(self.copies)
         noise = draw_noise(x, m, self.sigma, generator)
         x_adv = smooth_pgd(model, x, y, eps=self.current_eps, sigma=self.sigma, m=m,
-                           steps=int(self.attack_steps), noise=noise, generator=generator, box_first=True)
+                           steps=int(self.attack_steps), noise=noise, generator=generator, box_first=True,
+                           check_inputs=False)
         if not self.multi_noise:
             return x_adv + noise[0], y
         return (x_adv.unsqueeze(0) + noise).flatten(0, 1), y.repeat(m)

@@ -119,7 +119,7 @@ class SmoothMix(SmoothingMethod):
         alpha = self.attack_step_size
         eps = self.smoothmix_max_norm or steps * alpha   # a walk of `steps` steps of length α stays inside
         return smooth_pgd(model, x, y, eps=eps, sigma=self.sigma, m=int(self.copies), steps=steps,
-                          step_size=alpha, noise=noise)
+                          step_size=alpha, noise=noise, check_inputs=False)
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
         m, s, steps = int(self.copies), int(self.mix_step), int(self.attack_steps)

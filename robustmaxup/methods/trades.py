@@ -82,7 +82,7 @@ class TRADES(AdversarialMethod):
         start = START_SCALE * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = pgd(model, x, p_clean, eps=self.attack_eps, norm=self.norm,
                     steps=int(self.attack_steps), step_size=self.attack_step_size,
-                    random_start=False, loss=kl_attack_loss, delta_init=start)
+                    random_start=False, loss=kl_attack_loss, delta_init=start, check_inputs=False)
         return x, x_adv, y
 
     def loss(self, model: nn.Module, prepared: Any) -> LossOutput:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import nn
 
 
@@ -56,3 +57,11 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype images must have for ``model``: its floating-point parameters' (float32 for a
+    model without any). The dataset runners cast their float32 batches to it, so a float64 model
+    certifies and is attacked in float64."""
+    p = next((q for q in model.parameters() if q.is_floating_point()), None)
+    return torch.float32 if p is None else p.dtype

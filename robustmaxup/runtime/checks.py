@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from typing import Any, Iterable
 
@@ -32,7 +33,8 @@ class FieldError(UserError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number: Python's or numpy's ints and floats; not a bool, a string or a tensor."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_range(field: str, value: float, lo: float | None = None, hi: float | None = None, *,

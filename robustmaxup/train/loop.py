@@ -72,7 +72,8 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
 
     Nothing is written before every check has passed (config, method, device, run directory,
     resume compatibility, data); then the run directory is created. Joins the process group
-    under torchrun (the caller leaves it: ``run.dist.close()``; :func:`train` does).
+    under torchrun. The run holds its directory's lock until ``run.close()`` (or use it as a
+    context manager, ``with setup(cfg) as run: ...``); :func:`train` closes its own.
     ``splits`` (``{"train", "val", "test"}``) replaces loading ``cfg.dataset`` (benchmarks, tests).
     """
     cfg.validate()
@@ -137,8 +138,7 @@ def train(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> dict[str
             _discard_unstarted(run)
         raise
     finally:
-        run.lock.release()
-        run.dist.close()
+        run.close()
 
 
 def _discard_unstarted(run: Run) -> None:

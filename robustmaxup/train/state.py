@@ -4,8 +4,8 @@ noise generator) that checkpoints carry.
 
 Example::
 
-    run = setup(TrainConfig(dataset="digits", out="runs/d", arch="digits_cnn"))  # train.loop
-    run.model, run.loaders["train"], run.state.epoch
+    with setup(TrainConfig(dataset="digits", out="runs/d", arch="digits_cnn")) as run:  # train.loop
+        run.model, run.loaders["train"], run.state.epoch
 """
 
 from __future__ import annotations
@@ -76,6 +76,20 @@ class Run:
     record: Mapping[str, Any]
     state: TrainState
     lock: RunDirLock | None = None
+
+    def close(self) -> None:
+        """Release the run directory's lock and leave the process group (what :func:`train`
+        does at its end); a run from :func:`~robustmaxup.train.setup` is also a context manager
+        that closes itself: ``with setup(cfg) as run: ...``. Safe to call twice."""
+        if self.lock is not None:
+            self.lock.release()
+        self.dist.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
