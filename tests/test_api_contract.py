@@ -14,7 +14,7 @@ from robustmaxup.attacks.runner import evaluate_dataset
 from robustmaxup.certify import Smooth
 from robustmaxup.certify.runner import certify_dataset, predict_dataset
 from robustmaxup.checkpoints import load_model
-from robustmaxup.data import load_split
+from robustmaxup.data import load_split, select_indices, spread_indices
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
 
@@ -130,3 +130,15 @@ def test_your_own_tensors_go_through_image_split_from_tensors(digits_checkpoint)
     for bad, match in (((x * 2, y), r"\[0, 1\]"), ((x[:, :, :4], y), "must be"), ((x, y + 10), "labels")):
         with pytest.raises(UserError, match=match):
             ImageSplit.from_tensors(*bad, get_info("digits"))
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: select_indices(100, 0), "skip"),
+    (lambda: select_indices(100, 1, -5), "max_images"),
+    (lambda: select_indices(100, 1, 0), "max_images"),
+    (lambda: spread_indices(10, -1), "k"),
+])
+def test_index_selection_refuses_what_it_cannot_mean(call, field):
+    with pytest.raises(FieldError) as e:
+        call()
+    assert e.value.field == field

@@ -462,9 +462,9 @@ def test_perturbation_warmup_and_validation(batch):
     with awp.perturbed(model, loss_fn):
         assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert set(PERTURBATIONS.names()) >= {"awp", "amp"}
-    with pytest.raises(UserError, match="--awp-gamma "):
+    with pytest.raises(UserError, match="awp_gamma "):
         AWP(gamma=-1.0)
-    with pytest.raises(UserError, match="--amp-steps"):
+    with pytest.raises(UserError, match="amp_steps"):
         AMP(steps=0)
 
 

@@ -95,7 +95,8 @@ class SoftSmoothed(nn.Module):
         return soft_smoothed_log_probs(self.model, x, self.noise(x))
 
 
-def per_example_noise(model: nn.Module, generators: Sequence[torch.Generator] | None):
+def per_example_noise(model: nn.Module,
+                      generators: Sequence[torch.Generator] | None) -> contextlib.AbstractContextManager:
     """``model.per_example(generators)`` for a model that has it (:class:`SoftSmoothed`), else a
     no-op context (deterministic models draw no noise)."""
     if generators is not None and hasattr(model, "per_example"):

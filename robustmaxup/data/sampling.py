@@ -16,6 +16,7 @@ import torch
 
 from robustmaxup.data.splits import FolderSplit, Split
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.checks import check_int
 from robustmaxup.runtime.seeds import stream_seed
 
 __all__ = ["spread_indices", "select_indices", "train_val_split", "stratified_pick", "epoch_indices"]
@@ -30,7 +31,8 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
         >>> spread_indices(10, 4).tolist()
         [0, 2, 5, 7]
     """
-    k = min(k, n)
+    check_int("n", n, minimum=0)
+    k = min(check_int("k", k, minimum=0), n)
     return torch.div(torch.arange(k) * n, k, rounding_mode="floor")
 
 
@@ -47,7 +49,10 @@ def select_indices(size: int, skip: int, max_images: int = -1) -> list[int]:
         >>> select_indices(360, 45, 6)
         [0, 45, 90, 180, 225, 270]
     """
-    idx = list(range(0, size, skip))
+    check_int("skip", skip, minimum=1)
+    if max_images != -1:
+        check_int("max_images", max_images, minimum=1)
+    idx = list(range(0, check_int("size", size, minimum=0), skip))
     if max_images == -1 or max_images >= len(idx):
         return idx
     return [idx[i] for i in spread_indices(len(idx), max_images).tolist()]

@@ -56,7 +56,8 @@ class GaussianNoise(Augmentation):
     name: ClassVar[str] = "gaussian"
     sigma: float = 0.25
 
-    def __call__(self, x, y, *, num_classes, generator=None):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return gaussian_noise(x, self.sigma, generator), y
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.errors import UserError
+from robustmaxup.runtime import checks
 
 
 @dataclass
@@ -169,11 +169,9 @@ class Augmentation:
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise a UserError naming the flag when ``value`` is not > 0 (or >= 0)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value != value:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+    """FieldError naming the hyper-parameter unless ``value`` is a finite number > 0 (>= 0);
+    the CLI shows it under its flag (:func:`robustmaxup.runtime.checks.check_positive`)."""
+    checks.check_positive(name, value, allow_zero=allow_zero)
 
 
 def per_example_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -188,10 +186,10 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return per_example_loss(logits, target).mean()
 
 
-def check_count(flag: str, value: int, minimum: int) -> None:
-    """UserError unless ``value`` is an integer >= ``minimum`` (flag named ``--flag-name``)."""
-    if int(value) != value or value < minimum:
-        raise UserError(f"--{flag.replace('_', '-')} must be an integer >= {minimum}, got {value}")
+def check_count(name: str, value: int, minimum: int) -> None:
+    """FieldError naming the hyper-parameter unless ``value`` is an integer >= ``minimum``
+    (:func:`robustmaxup.runtime.checks.check_int`)."""
+    checks.check_int(name, value, minimum=minimum)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

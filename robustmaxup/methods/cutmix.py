@@ -88,7 +88,8 @@ class CutMixAugmentation(Augmentation):
         check_positive("alpha", self.alpha)
         check_probability("cutmix_prob", self.prob)
 
-    def __call__(self, x, y, *, num_classes, generator=None):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mixed = cutmix_batch(x, y, num_classes=num_classes, alpha=self.alpha, prob=self.prob,
                              generator=generator)
         return mixed.x, mixed.target

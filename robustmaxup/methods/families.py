@@ -52,7 +52,8 @@ class SmoothingMethod(Method):
     def __post_init__(self) -> None:
         check_positive("sigma", self.sigma)
 
-    def evaluate(self, model, x, y, *, generator=None):
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         return model(gaussian_noise(x, self.sigma, generator)).argmax(1) == y
 
 
@@ -115,7 +116,8 @@ class AdversarialMethod(Method):
                    step_size=self.attack_step_size, delta_init=start, train_mode=train_mode,
                    check_inputs=False)
 
-    def evaluate(self, model, x, y, *, generator=None):
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Robust accuracy ``[B]`` under PGD-``eval_steps`` (gradients enabled inside, since the
         engine calls this under ``torch.no_grad``)."""
         with torch.enable_grad():
@@ -140,7 +142,8 @@ class MixingMethod(Method):
     def augmentation(self) -> Augmentation:
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         return self.augmentation()(x, y, num_classes=self.num_classes, generator=generator)
 
     def loss(self, model: nn.Module, prepared: Any) -> LossOutput:

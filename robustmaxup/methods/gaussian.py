@@ -7,7 +7,7 @@ Default: σ = 0.25 (the paper trains σ ∈ {0.12, 0.25, 0.5, 1.0}).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,5 +25,6 @@ class Gaussian(SmoothingMethod):
 
     name: ClassVar[str] = "gaussian"
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None):
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         return gaussian_noise(x, self.sigma, generator), y

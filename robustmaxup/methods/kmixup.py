@@ -97,7 +97,8 @@ class KMixupAugmentation(Augmentation):
         check_positive("alpha", self.alpha)
         check_count("k", self.k, 1)
 
-    def __call__(self, x, y, *, num_classes, generator=None):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mixed = kmixup_batch(x, y, num_classes=num_classes, alpha=self.alpha, k=self.k, generator=generator)
         return mixed.x, mixed.target
 

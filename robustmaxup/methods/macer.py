@@ -86,7 +86,8 @@ class MACER(SmoothingMethod):
     def loss_cost(self) -> float:
         return 3.0 * self.copies
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         noise = draw_noise(x, int(self.copies), self.sigma, generator)
         return (x.unsqueeze(0) + noise).flatten(0, 1), y          # copy-major [m*B, ...]
 

@@ -106,7 +106,8 @@ class MaxUp(Method):
     def family(self) -> str:  # type: ignore[override]
         return "smoothing" if self.sigma > 0 else "standard"
 
-    def draw_copies(self, x: torch.Tensor, y: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_copies(self, x: torch.Tensor, y: torch.Tensor,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``copies`` augmented copies stacked as ``[m·B, ...]`` (copy-major) and their targets."""
         xs, ts = [], []
         for _ in range(self.copies):
@@ -132,7 +133,8 @@ class MaxUp(Method):
         rows = worst * batch + torch.arange(batch, device=xs.device)     # copy-major index
         return xs[rows], ts[rows]
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         xs, ts = self.draw_copies(x, y, generator)
         if self.copies == 1:
             return xs, ts
@@ -144,7 +146,8 @@ class MaxUp(Method):
         hard = t if t.dim() == 1 else t.argmax(1)
         return LossOutput(soft_cross_entropy(logits, t), logits.detach(), hard)
 
-    def evaluate(self, model, x, y, *, generator=None):
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if self.sigma > 0:
             x = gaussian_noise(x, self.sigma, generator)
         return model(x).argmax(1) == y

@@ -56,7 +56,8 @@ class MixupAugmentation(Augmentation):
     def __post_init__(self) -> None:
         check_positive("alpha", self.alpha)
 
-    def __call__(self, x, y, *, num_classes, generator=None):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mixed = mixup_batch(x, y, num_classes=num_classes, alpha=self.alpha, generator=generator)
         return mixed.x, mixed.target
 

@@ -61,7 +61,8 @@ class PGDAT(AdversarialMethod):
         if self.attack_train_mode not in (True, False):
             raise UserError(f"--attack-train-mode must be true or false, got {self.attack_train_mode!r}")
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         return self.attack(model, x, y, steps=int(self.attack_steps), generator=generator,
                            train_mode=bool(self.attack_train_mode)), y
 

@@ -105,7 +105,8 @@ class SmoothAdv(SmoothingMethod):
         """The attack radius of the current epoch (after warm-up)."""
         return self.smoothadv_eps * self._scale
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         m = int(self.copies)
         noise = draw_noise(x, m, self.sigma, generator)
         x_adv = smooth_pgd(model, x, y, eps=self.current_eps, sigma=self.sigma, m=m,

@@ -121,7 +121,8 @@ class SmoothMix(SmoothingMethod):
         return smooth_pgd(model, x, y, eps=eps, sigma=self.sigma, m=int(self.copies), steps=steps,
                           step_size=alpha, noise=noise, check_inputs=False)
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         m, s, steps = int(self.copies), int(self.mix_step), int(self.attack_steps)
         noise = draw_noise(x, m, self.sigma, generator)
         x_start = x

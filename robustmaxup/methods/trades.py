@@ -76,7 +76,8 @@ class TRADES(AdversarialMethod):
     def loss_cost(self) -> float:
         return 6.0                              # clean and adversarial forwards, with backward
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None) -> Any:
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                generator: torch.Generator | None = None) -> Any:
         with torch.no_grad(), model_state(model, train=False):
             p_clean = F.softmax(at_least_fp32(model(x)), dim=1)
         start = START_SCALE * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
