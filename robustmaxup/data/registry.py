@@ -45,7 +45,8 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
     cifar_reader(CIFAR10_FORMAT), augment=CropFlip(pad=4, flip=True),
-    foreign_archs=("cifar_resnet20", "cifar_resnet110", "preact_resnet18", "wrn_28_10", "wrn_34_10"),
+    foreign_archs=("cifar_resnet20", "cifar_resnet110", "preact_resnet18", "amp_preact_resnet18", "wrn_28_10",
+                   "wrn_34_10"),
 ))
 register_dataset(DatasetSpec(
     "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
