@@ -364,6 +364,11 @@ def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequ
     ``quiet``: no log line (e.g. on every rank but the first of a sharded run).
     """
     say = (lambda *a: None) if quiet else log.info  # noqa: E731
+    recorded = meta.get("classes")
+    if declared is not None and recorded is not None and list(declared) != list(recorded):
+        raise FieldError("class_order", f"disagrees with the classes the checkpoint records "
+                                        f"({_names(list(recorded))}); drop it (it is for files that "
+                                        "record none)")
     if declared is not None:
         source, names = "declared", list(declared)
     elif meta.get("classes") is not None:

@@ -142,3 +142,13 @@ def test_index_selection_refuses_what_it_cannot_mean(call, field):
     with pytest.raises(FieldError) as e:
         call()
     assert e.value.field == field
+
+
+def test_resume_of_a_missing_output_says_it_starts_it(digits_checkpoint, tmp_path, caplog):
+    import logging
+
+    model, _ = load_model(digits_checkpoint, dataset="digits")
+    with caplog.at_level(logging.INFO, logger="robustmaxup"):
+        certify_dataset(Smooth(model, 10, 0.25), load_split("digits", "test"), [0], n0=10, n=50,
+                        out=tmp_path / "typo.tsv", resume=True, progress=False)
+    assert "typo.tsv does not exist yet; starting it" in caplog.text

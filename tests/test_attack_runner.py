@@ -247,4 +247,4 @@ def test_the_recorded_attack_config_is_the_one_used():
     assert smoothed_pgd["version"] is None and smoothed_pgd["attacks"] is None
     aa = AttackConfig(eps=0.1, attacks=("apgd-ce",), version="custom", rescores=2).as_used()
     assert aa["rescores"] == 2 and aa["attacks"] == ["apgd-ce"] and aa["version"] == "custom"
-    assert aa["steps"] is None and aa["step_size"] is None
+    assert aa["steps"] is None and aa["step_size"] is None and aa["m"] is None and smoothed_pgd["m"] == 32

@@ -251,6 +251,8 @@ def test_analyze_cli_table_and_plot(tmp_path, capsys):
     pred.write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0:00:00.100\n")
     assert main(["analyze", str(pred), "--quiet", "--format", "csv"]) == 0   # a predict file: its own table
     assert capsys.readouterr().out.startswith("predict,pred.tsv\naccuracy,1.000\nabstain,0.000")
+    assert main(["analyze", str(pred), "--radii", "0.5"]) == 2          # would be ignored: refused
+    assert "--radii is for certify files" in capsys.readouterr().err
 
 
 def test_analyze_names_every_setting_that_differs():

@@ -59,8 +59,11 @@ def test_map_classes_sources(caplog):
     record = map_classes(model, {"classes": shuffled}, DIGITS)
     assert record["class_source"] == "checkpoint"
     assert [shuffled[i] for i in record["class_order"]] == DIGITS   # output order[j] is class j
-    declared = map_classes(model, {"classes": DIGITS}, DIGITS, declared=shuffled)
+    declared = map_classes(model, {}, DIGITS, declared=shuffled)
     assert declared == {"class_source": "declared", "class_order": record["class_order"]}
+    assert map_classes(model, {"classes": shuffled}, DIGITS, declared=shuffled) == declared
+    with pytest.raises(UserError, match="disagrees with the classes the checkpoint records"):
+        map_classes(model, {"classes": DIGITS}, DIGITS, declared=shuffled)
     with caplog.at_level("INFO"):
         assert map_classes(model, {}, DIGITS) == {"class_source": "assumed", "class_order": None}
     assert "records no class names" in caplog.text and model.output_order is None
@@ -155,7 +158,8 @@ def test_predict_and_attack_map_the_twin_back(original, tmp_path):
 
 @pytest.mark.parametrize("value,message", [(",", "no class names"), ("0,1,2", "is not among them")])
 def test_bad_class_order_is_one_line(original, tmp_path, capsys, value, message):
-    assert main(["certify", original, *CERTIFY, "--out", str(tmp_path / "x.tsv"), "--class-order", value]) == 2
+    bare = _twin(original, tmp_path / "bare.pt", names=False)
+    assert main(["certify", bare, *CERTIFY, "--out", str(tmp_path / "x.tsv"), "--class-order", value]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "x.tsv").exists()
@@ -163,18 +167,29 @@ def test_bad_class_order_is_one_line(original, tmp_path, capsys, value, message)
 
 @pytest.mark.parametrize("command", ["certify", "attack"])
 def test_a_wrong_class_order_is_named_by_the_near_chance_warning(original, tmp_path, capsys, command):
-    """A permuted --class-order makes a good model look like chance; the warning says which
-    class order to suspect (it used to say only "labels")."""
-    shuffled = ",".join(DIGITS[p] for p in P)
+    """A permuted model looks like chance under a wrong class order; the warning says which order
+    to suspect (it used to say only "labels"): the assumed one, or the one --class-order gave."""
+    bare = _twin(original, tmp_path / "bare.pt", names=False)      # outputs permuted by P, no names
     more = ["--skip", "1", "--max", "40"] if command == "certify" else ["--n-examples", "40"]
     flags = CERTIFY if command == "certify" else ATTACK
     out = tmp_path / ("x.tsv" if command == "certify" else "x.json")
-    for order, warned in (([], False), (["--class-order", shuffled], True)):
-        assert main([command, original, *flags, *more, "--out", str(out), *order]) == 0
+    hint = "near chance; if the model is trained, check --dataset, the normalisation and the "
+    cases = ((bare, [], "class order (assumed to be the data's; give the model's with --class-order)"),
+             (bare, ["--class-order", ",".join(DIGITS)], "class order given with --class-order"),
+             (bare, ["--class-order", ",".join(DIGITS[p] for p in P)], None))
+    for ckpt, order, warned in cases:
+        assert main([command, ckpt, *flags, *more, "--out", str(out), *order]) == 0
         err = capsys.readouterr().err
-        assert ("near chance; if the model is trained, check --dataset, the normalisation and the "
-                "class order given with "
-                "--class-order" in err) is warned
-        out.unlink()
+        assert (hint + warned in err) if warned else "near chance" not in err, err
         for extra in tmp_path.glob("x.*"):
             extra.unlink()
+
+
+def test_class_order_may_not_contradict_the_checkpoints_own(original, tmp_path, capsys):
+    shuffled = ",".join(DIGITS[p] for p in P)
+    assert main(["certify", original, *CERTIFY, "--out", str(tmp_path / "x.tsv"), "--class-order", shuffled]) == 2
+    err = capsys.readouterr().err
+    assert "--class-order disagrees with the classes the checkpoint records" in err
+    assert not (tmp_path / "x.tsv").exists()
+    assert main(["certify", original, *CERTIFY, "--out", str(tmp_path / "y.tsv"), "--class-order",
+                 ",".join(DIGITS)]) == 0                                   # the same names: fine

@@ -55,6 +55,9 @@ def test_help_shows_defaults_only_where_they_say_something(command, capsys):
     (["--futility", "unanimous"], "--futility applies only with --sequential"),
     (["--sequential"], "--n is not used with --sequential"),          # FAST gives --n 200
     (["--max", "-2"], "--max must be -1 (all images) or an integer >= 1"),
+    (["--sequential", "--n-max", "500", "--radius-tol", "0.01"], "--radius-tol applies when the radius"),
+    (["--sequential", "--n-max", "500", "--radii", "0.5", "--radius-tol", "0.01"], "--radius-tol applies"),
+    (["--data-root", "/tmp"], "--data-root is not used by digits"),
 ])
 def test_certify_flags_that_would_be_ignored_are_refused(digits_checkpoint, tmp_path, capsys, extra, needle):
     out = tmp_path / "o.tsv"

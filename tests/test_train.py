@@ -170,6 +170,10 @@ ERRORS = [
     (["--eval-n", "200"], "--eval-n applies only with --eval-radius"),
     (["--eval-radius", "1.75"], "--eval-radius is too large"),   # r/sigma = 7 needs ~5e12 copies
     (["--crop-padding", "mirror"], "--crop-padding"),
+    (["--schedule", "cosine", "--lr-step", "5"], "--lr-step applies to --schedule step; this run's schedule is cosine"),
+    (["--lr-milestones", "2"], "--lr-milestones applies to --schedule multistep; this run's schedule is step"),
+    (["--schedule", "piecewise", "--lr-gamma", "0.5"], "--lr-gamma applies to --schedule step or multistep"),
+    (["--nesterov", "--momentum", "0"], "--nesterov needs a momentum > 0"),
     (["--dataset", "imagenet", "--crop-padding", "reflect"],
      "--crop-padding applies to datasets trained with a padded random crop; imagenet is not"),
 ]
@@ -492,3 +496,12 @@ def test_a_run_from_setup_releases_its_directory_when_closed(tmp_path):
     with setup(cfg) as run:
         assert run.state.epoch == 0
     assert train(cfg)["metrics"]["epoch"] == 1
+
+
+def test_resume_of_a_missing_run_says_it_starts_fresh(tmp_path, caplog):
+    """A mistyped --out with --resume used to start a full run without a word."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="robustmaxup"):
+        train(_cfg(tmp_path / "run", epochs=1, max_train=200, val_size=0, resume=True))
+    assert "holds no last.pt yet; starting the run from epoch 1" in caplog.text

@@ -86,12 +86,14 @@ class AttackConfig:
         return RANDOMIZED_RESCORES if self.randomized else 1
 
     def as_used(self) -> dict[str, Any]:
-        """The settings as the run uses them, for records: ``rescores`` resolved, and the other
-        attack's fields None (``steps``/``step_size`` are PGD's, ``version``/``attacks``
-        AutoAttack's)."""
+        """The settings as the run uses them, for records: ``rescores`` resolved, and the fields
+        it does not use None (``steps``/``step_size`` are PGD's, ``version``/``attacks``
+        AutoAttack's, ``m`` the smoothed model's)."""
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
         d["rescores"] = self.n_rescores
         unused = ("steps", "step_size") if self.attack == "autoattack" else ("version", "attacks")
+        if not self.randomized:
+            unused += ("m",)      # noise draws of the smoothed model only
         return {**d, **dict.fromkeys(unused)}
 
 

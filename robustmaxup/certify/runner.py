@@ -265,6 +265,8 @@ class Output:
             self.check_absent()
             return
         existing = [p for p in [self.final, *self.parts()] if p.exists()]
+        if not existing and not self.sidecar.exists() and self.dist.main:
+            log.info("--resume: %s does not exist yet; starting it", shown(self.final))
         rows = sum(len(read_rows(path, self.fmt).rows) for path in existing)  # foreign: refused
         if self.sidecar.exists():
             saved = read_sidecar(self.final)

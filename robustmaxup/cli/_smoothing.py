@@ -99,11 +99,14 @@ def _sequential_settings(args: argparse.Namespace) -> SequentialSettings | None:
             flag = SEQUENTIAL_FLAGS[next(iter(given))]
             raise UserError(f"{flag} applies only with --sequential; add --sequential or drop it")
         return None
+    if "radii" in given:
+        given["radii"] = tuple(given["radii"]) or None      # --radii alone: to --radius-tol
+    if "radius_tol" in given and given.get("radii", ()) is not None:
+        raise UserError("--radius-tol applies when the radius itself is the target: pass --radii "
+                        "with no values (target radii are decided, not measured)")
     if args.n is not None:
         raise UserError("--n is not used with --sequential (each image takes as many samples as "
                         "it needs); bound them with --n-max instead")
-    if "radii" in given:
-        given["radii"] = tuple(given["radii"]) or None      # --radii alone: to --radius-tol
     return SequentialSettings(**given)
 
 

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "'robustmaxup certify' TSV files (optional plot); accuracy and abstain "
                                "rate from 'robustmaxup predict' TSV files.")
     p.add_argument("files", nargs="+", help="certify TSV files, or predict TSV files (one table column each)")
-    p.add_argument("--radii", type=float, nargs="+", default=DEFAULT_RADII, help="L2 radii (pixels in [0,1])")
+    p.add_argument("--radii", type=float, nargs="+", default=None,
+                   help=f"L2 radii (pixels in [0,1]; default: {' '.join(f'{r:g}' for r in DEFAULT_RADII)}; "
+                        "certify files only)")
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
     p.add_argument("--plot", default=None,
                    help="write certified accuracy vs radius to this image (.png, .pdf, .svg, ...)")
@@ -66,7 +68,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _body(args: argparse.Namespace) -> None:
-    if any(not r >= 0 or r == float("inf") for r in args.radii):
+    radii = DEFAULT_RADII if args.radii is None else args.radii
+    if any(not r >= 0 or r == float("inf") for r in radii):
         raise UserError("--radii must be finite and >= 0")
     _check_outputs(args)
     results = [analysis.read_results(f) for f in args.files]  # all read (and checked) first
@@ -74,9 +77,10 @@ def _body(args: argparse.Namespace) -> None:
         if len(res) == 0:
             raise UserError(f"{shown(res.path)} has no rows yet")
     predict = isinstance(results[0], analysis.PredictResults)
-    if args.plot and predict:
-        raise UserError("--plot draws certified accuracy against radius; predict files have no radii")
-    table = analysis.format_table(results, args.radii, args.format)  # refuses certify + predict files
+    if predict and (args.plot or args.radii is not None):
+        raise UserError(f"{'--plot' if args.plot else '--radii'} is for certify files; predict files "
+                        "have no radii")
+    table = analysis.format_table(results, radii, args.format)  # refuses certify + predict files
     differ = analysis.differences(results)
     if differ:
         log.warning("warning: the files differ in %s; their columns are not a like-for-like "

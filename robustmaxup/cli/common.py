@@ -120,7 +120,7 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
 def add_data_args(p: argparse.ArgumentParser, *, split: str = "test") -> None:
     p.add_argument("--dataset", required=True, help="dataset name (digits, cifar10, cifar100, imagenet)")
     p.add_argument("--data-root", default=None,
-                   help="local dataset location (folder or .tar.gz); not needed for digits")
+                   help="local dataset location (folder or .tar.gz); digits is built in and takes none")
     p.add_argument("--cache-dir", default=None, help="where decoded archives are cached")
     p.add_argument("--split", default=split, choices=["train", "test"], help="which split")
 

@@ -30,7 +30,7 @@ from robustmaxup.cli.common import make_parser, run, setup_logging
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import parse_fraction
 from robustmaxup.train import TrainConfig, merge_flat, options, read_flat, train
-from robustmaxup.train.config import RENAMED, renamed_message
+from robustmaxup.train.config import RENAMED, SCHEDULE_PARAMS, renamed_message
 from robustmaxup.train.recipes import recipe_table
 
 _GIVEN_ONLY = argparse.SUPPRESS  # a flag not given is absent from the parsed values
@@ -115,7 +115,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     layers = [read_flat(args.config)] if "config" in vars(args) else []
     flat = merge_flat(*layers, given)
     _check_perturbation_flags(given, flat)
-    return TrainConfig.from_flat(flat)
+    cfg = TrainConfig.from_flat(flat)
+    _check_schedule_flags(given, cfg)
+    return cfg
+
+
+def _check_schedule_flags(given: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """A schedule flag given for a schedule that does not read it (``SCHEDULE_PARAMS``)."""
+    used = SCHEDULE_PARAMS.get(cfg.schedule, ())
+    for name in ("lr_step", "lr_milestones", "lr_gamma"):
+        if name in given and name not in used:
+            users = [k for k, v in SCHEDULE_PARAMS.items() if name in v]
+            raise UserError(f"--{name.replace('_', '-')} applies to --schedule {' or '.join(users)}; this "
+                            f"run's schedule is {cfg.schedule}")
 
 
 def _body(args: argparse.Namespace) -> None:

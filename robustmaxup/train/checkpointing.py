@@ -50,7 +50,11 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
     finished an epoch), after checking it was made with the same settings (``record``: the
     current :meth:`TrainConfig.record`) and as many processes."""
     path = out / LAST
-    if not cfg.resume or not path.exists():
+    if not cfg.resume:
+        return None
+    if not path.exists():
+        if dist.main:
+            log.info("--resume: %s holds no last.pt yet; starting the run from epoch 1", shown(out))
         return None
     ckpt = read_checkpoint(path)
     if "history" not in ckpt:  # robustmaxup.engine's checkpoints: other seed streams, nested config

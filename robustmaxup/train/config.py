@@ -193,7 +193,7 @@ class TrainConfig:
     dataset: str = field(metadata=_meta("digits, cifar10, cifar100, imagenet", _DATA))
     out: str = field(metadata=_meta("run directory (must be empty or absent unless resuming)", _DATA))
     data_root: str | None = field(default=None, metadata=_meta(
-        "local dataset folder or .tar.gz (not needed for digits)", _DATA))
+        "local dataset folder or .tar.gz (digits is built in and takes none)", _DATA))
     cache_dir: str | None = field(default=None, metadata=_meta("cache for decoded archives", _DATA))
     arch: str = field(default="cifar_resnet110", metadata=_meta("architecture (robustmaxup.models.MODELS)", _DATA))
     method: str = field(default="gaussian", metadata=_meta("training method", _DATA))
@@ -317,6 +317,9 @@ class TrainConfig:
         # rates beyond float32's range cannot even be applied to float32 weights
         check_range("lr", self.lr, 0.0, FLOAT32_MAX, lo_open=True)
         check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        if self.nesterov and self.momentum == 0:
+            raise FieldError("nesterov", "needs a momentum > 0 (Nesterov's update is a momentum update); "
+                                         "set --momentum or drop --nesterov")
         check_range("weight_decay", self.weight_decay, 0.0, FLOAT32_MAX)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_int("lr_step", self.lr_step, minimum=1)
