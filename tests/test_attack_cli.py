@@ -150,6 +150,11 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
                  "--n-examples", "20", "--batch", "8", "--out", str(out), "--save-adv", str(adv),
                  "--resume"]) == 0
     assert "already complete" in capsys.readouterr().err
+    (tmp_path / "aa.tsv").unlink()                      # a finished run that lost a file is not "complete"
+    assert main([str(ckpt), "--dataset", "digits", "--eps", "8/255", "--attacks", "apgd-ce",
+                 "--n-examples", "20", "--batch", "8", "--out", str(out), "--save-adv", str(adv),
+                 "--resume"]) == 2
+    assert "aa.tsv is missing" in capsys.readouterr().err
 
 
 def test_resume_equals_uninterrupted_run(ckpt, tmp_path, capsys, monkeypatch):

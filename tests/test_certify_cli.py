@@ -278,3 +278,7 @@ def test_the_subset_note_says_all_not_max_minus_one():
     assert note(skip=40, max=-1) == "9 of 360 test images (skip 40)"
     assert note(skip=1, max=9) == "9 of 360 test images (skip 1, max 9)"
     assert note() == "9 of 360 test images"
+    assert note(skip=20, complete=False, num_selected=18) == (
+        "9 of 360 test images (skip 20); INCOMPLETE: 9 of the 18 selected images (an interrupted run; "
+        "--resume continues it)")
+    assert note(skip=20, complete=True, num_selected=9) == "9 of 360 test images (skip 20)"

@@ -464,6 +464,10 @@ def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
     if missing:  # made by an older version (other seeding) or not by this command
         raise UserError(f"cannot resume {paths.json}: it records no {', '.join(missing)}; it was made "
                         "by another version; choose another output")
+    gone = [p for p in (paths.tsv, paths.adv) if p is not None and not p.exists()]
+    if gone:
+        raise UserError(f"{shown(paths.json)} is complete but {shown(gone[0])} is missing; rerun without "
+                        "--resume after removing the run's other files, or choose another output")
     log.info("%s is already complete (same settings); nothing to do", paths.json)
     return AttackSummary(record, None, paths, already_complete=True)
 

@@ -63,6 +63,10 @@ class _Subset:
             note = f"{len(self)}{of} images{extra}"
         if self.n_used is not None and len(self):
             note += f"; sequential, mean {float(np.mean(self.n_used)):.0f} samples/image"
+        if meta.get("complete") is False:
+            selected = meta.get("num_selected")
+            of = f" of the {selected} selected" if selected else ""
+            note += f"; INCOMPLETE: {len(self)}{of} images (an interrupted run; --resume continues it)"
         return note
 
 

@@ -81,6 +81,10 @@ def _body(args: argparse.Namespace) -> None:
         raise UserError(f"{'--plot' if args.plot else '--radii'} is for certify files; predict files "
                         "have no radii")
     table = analysis.format_table(results, radii, args.format)  # refuses certify + predict files
+    for res in results:
+        if (res.meta or {}).get("complete") is False:
+            log.warning("warning: %s is incomplete (an interrupted run): its rows cover only part of "
+                        "the selected images", shown(res.path))
     differ = analysis.differences(results)
     if differ:
         log.warning("warning: the files differ in %s; their columns are not a like-for-like "
