@@ -122,6 +122,11 @@ def test_every_recipe_trains_on_digits_from_the_command_line(tmp_path, capsys, n
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_list_recipes_refuses_flags_it_would_ignore(capsys):
+    assert cli_main(["train", "--list-recipes", "--dataset", "digits", "--epochs", "3"]) == 2
+    assert "--list-recipes only prints the table; drop --dataset" in capsys.readouterr().err
+
+
 def test_list_recipes_needs_no_dataset(capsys):
     assert cli_main(["train", "--list-recipes", "--quiet"]) == 0   # --quiet: no INFO logging to capsys
     text = capsys.readouterr().out

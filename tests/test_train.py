@@ -174,6 +174,7 @@ ERRORS = [
     (["--lr-milestones", "2"], "--lr-milestones applies to --schedule multistep; this run's schedule is step"),
     (["--schedule", "piecewise", "--lr-gamma", "0.5"], "--lr-gamma applies to --schedule step or multistep"),
     (["--nesterov", "--momentum", "0"], "--nesterov needs a momentum > 0"),
+    (["--eval-radius", "0.25", "--val-size", "0", "--max-eval", "0"], "--eval-radius has nothing to evaluate"),
     (["--dataset", "imagenet", "--crop-padding", "reflect"],
      "--crop-padding applies to datasets trained with a padded random crop; imagenet is not"),
 ]
@@ -505,3 +506,13 @@ def test_resume_of_a_missing_run_says_it_starts_fresh(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="robustmaxup"):
         train(_cfg(tmp_path / "run", epochs=1, max_train=200, val_size=0, resume=True))
     assert "holds no last.pt yet; starting the run from epoch 1" in caplog.text
+
+
+def test_a_file_that_is_not_a_train_config_is_named_so(tmp_path, capsys):
+    """A certify sidecar given to --config used to be read as ~30 unknown method options."""
+    sidecar = tmp_path / "c.tsv.json"
+    sidecar.write_text(json.dumps({"checkpoint": "x.pt", "n0": 100, "alpha": 0.001, "sigma": 0.25}))
+    assert cli_main(["train", "--config", str(sidecar), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a robustmaxup train config.json: it has keys no train option has (checkpoint, n0)" in err
+    assert not (tmp_path / "r").exists()

@@ -154,8 +154,9 @@ class AttackPaths:
             return
         existing = [p for p in self.outputs() + [self.state] if p.exists()]
         if existing:
+            flag = "--save-adv" if existing[0] == self.adv else "--out"
             raise UserError(f"{shown(existing[0])} already exists; resume the run (--resume) to continue "
-                            "or re-check it, or choose another output (--out)")
+                            f"or re-check it, or choose another output ({flag})")
 
     def check_ours(self) -> None:
         """UserError, touching nothing, unless every existing output is one ``robustmaxup attack``

@@ -132,6 +132,9 @@ def _check_schedule_flags(given: Mapping[str, Any], cfg: TrainConfig) -> None:
 
 def _body(args: argparse.Namespace) -> None:
     if "list_recipes" in vars(args):
+        others = sorted(k for k in vars(args) if k not in ("list_recipes", "quiet"))
+        if others:
+            raise UserError(f"--list-recipes only prints the table; drop --{others[0].replace('_', '-')}")
         print(recipe_table())
         return
     cfg = config_from_args(args)

@@ -435,6 +435,12 @@ def read_flat(path: str | os.PathLike) -> dict[str, Any]:
         raise FieldError("config", f"file {path} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(data, dict):
         raise FieldError("config", f"file {path} holds a JSON {type(data).__name__}, not an object")
+    known = {opt.name for opt in options()} | _NOT_REPLAYED | _RECORD_ONLY | set(RENAMED)
+    unknown = sorted(k for k in data if k not in known)
+    if unknown:
+        shown_keys = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise FieldError("config", f"file {path} is not a robustmaxup train config.json: it has keys no "
+                                   f"train option has ({shown_keys})")
     return {k: v for k, v in data.items() if k not in _NOT_REPLAYED}
 
 

@@ -128,6 +128,9 @@ def check_eval_metric(cfg: TrainConfig, method: Method) -> None:
     if method.family != "smoothing":
         raise FieldError("eval_radius", f"applies to smoothing methods only; {cfg.method} here is validated "
                                         f"by {metric_name(method)}")
+    if cfg.val_size == 0 and cfg.max_eval == 0:
+        raise FieldError("eval_radius", "has nothing to evaluate: no validation images (--val-size 0) "
+                                        "and no test images (--max-eval 0)")
     sigma = float(method.hparams()["sigma"])
     try:
         need = min_samples_to_certify_radius(cfg.eval_radius, sigma, cfg.eval_alpha)
