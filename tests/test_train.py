@@ -175,6 +175,7 @@ ERRORS = [
     (["--schedule", "piecewise", "--lr-gamma", "0.5"], "--lr-gamma applies to --schedule step or multistep"),
     (["--nesterov", "--momentum", "0"], "--nesterov needs a momentum > 0"),
     (["--eval-radius", "0.25", "--val-size", "0", "--max-eval", "0"], "--eval-radius has nothing to evaluate"),
+    (["--out", ""], "--out is empty"),
     (["--dataset", "imagenet", "--crop-padding", "reflect"],
      "--crop-padding applies to datasets trained with a padded random crop; imagenet is not"),
 ]
@@ -285,6 +286,7 @@ def test_config_replay_gives_the_same_config_and_explicit_flags_win(tmp_path):
     a, b = (json.loads((d / "config.json").read_text()) for d in (first, tmp_path / "again"))
     for d in (a, b):
         d.pop("provenance"), d.pop("out")
+    assert a.pop("quiet") is True and b.pop("quiet") is False     # a display preference is not replayed
     assert a == b
 
     parser = build_parser()

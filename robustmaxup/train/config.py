@@ -81,9 +81,10 @@ def renamed_message(old: str, flag: Callable[[str], str] = lambda name: name) ->
 #: How a loader batch becomes optimiser steps (:meth:`Method.reference_chunks`).
 STEP_STRUCTURES = ("reference", "joint")
 
-#: Keys of a saved config that a replay does not take over: the record, and ``resume`` (an
-#: action, not a setting: replaying a resumed run's config must not resume by itself).
-_NOT_REPLAYED = _RECORD_ONLY | {"resume"}
+#: Keys of a saved config that a replay does not take over: the record, ``resume`` (an action,
+#: not a setting: replaying a resumed run's config must not resume by itself) and ``quiet`` (a
+#: display preference, which a later ``--resume --quiet`` rewrites; a replay shows its progress).
+_NOT_REPLAYED = _RECORD_ONLY | {"resume", "quiet"}
 
 
 # --- the weight perturbation ------------------------------------------------------------------
@@ -285,7 +286,7 @@ class TrainConfig:
         if len(chosen) > 1:
             raise UserError(f"choose one weight perturbation, not {' and '.join(sorted(chosen))}")
         for name in ("dataset", "out"):
-            if core.get(name) in (None, ""):
+            if core.get(name) is None:
                 raise FieldError(name, "is required")
         spec = PerturbationSpec(*next(iter(chosen.items()))) if chosen else None
         return cls(**core, method_args=rest, perturbation=spec)
@@ -305,8 +306,10 @@ class TrainConfig:
     def validate(self) -> None:
         """FieldError (naming the field) for the first bad value; cheap, touches nothing."""
         for name in ("dataset", "out"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+            if not isinstance(getattr(self, name), str):
                 raise FieldError(name, "is required")
+            if not getattr(self, name).strip():
+                raise FieldError(name, "is empty")
         for name in ("arch", "method", "device"):
             if not isinstance(getattr(self, name), str):
                 raise FieldError(name, f"must be a name, got {getattr(self, name)!r}")
