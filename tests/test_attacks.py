@@ -580,3 +580,23 @@ def test_pgd_evaluator_rejects_pixels_outside_unit_range(bad):
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         EVALUATORS.get("pgd")(Cheat(x).eval(), x, torch.ones(2, dtype=torch.long),
                               AttackConfig(eps=0.1, attack="pgd", steps=1), seed=0, indices=[0, 1])
+
+
+def test_autoattack_package_warnings_reach_the_log_once_each(tmp_path, caplog):
+    """pyautoattack warns "randomized defense" again for every attack run; the user sees it once,
+    and its file log keeps everything."""
+    import logging
+
+    from robustmaxup.attacks.autoattack import capture_log
+
+    package = logging.getLogger("auto-attack")
+    with caplog.at_level(logging.INFO, logger="robustmaxup"):
+        with capture_log(tmp_path / "aa.log"):
+            for _ in range(3):
+                package.warning("it seems to be a randomized defense!")
+            package.warning("another")
+            package.debug("chatter")
+    seen = [r.getMessage() for r in caplog.records if r.name == "auto-attack"]
+    assert seen == ["it seems to be a randomized defense!", "another"]
+    text = (tmp_path / "aa.log").read_text()
+    assert text.count("randomized defense") == 3 and "chatter" in text

@@ -47,10 +47,18 @@ def check_aa_options(norm: str, version: str, attacks: list[str] | None) -> None
 
 
 class _Forward(logging.Handler):
-    """Passes pyautoattack's warnings on to our logger (so they reach stderr once)."""
+    """Passes pyautoattack's warnings on to our logger, each distinct one once (its
+    randomized-defense check warns again for every attack we run)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.seen: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        log.handle(record)
+        text = record.getMessage()
+        if text not in self.seen:
+            self.seen.add(text)
+            log.handle(record)
 
 
 @contextlib.contextmanager
