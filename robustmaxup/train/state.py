@@ -112,6 +112,9 @@ def metric_name(method: Method, cfg: TrainConfig | None = None) -> str:
                     f"alpha={cfg.eval_alpha:g})")
         return f"noisy accuracy (sigma={sigma})"
     if method.family == "adversarial":
+        hp = method.hparams()
+        if {"norm", "attack_eps", "eval_steps"} <= set(hp):
+            return f"PGD-{hp['eval_steps']} {hp['norm']} eps={hp['attack_eps']:.4g} robust accuracy"
         return "PGD robust accuracy"
     return "clean accuracy"
 
