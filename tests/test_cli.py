@@ -58,6 +58,7 @@ def test_help_shows_defaults_only_where_they_say_something(command, capsys):
     (["--sequential", "--n-max", "500", "--radius-tol", "0.01"], "--radius-tol applies when the radius"),
     (["--sequential", "--n-max", "500", "--radii", "0.5", "--radius-tol", "0.01"], "--radius-tol applies"),
     (["--data-root", "/tmp"], "--data-root is not used by digits"),
+    (["--cache-dir", "/tmp"], "--cache-dir is not used by digits"),
 ])
 def test_certify_flags_that_would_be_ignored_are_refused(digits_checkpoint, tmp_path, capsys, extra, needle):
     out = tmp_path / "o.tsv"

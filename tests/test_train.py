@@ -176,6 +176,9 @@ ERRORS = [
     (["--nesterov", "--momentum", "0"], "--nesterov needs a momentum > 0"),
     (["--eval-radius", "0.25", "--val-size", "0", "--max-eval", "0"], "--eval-radius has nothing to evaluate"),
     (["--out", ""], "--out is empty"),
+    (["--workers", "8"], "--workers applies to datasets read from disk (imagenet); digits is held in memory"),
+    (["--cache-dir", "somewhere"], "--cache-dir is not used by digits (bundled with the code)"),
+    (["--data-root", "somewhere"], "--data-root is not used by digits (bundled with the code)"),
     (["--dataset", "imagenet", "--crop-padding", "reflect"],
      "--crop-padding applies to datasets trained with a padded random crop; imagenet is not"),
 ]

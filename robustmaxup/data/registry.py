@@ -24,6 +24,7 @@ from robustmaxup.data.spec import DatasetSpec
 from robustmaxup.data.splits import SPLITS, Split
 from robustmaxup.errors import UserError
 from robustmaxup.registry import Registry
+from robustmaxup.runtime.checks import FieldError
 
 __all__ = ["DATASETS", "register_dataset", "get_info", "load_split", "foreign_dataset"]
 
@@ -39,7 +40,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 # crops only: digits are not mirror-symmetric.
 register_dataset(DatasetSpec(
     "digits", 10, (1, 8, 8), (0.3053,), (0.3760,), read_digits,
-    augment=CropFlip(pad=1, flip=False), foreign_archs=("digits_cnn",),
+    augment=CropFlip(pad=1, flip=False), foreign_archs=("digits_cnn",), bundled=True,
 ))
 # CIFAR-10 constants as in Cohen et al.'s released code, so their checkpoints load unchanged.
 register_dataset(DatasetSpec(
@@ -97,6 +98,9 @@ def load_split(name: str, split: str, root: str | os.PathLike | None = None,
     split = spec.resolve_split(split)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for {name}; use one of {', '.join(SPLITS)}")
+    for field, given in (("data_root", root), ("cache_dir", cache_dir)):
+        if spec.bundled and given is not None:
+            raise FieldError(field, f"is not used by {name} (bundled with the code); drop it")
     root_path = Path(root).expanduser() if root is not None else None
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return spec.reader(spec, split, root_path, cache)

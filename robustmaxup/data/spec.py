@@ -34,6 +34,8 @@ class DatasetSpec:
         foreign_archs: architectures whose foreign-format checkpoints (Cohen et al.'s
             ``{'arch', 'state_dict'}`` files, which do not record a dataset) default to this one.
         split_aliases: other names accepted for a split, e.g. ImageNet's ``("val", "test")``.
+        bundled: shipped with a dependency (digits, in scikit-learn): it takes no root and no
+            cache, and :func:`~robustmaxup.data.load_split` refuses either.
     """
 
     name: str
@@ -46,6 +48,7 @@ class DatasetSpec:
     device_resident: bool = True
     foreign_archs: tuple[str, ...] = ()
     split_aliases: tuple[tuple[str, str], ...] = ()
+    bundled: bool = False
 
     @property
     def in_channels(self) -> int:

@@ -45,7 +45,7 @@ from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.train import checkpointing
 from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
 from robustmaxup.train.state import (
-    RUN_FILES, Run, RunDirLock, build_run, check_eval_metric, check_out_dir, load_splits, train_augmentation,
+    RUN_FILES, Run, RunDirLock, build_run, check_eval_metric, check_loader_options, check_out_dir, load_splits,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def setup(cfg: TrainConfig, splits: Mapping[str, Any] | None = None) -> Run:
     cfg.validate()
     method = build_method(cfg.method, **cfg.method_args)
     check_eval_metric(cfg, method)
-    train_augmentation(cfg)  # refuses a crop padding the dataset cannot use
+    check_loader_options(cfg)
     perturbation = build_perturbation(cfg.perturbation)
     dist = Dist.from_env()
     dist.check_divides("batch", cfg.batch)

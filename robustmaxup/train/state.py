@@ -38,7 +38,7 @@ from robustmaxup.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["Run", "TrainState", "RunDirLock", "build_run", "load_splits", "check_out_dir", "metric_name",
-           "check_eval_metric", "train_augmentation"]
+           "check_eval_metric", "check_loader_options", "train_augmentation"]
 
 
 @dataclass
@@ -272,6 +272,16 @@ def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbat
                forward=_wrap(model, cfg, dist, device), method=method, perturbation=perturbation,
                optimizer=optimizer, splits=splits, loaders=_make_loaders(cfg, splits, dist, device),
                record=cfg.record(method.hparams()), state=state, lock=lock)
+
+
+def check_loader_options(cfg: TrainConfig) -> None:
+    """FieldError for a loader option the dataset has no use for: a crop padding without a
+    padded random crop (:func:`train_augmentation`), or ``workers`` for data held in memory."""
+    train_augmentation(cfg)
+    default = TrainConfig.__dataclass_fields__["workers"].default
+    if get_info(cfg.dataset).device_resident and cfg.workers != default:
+        raise FieldError("workers", f"applies to datasets read from disk (imagenet); {cfg.dataset} is "
+                                    "held in memory and loaded without workers")
 
 
 def train_augmentation(cfg: TrainConfig) -> CropFlip | bool:

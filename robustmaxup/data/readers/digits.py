@@ -11,7 +11,6 @@ import torch
 
 from robustmaxup.data.spec import DatasetSpec
 from robustmaxup.data.splits import ImageSplit
-from robustmaxup.runtime.checks import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def read_digits(spec: DatasetSpec, split: str, root: Path | None, cache_dir: Path) -> ImageSplit:
     """scikit-learn's 1,797 8x8 digits; fixed stratified split 1,437 train / 360 test
     (``train_test_split(stratify=labels, random_state=0)``); pixels ``round(v * 255 / 16)``."""
-    if root is not None:
-        raise FieldError("data_root", "is not used by digits (bundled with scikit-learn); drop it")
     images, labels, train_idx, test_idx = digits_arrays()
     idx = train_idx if split == "train" else test_idx
     return ImageSplit(spec, split, torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]),
