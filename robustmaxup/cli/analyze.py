@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "certify files only)")
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
     p.add_argument("--plot", default=None,
-                   help="write certified accuracy vs radius to this image (.png, .pdf, .svg, ...)")
+                   help="write certified accuracy vs radius to this image (.png, .pdf, .svg, ...; a "
+                        "report, replaced atomically if it exists)")
     p.add_argument("--out", default=None,
-                   help="also write the notes and table to this file (never one of the inputs)")
+                   help="also write the notes and table to this file (never one of the inputs; a "
+                        "report, replaced atomically if it exists)")
     p.add_argument("--quiet", action="store_true", help="only the table")
     return p
 
