@@ -248,3 +248,21 @@ def test_the_recorded_attack_config_is_the_one_used():
     aa = AttackConfig(eps=0.1, attacks=("apgd-ce",), version="custom", rescores=2).as_used()
     assert aa["rescores"] == 2 and aa["attacks"] == ["apgd-ce"] and aa["version"] == "custom"
     assert aa["steps"] is None and aa["step_size"] is None and aa["m"] is None and smoothed_pgd["m"] == 32
+
+
+def test_a_run_recorded_by_an_earlier_version_still_resumes(ckpt, tmp_path, capsys):
+    """Earlier versions recorded attack_config unresolved (rescores null, PGD with AutoAttack's
+    version and an unused m); a finished run of theirs is recognised, not refused."""
+    out = tmp_path / "r.json"
+    args = _cli(ckpt, out, *PGD, "--batch", "10")
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    record["attack_config"].update(rescores=None, version="standard", m=32)
+    out.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0                    # recognised as complete: nothing rerun
+    assert capsys.readouterr().err == ""
+    record["attack_config"]["steps"] = 4                      # a real difference is still refused
+    out.write_text(json.dumps(record))
+    assert main(args + ["--resume"]) == 2
+    assert "attack_config.steps (4, now 3)" in capsys.readouterr().err

@@ -591,12 +591,14 @@ def test_autoattack_package_warnings_reach_the_log_once_each(tmp_path, caplog):
 
     package = logging.getLogger("auto-attack")
     with caplog.at_level(logging.INFO, logger="robustmaxup"):
-        with capture_log(tmp_path / "aa.log"):
-            for _ in range(3):
-                package.warning("it seems to be a randomized defense!")
-            package.warning("another")
-            package.debug("chatter")
-    seen = [r.getMessage() for r in caplog.records if r.name == "auto-attack"]
-    assert seen == ["it seems to be a randomized defense!", "another"]
+        for chunk in range(2):                       # one capture per chunk, as evaluate_dataset does
+            with capture_log(tmp_path / "aa.log"):
+                for _ in range(3):
+                    package.warning("it seems to be a randomized defense! (test %s)", tmp_path.name)
+                package.warning("another (test %s)", tmp_path.name)
+                package.debug("chatter")
+    seen = [r.getMessage() for r in caplog.records if "AutoAttack" in r.getMessage()]
+    assert seen == [f"warning from AutoAttack: it seems to be a randomized defense! (test {tmp_path.name})",
+                    f"warning from AutoAttack: another (test {tmp_path.name})"]
     text = (tmp_path / "aa.log").read_text()
-    assert text.count("randomized defense") == 3 and "chatter" in text
+    assert text.count("randomized defense") == 6 and "chatter" in text

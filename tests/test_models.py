@@ -109,3 +109,23 @@ def test_amp_preact_resnet18_has_the_references_block_biases():
     assert len(biases) == 19 and "conv1" not in biases
     shapes = lambda net: [tuple(p.shape) for n, p in net.named_parameters() if not n.endswith(".bias")]  # noqa: E731
     assert shapes(amp) == shapes(plain)
+
+
+@pytest.mark.parametrize("arch, carries", [("amp_preact_resnet18", "preactivated"), ("preact_resnet18", "input")])
+def test_identity_shortcuts_carry_what_each_reference_adds(arch, carries):
+    """AMP's blocks add relu(bn1(x)) on an identity shortcut (preresnet.py:30-31); Rice et al.'s
+    (and He et al.'s) add x itself. Checked on the 5 identity blocks, in eval mode."""
+    torch.manual_seed(0)
+    net = MODELS.get(arch)(10, 3).eval()
+    blocks = [b for b in net.modules() if type(b).__name__ == "PreActBlock" and b.shortcut is None]
+    assert len(blocks) == 5
+    for block in blocks:
+        with torch.no_grad():
+            for bn in (block.bn1, block.bn2):                   # non-trivial statistics
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+            x = torch.randn(2, block.conv1.in_channels, 4, 4)
+            a = torch.relu(block.bn1(x))
+            residual = block.conv2(torch.relu(block.bn2(block.conv1(a))))
+            expected = residual + (a if carries == "preactivated" else x)
+            assert torch.allclose(block(x), expected, atol=1e-5)

@@ -3,6 +3,7 @@ contents, one-line errors that leave nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -180,7 +181,8 @@ ERRORS = [
     (["--cache-dir", "somewhere"], "--cache-dir is not used by digits (bundled with the code)"),
     (["--data-root", "somewhere"], "--data-root is not used by digits (bundled with the code)"),
     (["--dataset", "imagenet", "--crop-padding", "reflect"],
-     "--crop-padding applies to datasets trained with a padded random crop; imagenet is not"),
+     "--crop-padding applies to the padded random crop of training images; there is none for imagenet"),
+    (["--no-data-augment", "--crop-padding", "grey"], "there is none with --no-data-augment"),
 ]
 
 
@@ -480,7 +482,12 @@ def test_crop_padding_reaches_the_training_loader(tmp_path, padding):
 
     run = setup(_cfg(tmp_path / padding, epochs=1, max_train=200, val_size=0, crop_padding=padding))
     assert run.loaders["train"].augment == CropFlip(pad=1, flip=False, padding=padding)  # digits' policy
-    assert train_augmentation(_cfg(tmp_path / "x", crop_padding=padding, data_augment=False)) is False
+    off = _cfg(tmp_path / "x", crop_padding=padding, data_augment=False)
+    if padding == "zeros":
+        assert train_augmentation(off) is False
+    else:                                             # asked for, but nothing would use it
+        with pytest.raises(UserError, match="there is none with --no-data-augment"):
+            train_augmentation(off)
 
 
 @pytest.mark.parametrize("recipe, padding", [("pgd_at", "reflect"), ("awp_at", "reflect"), ("amp", "grey"),
@@ -521,3 +528,57 @@ def test_a_file_that_is_not_a_train_config_is_named_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a robustmaxup train config.json: it has keys no train option has (checkpoint, n0)" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_recipes_crop_padding_is_left_unused_where_there_is_no_crop(tmp_path):
+    """--recipe pgd_at on ImageNet (RandomResizedCrop, no padding) trains; only a padding asked
+    for on the command line is refused there."""
+    from robustmaxup.train.state import train_augmentation
+
+    cfg = TrainConfig.from_recipe("pgd_at", dataset="imagenet", out=str(tmp_path / "r"))
+    assert cfg.crop_padding == "reflect" and train_augmentation(cfg) is True
+    cfg = TrainConfig.from_recipe("amp", dataset="digits", out=str(tmp_path / "r"), data_augment=False)
+    assert train_augmentation(cfg) is False
+
+
+def _make_old(run_dir, drop=("crop_padding",), **old) -> None:
+    """Rewrite a run directory's records as an earlier robustmaxup wrote them."""
+    ckpt = torch.load(run_dir / "last.pt", weights_only=False)
+    for record in (ckpt["config"],):
+        for key in drop:
+            record.pop(key, None)
+        record.update(old)
+    torch.save(ckpt, run_dir / "last.pt")
+    config = json.loads((run_dir / "config.json").read_text())
+    for key in drop:
+        config.pop(key, None)
+    config.update(old)
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
+def test_runs_recorded_by_earlier_versions_resume_and_replay(tmp_path):
+    """Before this version MaxUp recorded alpha 1.0 and k 16 for Gaussian copies and no run
+    recorded crop_padding (zeros was the only one): such runs still resume and replay, as
+    themselves."""
+    run = tmp_path / "old"
+    cfg = _cfg(run, epochs=1, max_train=200, val_size=0, method="maxup", method_args={"copies": 2})
+    train(cfg)
+    _make_old(run, alpha=1.0, k=16)
+    assert train(dataclasses.replace(cfg, epochs=2, resume=True))["metrics"]["epoch"] == 2
+    replay = config_from_args(build_parser().parse_args(["--config", str(run / "config.json"),
+                                                         "--out", str(tmp_path / "again")]))
+    assert replay.crop_padding == "zeros" and replay.method_args.get("alpha") is None
+
+
+def test_an_earlier_zero_padded_run_is_not_silently_resumed_with_reflection(tmp_path, capsys):
+    """pgd_at's recipe pads by reflection now; a run made before (zeros) is refused on resume
+    with the difference named, not continued with another augmentation."""
+    run = tmp_path / "old"
+    base = ["train", "--recipe", "pgd_at", "--dataset", "digits", "--arch", "digits_cnn", "--epochs", "1",
+            "--max-train", "128", "--batch", "64", "--max-eval", "20", "--val-size", "0", "--out", str(run),
+            "--quiet"]
+    assert cli_main(base) == 0
+    _make_old(run)
+    capsys.readouterr()
+    assert cli_main([*base[:base.index("--epochs") + 1], "2", *base[base.index("--epochs") + 2:], "--resume"]) == 2
+    assert "crop_padding ('zeros', now 'reflect')" in capsys.readouterr().err

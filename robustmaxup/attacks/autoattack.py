@@ -25,6 +25,7 @@ from robustmaxup.attacks.result import AttackResult, predict
 from robustmaxup.errors import UserError
 from robustmaxup.models.state import input_dtype, model_state
 from robustmaxup.runtime.checks import FieldError, check_choice, check_int
+from robustmaxup.runtime.text import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,11 @@ def check_aa_options(norm: str, version: str, attacks: list[str] | None) -> None
 
 
 class _Forward(logging.Handler):
-    """Passes pyautoattack's warnings on to our logger, each distinct one once (its
-    randomized-defense check warns again for every attack we run)."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.seen: set[str] = set()
+    """Passes pyautoattack's warnings on to our logger, each distinct one once per process (its
+    randomized-defense check warns again for every attack and every chunk we run)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if text not in self.seen:
-            self.seen.add(text)
-            log.handle(record)
+        warn_once(log, f"warning from AutoAttack: {record.getMessage()}")
 
 
 @contextlib.contextmanager

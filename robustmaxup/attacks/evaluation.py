@@ -42,6 +42,7 @@ from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
 from robustmaxup.runtime.seeds import make_generator, stream_generator, stream_seed
+from robustmaxup.runtime.text import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, se
         gen = make_generator(batch_seed(seed, idx, 1), x.device)
         target = SoftSmoothed(model, config.sigma, config.m, generator=gen)
         if config.attack == "autoattack" and config.version != "rand":
-            log.warning("attacking a randomized (smoothed) model with AutoAttack version %r; "
-                        "version 'rand' (EOT) is meant for randomized models", config.version)
+            warn_once(log, f"attacking a randomized (smoothed) model with AutoAttack version "
+                           f"{config.version!r}; version 'rand' (EOT) is meant for randomized models")
     result = EVALUATORS.get(config.attack)(target, x, y, config, seed=seed, indices=idx,
                                            log_file=log_file)
     result.rescored = rescore(target, result.x_adv, y, repeats=config.n_rescores,

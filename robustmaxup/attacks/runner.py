@@ -364,9 +364,23 @@ def _read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _upgraded(saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``saved`` with its ``attack_config`` as this version records it (:meth:`AttackConfig.as_used`:
+    earlier versions recorded the fields unresolved), so an earlier run resumes; unchanged if
+    it does not parse."""
+    recorded = saved.get("attack_config")
+    if not isinstance(recorded, Mapping):
+        return saved
+    try:
+        config = AttackConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+    except TypeError:
+        return saved
+    return {**saved, "attack_config": config.as_used()}
+
+
 def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[int, ChunkRecord]:
     state = _read_state(path)
-    check_resume(state["header"], header, RESUME_KEYS, what=shown(path))
+    check_resume(_upgraded(state["header"]), header, RESUME_KEYS, what=shown(path))
     try:
         done = {int(c): ChunkRecord.from_state(d) for c, d in state["chunks"].items()}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
@@ -460,7 +474,7 @@ def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
         raise UserError(f"cannot read {shown(paths.json)} ({type(e).__name__}); remove it to start over") from None
     if not isinstance(record, dict):
         raise UserError(f"{paths.json} is not a result of robustmaxup attack; choose another output")
-    check_resume(record, header, RESUME_KEYS + ("command",), what=str(paths.json))
+    check_resume(_upgraded(record), header, RESUME_KEYS + ("command",), what=str(paths.json))
     missing = [k for k in ("model_sha256", "seed_rule") if k not in record]
     if missing:  # made by an older version (other seeding) or not by this command
         raise UserError(f"cannot resume {paths.json}: it records no {', '.join(missing)}; it was made "

@@ -3,7 +3,7 @@
 - :class:`DeviceLoader` (digits, CIFAR): the whole uint8 split is copied to the device once;
   each epoch's order comes from a generator seeded with ``(seed, epoch)``, is sharded across
   ranks (:func:`~robustmaxup.data.sampling.epoch_indices`), and training batches are
-  random-cropped (zero padding) and flipped on the device, vectorised
+  random-cropped (zero, reflect or grey padding) and flipped on the device, vectorised
   (:class:`~robustmaxup.data.augment.CropFlip`, the dataset's ``spec.augment``), before
   conversion to float32 in [0, 1].
 - :class:`FolderLoader` (ImageNet): a thin wrapper over ``torch.utils.data.DataLoader`` with the

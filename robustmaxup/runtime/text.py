@@ -78,3 +78,14 @@ def error_summary(error: BaseException, limit: int = 240) -> str:
         return type(error).__name__
     text = safe_text(text)
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """``logger.warning(message)`` the first time this process sees ``message``, never again: for
+    warnings raised per chunk or per batch that say the same thing each time."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)

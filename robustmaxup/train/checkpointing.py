@@ -27,7 +27,7 @@ from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import atomic_write_json, atomic_write_text, shown
 from robustmaxup.runtime.text import error_summary
 from robustmaxup.runtime.records import check_resume
-from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides
+from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides, upgrade_record
 from robustmaxup.train.state import Run
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
     if ckpt["epoch"] > cfg.epochs:
         raise UserError(f"cannot resume run directory {shown(out)}: it has {ckpt['epoch']} epochs done, "
                         f"more than the {cfg.epochs} asked for; pass --epochs {ckpt['epoch']} or more")
-    saved = ckpt.get("config") or {}
+    saved = upgrade_record(ckpt.get("config") or {})
     keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
     check_resume(saved, record, keys, what=f"run directory {out}")
     made_with = len(ckpt["rng"]["generators"])

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from robustmaxup.data.augment import PADDINGS
 from robustmaxup.errors import UserError
-from robustmaxup.methods import METHODS, PERTURBATIONS
+from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS
 from robustmaxup.models import MODELS
 from robustmaxup.runtime.checks import (
     FieldError, check_alpha, check_choice, check_int, check_positive, check_range,
@@ -50,7 +50,7 @@ from robustmaxup.train.recipes import RECIPES, recipe_values
 __all__ = [
     "TrainConfig", "PerturbationSpec", "Option", "options", "core_options", "method_options",
     "perturbation_options", "merge_flat", "read_flat", "SCHEDULES", "SCHEDULE_PARAMS", "lr_at",
-    "RESUMABLE_CHANGES", "RENAMED", "STEP_STRUCTURES", "recipe_overrides",
+    "RESUMABLE_CHANGES", "RENAMED", "STEP_STRUCTURES", "recipe_overrides", "upgrade_record",
 ]
 
 #: Flat keys that may differ between an interrupted run and its continuation.
@@ -444,7 +444,26 @@ def read_flat(path: str | os.PathLike) -> dict[str, Any]:
         shown_keys = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise FieldError("config", f"file {path} is not a robustmaxup train config.json: it has keys no "
                                    f"train option has ({shown_keys})")
-    return {k: v for k, v in data.items() if k not in _NOT_REPLAYED}
+    return {k: v for k, v in upgrade_record(data).items() if k not in _NOT_REPLAYED}
+
+
+def upgrade_record(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat config recorded by an earlier robustmaxup, as this one records it, so that resuming
+    and replaying it compare with and rebuild the same run:
+
+    * no ``crop_padding`` (before the setting existed): ``"zeros"``, the only padding then;
+    * MaxUp's ``alpha``/``k`` for an augmentation that does not use them, then recorded as the
+      defaults 1.0/16: None, as recorded now (a value that was actually given stays, and is
+      refused as unused)."""
+    out = dict(saved)
+    out.setdefault("crop_padding", "zeros")
+    augment = out.get("augment", "gaussian")
+    if out.get("method") == "maxup" and augment in AUGMENTATIONS.names():
+        used = {f.name for f in dataclasses.fields(AUGMENTATIONS.get(augment))}
+        for name, old in (("alpha", 1.0), ("k", 16)):
+            if name not in used and out.get(name) == old:
+                out[name] = None
+    return out
 
 
 # --- option descriptions (the command line generates its flags from these) ---------------------

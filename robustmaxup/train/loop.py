@@ -200,8 +200,9 @@ def _log_epoch(run: Run, m: Mapping[str, Any]) -> None:
 
 def train_epoch(run: Run, epoch: int, progress: bool = False) -> dict[str, float]:
     """One pass over this rank's shard of (0-based) ``epoch``; statistics stay on the device
-    until the epoch ends, then are summed over ranks. ``progress``: a progress bar on stderr
-    (only when stderr is a terminal)."""
+    until the epoch ends, then are summed over ranks. ``progress``: show it
+    (:class:`~robustmaxup.runtime.progress.Progress`: a bar on a terminal, else a log line at most
+    once a minute)."""
     cfg, method = run.cfg, run.method
     loader = run.loaders["train"]
     loader.set_epoch(epoch)

@@ -34,6 +34,7 @@ from robustmaxup.runtime.io import FileLock, check_not_inputs, check_output_path
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS
 from robustmaxup.runtime.seeds import seed_everything, stream_generator, stream_seed
 from robustmaxup.train.config import TrainConfig
+from robustmaxup.train.recipes import recipe_values
 
 log = logging.getLogger(__name__)
 
@@ -286,12 +287,17 @@ def check_loader_options(cfg: TrainConfig) -> None:
 
 def train_augmentation(cfg: TrainConfig) -> CropFlip | bool:
     """The training split's augmentation: False, the dataset's own (True), or its padded random
-    crop with ``cfg.crop_padding``. FieldError for a padding the dataset's policy has no use for."""
+    crop with ``cfg.crop_padding``. A padding other than zeros that cannot act (no padded crop
+    in the dataset's policy, or ``data_augment`` off) is a FieldError when it was asked for, and
+    left unused when it is the recipe's (``--recipe pgd_at --dataset imagenet`` trains)."""
     policy = get_info(cfg.dataset).augment
+    crops = isinstance(policy, CropFlip) and cfg.data_augment
+    recipe = recipe_values(cfg.recipe).get("crop_padding") if cfg.recipe else None
+    if not crops and cfg.crop_padding != "zeros" and cfg.crop_padding != recipe:
+        why = "with --no-data-augment" if isinstance(policy, CropFlip) else f"for {cfg.dataset}, which has none"
+        raise FieldError("crop_padding", f"applies to the padded random crop of training images; there is "
+                                         f"none {why}")
     if not isinstance(policy, CropFlip):
-        if cfg.crop_padding != "zeros":
-            raise FieldError("crop_padding", f"applies to datasets trained with a padded random crop; "
-                                             f"{cfg.dataset} is not")
         return cfg.data_augment
     return dataclasses.replace(policy, padding=cfg.crop_padding) if cfg.data_augment else False
 
