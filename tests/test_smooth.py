@@ -203,9 +203,9 @@ def test_coverage_check_catches_broken_bounds(monkeypatch, broken):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_matches_fp32_on_confident_inputs():
-    from robustmaxup.models import build_model
+    from robustmaxup.checkpoints import build_model_for
 
-    model = build_model("digits_cnn", dataset="digits").cuda().eval()
+    model = build_model_for("digits_cnn", "digits").cuda().eval()
     x = torch.rand(2, 1, 8, 8, device="cuda")
     gens = [torch.Generator(device="cuda").manual_seed(s) for s in (0, 1)]
     fast = Smooth(model, 10, 0.25, precision="bf16").certify_batch(x, 100, 2000, 0.001, 1000, gens)
