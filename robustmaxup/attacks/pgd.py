@@ -86,7 +86,7 @@ def pgd(
 
     def objective(x_adv: Tensor) -> Tensor:
         logits = model(x_adv.to(x.dtype))
-        return sign * loss_fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), y)
+        return sign * loss_fn(logits.to(work_dtype(logits)), y)
 
     with attack_mode(model, train_mode, x.device.type):
         x_adv = pgd_loop(objective, x_work, delta, eps=eps, norm=norm, steps=steps,

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from robustmaxup.attacks._core import work_dtype
 from robustmaxup.errors import UserError
 
 _LOG_FLOOR = 1e-20
@@ -26,7 +27,7 @@ def soft_smoothed_log_probs(model: nn.Module, x: Tensor, noise: Tensor) -> Tenso
     """
     m, b = noise.shape[:2]
     logits = model((x.unsqueeze(0) + noise).reshape(m * b, *x.shape[1:]))
-    probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1).view(m, b, -1).mean(0)
+    probs = logits.to(work_dtype(logits)).softmax(-1).view(m, b, -1).mean(0)
     return probs.clamp_min(_LOG_FLOOR).log()
 
 

@@ -47,9 +47,11 @@ from torch import nn
 
 from robustmaxup.certify import bounds
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
+from robustmaxup.runtime.checks import (
+    FieldError, check_choice, check_class_indices, check_int, check_positive,
+)
 from robustmaxup.models.fold import fold_batchnorm
-from robustmaxup.models.state import model_state
+from robustmaxup.models.state import float_parameter, model_state
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +381,7 @@ class Smooth:
         self._check_args(xs, generators, n, alpha, batch_size)
         if labels.shape != (xs.shape[0],):
             raise FieldError("labels", f"must have shape [{xs.shape[0]}], got {tuple(labels.shape)}")
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
-            raise FieldError("labels", f"must be class indices in [0, {self.num_classes})")
+        check_class_indices("labels", labels, self.num_classes)
         counts = self.sample_counts(xs, n, batch_size, generators)
         votes = counts[np.arange(len(counts)), labels.cpu().numpy()]
         return np.asarray(bounds.certified_at(votes, n, alpha, radius, self.sigma), dtype=bool).reshape(-1)
@@ -596,7 +597,7 @@ class Smooth:
         for g in generators:
             if g is not None and g.device.type != xs.device.type:
                 raise FieldError("generators", f"live on {g.device} but the images on {xs.device}")
-        p = next((q for q in self.base_classifier.parameters() if q.is_floating_point()), None)
+        p = float_parameter(self.base_classifier)
         if p is not None and p.device.type != xs.device.type:
             raise FieldError("x", f"is on {xs.device} but the model on {p.device}; move one of them")
         if p is not None and p.dtype != xs.dtype:

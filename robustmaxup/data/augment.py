@@ -24,13 +24,13 @@ PADDINGS = ("zeros", "reflect", "grey")
 
 def _source(offset: torch.Tensor, size: int, pad: int, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Source indices in the unpadded image of the positions ``offset [B, n]`` of the padded one,
-    and whether each lies inside the image (always, with ``reflect``)."""
+    and whether each lies inside the image (what a constant padding fills; ``reflect`` maps every
+    position to a pixel of the image)."""
     q = offset - pad
     inside = (q >= 0) & (q < size)
     if padding == "reflect":
         q = q.abs()
-        q = torch.where(q > size - 1, 2 * (size - 1) - q, q)
-        return q, torch.ones_like(inside)
+        return torch.where(q > size - 1, 2 * (size - 1) - q, q), inside
     return q.clamp(0, size - 1), inside
 
 
@@ -64,9 +64,9 @@ def crop_flip(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor,
                             padding)  # [B, W]
     flat = (rows.view(b, h, 1) * w + cols.view(b, 1, w)).view(b, 1, h * w)
     out = x.reshape(b, c, -1).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
-    inside = (rows_in.view(b, 1, h, 1) & cols_in.view(b, 1, 1, w))
     if padding == "reflect":
         return out
+    inside = rows_in.view(b, 1, h, 1) & cols_in.view(b, 1, 1, w)
     fill = 0 if padding == "zeros" else (128 if x.dtype == torch.uint8 else 128 / 255)
     return torch.where(inside, out, torch.full((), fill, dtype=x.dtype, device=x.device))
 

@@ -23,7 +23,7 @@ import torch
 
 from robustmaxup.data.spec import DatasetSpec
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.checks import FieldError, check_class_indices
 
 __all__ = ["ImageSplit", "FolderSplit", "Split", "Indices", "SPLITS", "as_index", "check_indices", "check_split",
            "folder_transform"]
@@ -90,8 +90,7 @@ class ImageSplit:
             raise UserError(f"images must be [N, {', '.join(map(str, info.image_shape))}] for "
                             f"{info.name}, got {tuple(images.shape)}")
         labels = torch.as_tensor(labels).to(torch.int64).cpu()
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
-            raise UserError(f"labels must be class indices in [0, {info.num_classes})")
+        check_class_indices("labels", labels, info.num_classes)
         names = list(classes) if classes is not None else [str(i) for i in range(info.num_classes)]
         return cls(info, split, images.cpu().contiguous(), labels, names, source="tensors")
 

@@ -51,6 +51,11 @@ DEFAULT_SIGMA = 0.25
 AUGMENTATION_OPTIONS = ("alpha", "k")
 
 
+def augmentation_defaults(augment: str) -> dict[str, Any]:
+    """The options of the registered augmentation ``augment`` and their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(AUGMENTATIONS.get(augment))}
+
+
 @register_method
 @dataclass
 class MaxUp(Method):
@@ -80,18 +85,17 @@ class MaxUp(Method):
         if self.sigma is None:
             self.sigma = DEFAULT_SIGMA if self.augment == "gaussian" else 0.0
         check_positive("sigma", self.sigma, allow_zero=self.augment != "gaussian")
-        self._resolve_augmentation_options(cls)
+        self._resolve_augmentation_options()
         self._augmentation = self._build_augmentation(cls)
 
-    def _resolve_augmentation_options(self, cls: type[Augmentation]) -> None:
+    def _resolve_augmentation_options(self) -> None:
         """``alpha`` and ``k`` take the augmentation's defaults; one it does not use must be unset."""
-        own = {f.name: f.default for f in dataclasses.fields(cls)}
+        own = augmentation_defaults(self.augment)
         for name in AUGMENTATION_OPTIONS:
             if name in own:
                 setattr(self, name, own[name] if getattr(self, name) is None else getattr(self, name))
             elif getattr(self, name) is not None:
-                users = [a for a in AUGMENTATIONS.names()
-                         if name in {f.name for f in dataclasses.fields(AUGMENTATIONS.get(a))}]
+                users = [a for a in AUGMENTATIONS.names() if name in augmentation_defaults(a)]
                 raise FieldError(name, f"is not used by the {self.augment} augmentation (only by "
                                        f"{', '.join(users)}); drop it or choose another augmentation")
 

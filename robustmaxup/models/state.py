@@ -59,9 +59,14 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
                 m.num_batches_tracked.copy_(tracked)
 
 
+def float_parameter(model: nn.Module) -> nn.Parameter | None:
+    """``model``'s first floating-point parameter (its dtype and device), or None."""
+    return next((p for p in model.parameters() if p.is_floating_point()), None)
+
+
 def input_dtype(model: nn.Module) -> torch.dtype:
     """The dtype images must have for ``model``: its floating-point parameters' (float32 for a
     model without any). The dataset runners cast their float32 batches to it, so a float64 model
     certifies and is attacked in float64."""
-    p = next((q for q in model.parameters() if q.is_floating_point()), None)
+    p = float_parameter(model)
     return torch.float32 if p is None else p.dtype

@@ -69,6 +69,12 @@ def check_int(field: str, value: Any, minimum: int | None = None, maximum: int |
     return int(value)
 
 
+def check_class_indices(field: str, labels: Any, num_classes: int) -> None:
+    """FieldError unless every entry of ``labels`` (a tensor or array) is in ``[0, num_classes)``."""
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise FieldError(field, f"must be class indices in [0, {num_classes})")
+
+
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices``, else FieldError listing them."""
     options = list(choices)

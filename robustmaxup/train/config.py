@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 from robustmaxup.data.augment import PADDINGS
 from robustmaxup.errors import UserError
 from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS
+from robustmaxup.methods.maxup import augmentation_defaults
 from robustmaxup.models import MODELS
 from robustmaxup.runtime.checks import (
     FieldError, check_alpha, check_choice, check_int, check_positive, check_range,
@@ -438,7 +439,7 @@ def read_flat(path: str | os.PathLike) -> dict[str, Any]:
         raise FieldError("config", f"file {path} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(data, dict):
         raise FieldError("config", f"file {path} holds a JSON {type(data).__name__}, not an object")
-    known = {opt.name for opt in options()} | _NOT_REPLAYED | _RECORD_ONLY | set(RENAMED)
+    known = {opt.name for opt in options()} | _NOT_REPLAYED | set(RENAMED)
     unknown = sorted(k for k in data if k not in known)
     if unknown:
         shown_keys = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -459,7 +460,7 @@ def upgrade_record(saved: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("crop_padding", "zeros")
     augment = out.get("augment", "gaussian")
     if out.get("method") == "maxup" and augment in AUGMENTATIONS.names():
-        used = {f.name for f in dataclasses.fields(AUGMENTATIONS.get(augment))}
+        used = augmentation_defaults(augment)
         for name, old in (("alpha", 1.0), ("k", 16)):
             if name not in used and out.get(name) == old:
                 out[name] = None
