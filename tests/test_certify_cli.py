@@ -255,6 +255,31 @@ def test_analyze_cli_table_and_plot(tmp_path, capsys):
     assert "--radii is for certify files" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, name, content", [
+    ("--out", "other.tsv", b"idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0:00:01\n"),
+    ("--out", "attack.tsv", b"idx\tlabel\tclean_correct\trobust_correct\n"),
+    ("--plot", "last.png", b"PK\x03\x04checkpoint bytes"),
+    ("--out", "config.json", b'{"method": "gaussian", "provenance": {"torch": "2"}}'),
+])
+def test_analyze_never_replaces_results_a_mistyped_path_names(tmp_path, capsys, flag, name, content):
+    a = _write_tsv(tmp_path / "a.tsv", [(0, 1, 1, 0.3)])
+    target = tmp_path / name
+    target.write_bytes(content)
+    assert main(["analyze", str(a), flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {target} exists and is " in err and "never replaces results" in err
+    assert err.count("\n") == 1 and target.read_bytes() == content
+
+
+def test_analyze_replaces_its_own_report(tmp_path, capsys):
+    a = _write_tsv(tmp_path / "a.tsv", [(0, 1, 1, 0.3)])
+    out, plot = tmp_path / "table.md", tmp_path / "curve.png"
+    for radii in (["0"], ["0", "0.25"]):
+        assert main(["analyze", str(a), "--radii", *radii, "--out", str(out), "--plot", str(plot)]) == 0
+    assert "| 0.25 |" in out.read_text() and plot.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+
+
 def test_analyze_names_every_setting_that_differs():
     """Columns certified at another sigma, n or alpha are flagged, each by name."""
     def one(name, **meta):

@@ -64,3 +64,20 @@ def test_exclusive_atomic_save_never_replaces_an_existing_file(tmp_path):
         atomic_torch_save({"v": 2}, path, exclusive=True)
     assert torch.load(path, weights_only=True) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("clash, words", [("a.tsv", "the per-example TSV written beside out"),
+                                          ("a.json.lock", "the lock file written beside out"),
+                                          ("a.json", "the out file")])
+def test_attack_save_adv_clash_names_the_file_it_would_overwrite(tmp_path, clash, words):
+    from robustmaxup.attacks.runner import AttackPaths
+    with pytest.raises(FieldError) as e:
+        AttackPaths.for_output(tmp_path / "a.json", tmp_path / clash)
+    assert e.value.field == "save_adv" and f"is also {words};" in e.value.problem
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_distinct_defaults_to_the_field_name(tmp_path):
+    from robustmaxup.runtime.io import check_distinct
+    with pytest.raises(FieldError, match=r"^plot .* is also the out file;"):
+        check_distinct([("out", tmp_path / "x"), ("plot", tmp_path / "x")])

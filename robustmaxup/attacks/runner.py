@@ -124,7 +124,7 @@ class AttackPaths:
                     base.with_name(base.name + ".autoattack.log"), adv, out.with_name(out.name + ".lock"))
         for name, path in paths.named()[1:]:
             check_output_path(path, name)
-        check_distinct(paths.named())
+        check_distinct(paths.named(), paths.described())
         return paths
 
     def named(self) -> list[tuple[str, Path]]:
@@ -132,6 +132,13 @@ class AttackPaths:
         files = [("out", self.json), ("out", self.tsv), ("out", self.state), ("out", self.aa_log),
                  ("out", self.lock)]
         return files + ([("save_adv", self.adv)] if self.adv else [])
+
+    def described(self) -> dict[str, str]:
+        """Words for the files written beside ``out`` (for messages)."""
+        return {str(self.json): "the out file", str(self.tsv): "the per-example TSV written beside out",
+                str(self.state): "the resume state written beside out",
+                str(self.aa_log): "the AutoAttack log written beside out",
+                str(self.lock): "the lock file written beside out"}
 
     def outputs(self) -> list[Path]:
         return [self.json, self.tsv] + ([self.adv] if self.adv else [])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -303,6 +304,44 @@ def format_table(results: Sequence[CertifyResults] | Sequence[PredictResults], r
                         f"{'predict' if not predict[0] else 'certify'} file")
     header, body = predict_summary_rows(results) if all(predict) else summary_rows(results, radii)
     return TABLE_FORMATS.get(fmt)(header, body)
+
+
+#: first bytes of files a report never replaces: torch checkpoints and tensors (zip, pickle)
+_DATA_MAGIC = {b"PK\x03\x04": "a torch file (checkpoint or tensors)", b"\x80": "a pickle file"}
+
+
+def _is_record(path: Path) -> bool:
+    """A JSON object with the keys robustmaxup's records carry (a run's config.json, a sidecar,
+    an attack or benchmark result)."""
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(record, dict) and bool({"command", "provenance", "robustmaxup"} & record.keys())
+
+
+def check_report_target(path: str | os.PathLike, field: str) -> None:
+    """FieldError if ``path`` exists and holds results rather than a report: a TSV of certify,
+    predict or attack (a first line starting ``idx<TAB>``), a torch or pickle file, or a JSON
+    record of a robustmaxup command. A report (``--out``, ``--plot``) replaces an earlier report
+    atomically, never the data a mistyped path points at."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return
+    except OSError:
+        return  # unreadable: check_output_path has already judged the path
+    what = next((w for magic, w in _DATA_MAGIC.items() if head.startswith(magic)), None)
+    if what is None and head.startswith(b"idx\t"):
+        what = "a per-image TSV of results"
+    if what is None and head.lstrip().startswith(b"{") and _is_record(Path(path)):
+        what = "a JSON record of a robustmaxup run"
+    if what is not None:
+        raise FieldError(field, f"{shown(path)} exists and is {what}; a report never replaces results; "
+                                "choose another path")
 
 
 #: image formats written without outside tools (pgf would need LaTeX)

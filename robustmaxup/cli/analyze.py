@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
     p.add_argument("--plot", default=None,
                    help="write certified accuracy vs radius to this image (.png, .pdf, .svg, ...; a "
-                        "report, replaced atomically if it exists)")
+                        "report: replaces an earlier report atomically, never a file of results)")
     p.add_argument("--out", default=None,
                    help="also write the notes and table to this file (never one of the inputs; a "
-                        "report, replaced atomically if it exists)")
+                        "report: replaces an earlier report atomically, never a file of results)")
     p.add_argument("--quiet", action="store_true", help="only the table")
     return p
 
@@ -62,6 +62,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     outputs = [(field, path) for field, path in (("out", args.out), ("plot", args.plot)) if path]
     for field, path in outputs:
         check_output_path(path, field)
+        analysis.check_report_target(path, field)
     check_distinct(outputs)
     check_not_inputs(outputs, [(f"the input {kind}{shown(f)}", path) for f in args.files
                                for kind, path in (("", f), ("sidecar of ", analysis.sidecar_path(f)))])

@@ -29,7 +29,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -178,15 +178,18 @@ def check_not_inputs(outputs: Named, inputs: Named) -> None:
                                         "it would destroy it; choose another path")
 
 
-def check_distinct(outputs: Named) -> None:
-    """FieldError if two outputs of one command are one file."""
+def check_distinct(outputs: Named, describe: Mapping[str, str] | None = None) -> None:
+    """FieldError if two outputs of one command are one file. ``describe`` maps an output's path
+    (``str(path)``) to words for it where its field alone would mislead (e.g. "the per-example
+    TSV written beside out"); by default an output is "the <field> file"."""
     seen: list[tuple[str, str | os.PathLike]] = []
     for field, out in outputs:
         if out is None:
             continue
         for other, path in seen:
             if same_file(out, path):
-                raise FieldError(field, f"{shown(out)} is also the {other} file; choose distinct files")
+                what = (describe or {}).get(str(path), f"the {other} file")
+                raise FieldError(field, f"{shown(out)} is also {what}; choose distinct files")
         seen.append((field, out))
 
 
