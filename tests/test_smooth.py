@@ -257,3 +257,18 @@ def test_predict_tests_the_top_two_counts_only():
     """Votes 500/300/200: the test is 500 vs 300 (p ~ 1e-10), not 500 vs the 500 others."""
     smooth = Smooth(Votes([0] * 5 + [1] * 3 + [2] * 2, 3), 3, 0.25)
     assert smooth.predict(torch.rand(1, 2, 2), 1000, 0.001, 1000, gen(0)) == 0
+
+
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_the_model_can_be_trained_after_certification_converted_it(fold_bn):
+    """channels_last converts the caller's model in place on first use (as on CUDA); done under
+    certify's inference_mode, the weights became inference tensors and backward then failed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.rand(2, 3, 6, 6))
+    smooth = Smooth(model, 3, 0.25, channels_last=True, fold_bn=fold_bn)
+    smooth.certify(torch.rand(3, 6, 6), n0=10, n=20, alpha=0.001, batch_size=20, generator=gen(0))
+    assert not any(p.is_inference() for p in model.parameters())
+    model.train()
+    model(torch.rand(2, 3, 6, 6)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -125,7 +125,8 @@ class Smooth:
             or ``"fp32"`` (on CUDA, convolutions then follow ``torch.backends.cudnn.allow_tf32``,
             which PyTorch turns on by default).
         channels_last: convert model and batches to channels_last; ``None`` = on CUDA only. The
-            model's parameters are converted in place on first use.
+            model's parameters are converted in place on first use (they stay ordinary tensors:
+            the model can be trained afterwards).
         compile: wrap the model in ``torch.compile`` (compile time is logged once); a string
             is the compile ``mode`` (e.g. ``"max-autotune"``).
         fold_bn: run a copy of the model with each ``Conv → BatchNorm`` pair folded into one
@@ -615,6 +616,13 @@ class Smooth:
     def _prepare(self, device: torch.device) -> None:
         if self._prepared_for == device:
             return
+        # called under inference_mode: converted parameters would become inference tensors and
+        # the caller's model could no longer be trained (in place: the channels_last conversion)
+        with torch.inference_mode(False):
+            self._prepare_model(device)
+        self._prepared_for = device
+
+    def _prepare_model(self, device: torch.device) -> None:
         cuda = device.type == "cuda"
         if cuda:
             torch.backends.cudnn.benchmark = True
@@ -627,7 +635,6 @@ class Smooth:
         if self.compile:
             mode = self.compile if isinstance(self.compile, str) else None
             self._forward = torch.compile(self._eager, dynamic=False, mode=mode)
-        self._prepared_for = device
 
     def _use_channels_last(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.channels_last is None else self.channels_last
