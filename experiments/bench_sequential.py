@@ -65,13 +65,9 @@ test can decide early; the images far from every threshold stop after ~1,000-6,0
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +80,7 @@ from scipy.stats import norm
 from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Smooth, bounds
+from robustmaxup.runtime.records import provenance
 
 log = logging.getLogger("bench_sequential")
 
@@ -461,34 +458,20 @@ def cifar_section(args: argparse.Namespace) -> dict[str, Any]:
     model = _load(args.checkpoint, "cifar10", device)
     xs, labels = _images("cifar10", args.cifar, device, args.data_root)
     smooth = Smooth(model, 10, args.sigma)
-    smooth.certify_batch(xs[:1], 10, 2 * args.batch, args.alpha, args.batch,
-                         [torch.Generator(device=device).manual_seed(0)])  # warm-up (cudnn autotune)
+    k = min(args.images_per_batch, len(xs))  # warm-up (cudnn autotune) with the timed run's packing
+    smooth.certify_batch(xs[:k], 10, 2 * args.batch, args.alpha, args.batch,
+                         [torch.Generator(device=device).manual_seed(i) for i in range(k)])
     out = run_smooth(smooth, xs, labels, args, seed=args.seed * 9_000_011)
     _print(f"cifar10 ({len(xs)})", out["fixed"], out["sequential"], out["compare"])
     return out
 
 
 # ----------------------------------------------------------------------------- provenance
-def _git(*cmd: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *cmd], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                           timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def provenance_record() -> dict[str, Any]:
-    status = _git("status", "--porcelain")
-    return {
-        "git_sha": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "hardware": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "command": " ".join(sys.argv),
-    }
+    """The one provenance of every result (git SHA also on a copy without .git, through
+    ROBUSTMAXUP_GIT_SHA), plus this command and the thread count."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {**provenance(device), "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,13 @@ other registered method's cost relative to Gaussian is printed next to it.
 
 Evidence: this script prints, for each configuration, img/s, step time relative to our Gaussian
 step, and (on CUDA) peak memory relative to it, measured on the same random CIFAR-shaped data in
-the same process. The reference is written out below as Cohen et al.'s train loop does it: fp32,
+the same process. Every step function is built and warmed up first, one at a time, each one's
+peak memory measured then (allocated bytes above what was allocated before it was built: its
+model, optimizer, data and the step's activations); then they are timed in ``--rounds``
+alternating rounds of ``--steps`` steps, each round starting at the next configuration, and the
+median round is reported, so clock ramp-up and drift fall on every configuration alike. Compiled
+configurations are compared with compiled Gaussian. The reference's DataLoader workers keep
+prefetching while the others are timed, which can only favour the reference. The reference is written out below as Cohen et al.'s train loop does it: fp32,
 per-image host-side crop/flip in DataLoader workers, a host->device copy per batch, noise drawn
 with ``randn_like``, and ``loss.item()`` every step. Ours is ``robustmaxup.train.train_step`` with
 the device-resident loader, bf16 autocast and channels_last on CUDA. Results are written as JSON
@@ -22,7 +28,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -57,19 +65,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(step: Callable[[], None], device: torch.device, warmup: int, steps: int, batch: int) -> dict[str, float]:
+def _build(factory: Callable[[], Callable[[], None]], device: torch.device, warmup: int) -> tuple[Callable[[], None], float | None]:
+    """The step ``factory`` makes, warmed up, and its peak memory in MiB (CUDA only): allocated
+    bytes above what was allocated before it was built."""
+    _sync(device)
+    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step = factory()
     for _ in range(warmup):
         step()
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
+    return step, peak
+
+
+def _time(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     _sync(device)
-    seconds = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"step_s": seconds, "img_per_s": batch / seconds, "peak_mib": peak}
+    return (time.perf_counter() - t0) / steps
 
 
 # --- the reference: Cohen et al.'s loop, written out -------------------------------------------
@@ -118,12 +135,12 @@ def reference_step_factory(split: ImageSplit, arch: str, batch: int, sigma: floa
 # --- ours ------------------------------------------------------------------------------------
 
 def our_step_factory(split: ImageSplit, arch: str, batch: int, method: str, method_args: dict[str, Any],
-                     device: torch.device, compile: bool = False) -> Callable[[], None]:
-    out = tempfile.mkdtemp(prefix="bench_train_")
+                     device: torch.device, stack: contextlib.ExitStack, compile: bool = False) -> Callable[[], None]:
+    out = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_train_"))
     cfg = TrainConfig(dataset="cifar10", out=out, arch=arch, method=method, method_args=method_args,
                       batch=batch, device=str(device), val_size=0, max_eval=0, quiet=True,
                       compile=compile)
-    run = setup(cfg, splits={"train": split, "val": None, "test": None})
+    run = stack.enter_context(setup(cfg, splits={"train": split, "val": None, "test": None}))
     run.model.train()
     loader = run.loaders["train"]
     state = {"epoch": 0, "it": iter(loader)}
@@ -159,49 +176,89 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--arch", default=None, help="default: cifar_resnet110 (quick: cifar_resnet20)")
     p.add_argument("--batch", type=int, default=None, help="default 256 (quick: 16)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; quick 3)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round (default 5; quick 1)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating timed rounds (default 5; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5; quick 1)")
     p.add_argument("--copies", type=int, nargs="+", default=None, help="MaxUp copies m (default 2 4 8)")
     p.add_argument("--methods", nargs="*", default=None, help="only these labels' methods (default: all)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers")
     p.add_argument("--compile", action="store_true",
                    help="also time Gaussian and MaxUp m=4 with torch.compile (compile time untimed)")
-    p.add_argument("--out", default=None, help="write results JSON here")
+    p.add_argument("--out", default=None, help="write results JSON here (after the builds and each round)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        _bench(args, stack)
+    return 0
 
+
+def _bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     device = resolve_device(args.device)
     arch = args.arch or ("cifar_resnet20" if args.quick else "cifar_resnet110")
     batch = args.batch or (16 if args.quick else 256)
-    steps = args.steps or (3 if args.quick else 20)
+    steps = args.steps or (1 if args.quick else 5)
+    rounds = args.rounds or (3 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     ms = args.copies or ([2, 4] if args.quick else [2, 4, 8])
     workers = min(args.workers, 2) if args.quick else args.workers
-    split = synthetic_split(max(batch * (steps + warmup + 2), 2048))
+    split = synthetic_split(max(batch * (steps * rounds + warmup + 2), 2048))
     configs = configurations(0.25, ms)
     if args.methods is not None:
         configs = [c for c in configs if c[1] in args.methods or c[0] == "gaussian"]
-
-    results: dict[str, Any] = {}
-    ref = _measure(reference_step_factory(split, arch, batch, 0.25, device, workers), device, warmup, steps, batch)
-    results["reference (Cohen-style gaussian)"] = ref
+    factories: dict[str, Callable[[], Callable[[], None]]] = {
+        REFERENCE: lambda: reference_step_factory(split, arch, batch, 0.25, device, workers)}
     for label, method, hp in configs:
-        results[label] = _measure(our_step_factory(split, arch, batch, method, hp, device), device, warmup, steps, batch)
+        factories[label] = (lambda m=method, h=hp: our_step_factory(split, arch, batch, m, h, device, stack))
     if args.compile:
         for label, method, hp in [c for c in configs if c[0] in ("gaussian", "maxup m=4")]:
-            step = our_step_factory(split, arch, batch, method, hp, device, compile=True)
-            results[f"{label} (compiled)"] = _measure(step, device, warmup + 2, steps, batch)
-    base = results["gaussian"]
-    print(f"\n{arch}, batch {batch}, {steps} timed steps, device {provenance(device)['device']}")
+            factories[f"{label} (compiled)"] = (
+                lambda m=method, h=hp: our_step_factory(split, arch, batch, m, h, device, stack, compile=True))
+    config = {**vars(args), "arch": arch, "batch": batch, "steps": steps, "rounds": rounds, "warmup": warmup,
+              "copies": ms, "workers": workers}
+    results: dict[str, dict[str, Any]] = {}
+    built: dict[str, Callable[[], None]] = {}
+    for label, factory in factories.items():  # one at a time: each one's memory is its own
+        built[label], peak = _build(factory, device, warmup + (2 if "(compiled)" in label else 0))
+        results[label] = {"peak_mib": peak, "round_step_s": []}
+    _write(args.out, config, results, device, complete=False)
+    labels = list(built)
+    for r in range(rounds):  # alternating, each round starting one configuration later
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            results[label]["round_step_s"].append(_time(built[label], device, steps))
+        for label in labels:
+            step_s = statistics.median(results[label]["round_step_s"])
+            results[label].update(step_s=step_s, img_per_s=batch / step_s)
+        _write(args.out, config, results, device, complete=r == rounds - 1)
+    _report(results, arch, batch, steps, rounds, device)
+
+
+REFERENCE = "reference (Cohen-style gaussian)"
+
+
+def _baseline(label: str) -> str:
+    """What a configuration's time and memory are relative to: compiled Gaussian for compiled
+    rows, our eager Gaussian for the rest."""
+    return "gaussian (compiled)" if label.endswith("(compiled)") else "gaussian"
+
+
+def _report(results: dict[str, dict[str, Any]], arch: str, batch: int, steps: int, rounds: int,
+            device: torch.device) -> None:
+    ref = results[REFERENCE]
+    print(f"\n{arch}, batch {batch}, median of {rounds} rounds of {steps} steps, device "
+          f"{provenance(device)['device']}")
     print(f"{'configuration':<34} {'img/s':>9} {'vs ref':>8} {'time/gauss':>11} {'mem/gauss':>10}")
     for label, r in results.items():
+        base = results[_baseline(label)]
         mem = f"{r['peak_mib'] / base['peak_mib']:.2f}x" if r["peak_mib"] and base["peak_mib"] else "n/a"
         print(f"{label:<34} {r['img_per_s']:>9.1f} {r['img_per_s'] / ref['img_per_s']:>7.2f}x "
               f"{r['step_s'] / base['step_s']:>10.2f}x {mem:>10}")
-    if args.out:
-        atomic_write_json(args.out, {"config": {**vars(args), "arch": arch, "batch": batch, "steps": steps},
-                                     "results": results, "provenance": provenance(device)})
-    return 0
+
+
+def _write(out: str | None, config: dict, results: dict, device: torch.device, *, complete: bool) -> None:
+    if out:
+        atomic_write_json(out, {"config": config, "results": results, "complete": complete,
+                                "baselines": {label: _baseline(label) for label in results},
+                                "provenance": provenance(device)})
 
 
 if __name__ == "__main__":

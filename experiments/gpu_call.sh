@@ -2,10 +2,14 @@
 # One call of the GPU plan (experiments/GPU_PLAN.md), run in the repository root of the device
 # machine's copy of the working tree:
 #
-#     bash experiments/gpu_call.sh STEP [STEP ...]      (e.g. `check bench`: one call, one budget)
+#     bash experiments/gpu_call.sh STEP [STEP ...]      (e.g. `cuda bench`: one call, one budget)
 #
-#   check  CUDA tests, then the whole fast suite, on the GPU
-#   bench  bench_certify and bench_train (random weights; no data needed)
+#   cuda           the CUDA tests (pytest -m cuda)
+#   suite          the whole fast suite on the GPU machine
+#   check          cuda, then suite
+#   bench          bench_certify, then bench_train (eager; random weights, no data needed); each
+#                  writes its JSON after every model/round, so a cut-off run keeps what it timed
+#   bench-compile  bench_train's torch.compile rows (Gaussian and MaxUp m=4, compile untimed)
 #   table  train + certify the CIFAR-10 sigma=0.25 table (experiments/reproduce.py, resumable);
 #          once it is complete: check_precision and bench_sequential on its Gaussian model
 #
@@ -52,19 +56,24 @@ bounded() {
 say "device $GPU; $($PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'); git ${GIT_SHA:-unknown}"
 for STEP in "$@"; do
 case "$STEP" in
-check)
-    bounded 120 $PY -m pytest -q -p no:cacheprovider -m cuda tests -rs
-    bounded 400 $PY -m pytest -q -p no:cacheprovider tests -x
+check|cuda|suite)
+    [ "$STEP" = suite ] || bounded 90 $PY -m pytest -q -p no:cacheprovider -m cuda tests -rs
+    [ "$STEP" = cuda ] || bounded 400 $PY -m pytest -q -p no:cacheprovider tests -x
     ;;
 bench)
     if [ "$SMOKE" = 1 ]; then
         bounded 200 $PY experiments/bench_certify.py --quick --variants fp32 fp32+fold --out "$OUT/bench_certify_$GPU.json"
         bounded 200 $PY experiments/bench_train.py --quick --methods maxup --copies 4 --out "$OUT/bench_train_$GPU.json"
     else
-        bounded 300 $PY experiments/bench_certify.py --variants bf16 bf16+fold bf16+fold+batch=250 \
+        bounded 280 $PY experiments/bench_certify.py --variants bf16 bf16+fold bf16+fold+batch=250 \
             bf16+fold+batch=4000 bf16+fold+compile --out "$OUT/bench_certify_$GPU.json" --profile "$OUT/profile"
-        bounded 220 $PY experiments/bench_train.py --compile --out "$OUT/bench_train_$GPU.json"
+        bounded 160 $PY experiments/bench_train.py --methods gaussian maxup --out "$OUT/bench_train_$GPU.json"
     fi
+    ;;
+bench-compile)
+    Q=(); [ "$SMOKE" = 1 ] && Q=(--quick)
+    bounded 300 $PY experiments/bench_train.py ${Q[@]+"${Q[@]}"} --methods maxup --copies 4 --compile \
+        --out "$OUT/bench_train_compiled_$GPU.json"
     ;;
 table)
     REPRO=(--preset cifar10 --data-root "$DATA" --methods gaussian "maxup m=4" --sigma 0.25 --sequential
@@ -95,7 +104,7 @@ table)
     ls "$RUNS"/*.tsv* >/dev/null 2>&1 && tar czf "$OUT/tsvs.tgz" "$RUNS"/*.tsv* "$RUNS"/table.md 2>/dev/null
     ;;
 *)
-    echo "gpu_call.sh: unknown step '$STEP' (check, bench or table)" >&2; exit 2 ;;
+    echo "gpu_call.sh: unknown step '$STEP' (cuda, suite, check, bench, bench-compile or table)" >&2; exit 2 ;;
 esac
 done
 say "done in ${SECONDS}s"

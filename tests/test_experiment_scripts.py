@@ -4,6 +4,7 @@ here); bench_sequential's predict section runs on a small case."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 
 import pytest
@@ -65,3 +66,53 @@ def test_demo_replaces_its_own_directory_and_runs_one_epoch(tmp_path):
     (out / "leftover.txt").write_text("from the last run")
     assert demo.main(args) == 0
     assert not (out / "leftover.txt").exists() and (out / "table.md").exists()
+
+
+@pytest.mark.slow
+def test_bench_certify_quick_records_a_conservative_like_for_like_run(tmp_path, monkeypatch):
+    """The reference keeps its own model (Smooth converts one in place on CUDA), is warmed at its
+    own batch size, cuDNN autotuning is recorded, and the JSON is written after each model."""
+    bench = load_experiment("bench_certify")
+    quick = bench.configs(True, argparse.Namespace(images=1, images_per_batch=1))[0]
+    monkeypatch.setattr(bench, "configs", lambda *a: [{**quick, "batch": 100, "batch_ref": 400}] * 2)
+    ref_calls, smooth_models = [], []
+    real_ref, real_smooth = bench.reference_certify, bench.Smooth
+    monkeypatch.setattr(bench, "reference_certify",
+                        lambda model, *a: ref_calls.append((id(model), a[2])) or real_ref(model, *a))
+    monkeypatch.setattr(bench, "Smooth", lambda model, *a, **k: smooth_models.append(id(model)) or
+                        real_smooth(model, *a, **k))
+    out = tmp_path / "c.json"
+    assert bench.main(["--quick", "--variants", "fp32", "fp32+fold", "--repeats", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] and len(report["results"]) == 2 and report["provenance"]["time"]
+    for r in report["results"]:
+        assert r["cudnn_benchmark"] is True and len(r["reference_times"]) == 2
+        assert all(v["prediction_agreement_with_reference"] == 1.0 for v in r["variants"])
+    assert ref_calls[0][1] == 800  # warm-up: min(n, 2 * batch_ref), not 2 * our batch
+    first_model_refs = {m for m, _ in ref_calls[:3]}  # warm-up + 2 timed repeats of the first model
+    assert len(first_model_refs) == 1 and not first_model_refs & set(smooth_models[:2])
+    assert len(set(smooth_models[:2])) == 2  # each variant its own copy
+
+
+@pytest.mark.slow
+def test_bench_train_quick_alternates_and_compares_like_with_like(tmp_path):
+    bench = load_experiment("bench_train")
+    out = tmp_path / "t.json"
+    assert bench.main(["--quick", "--methods", "maxup", "--copies", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["config"]["rounds"] == 3
+    assert set(report["results"]) == {bench.REFERENCE, "gaussian", "maxup m=2"}
+    assert all(len(r["round_step_s"]) == 3 and r["img_per_s"] > 0 for r in report["results"].values())
+    assert bench._baseline("maxup m=4 (compiled)") == "gaussian (compiled)"
+    assert report["baselines"]["maxup m=2"] == "gaussian"
+
+
+@pytest.mark.slow
+def test_bench_attack_quick_times_the_torchattacks_loop_and_the_synced_one(tmp_path, monkeypatch):
+    bench = load_experiment("bench_attack")
+    out = tmp_path / "a.json"
+    monkeypatch.setattr("sys.argv", ["bench_attack.py", "--quick", "--repeats", "2", "--out", str(out)])
+    bench.main()
+    pgd = json.loads(out.read_text())["pgd"]
+    assert pgd["max_abs_diff_x_adv"] == 0.0
+    assert len(pgd["seconds_reference"]) == len(pgd["seconds_reference_host_sync"]) >= 2

@@ -85,7 +85,11 @@ def _crash(argv: list[str], fault: str) -> None:
 
 
 def _without(d: dict, keys=TIMING_KEYS | {"config", "outputs"}) -> dict:
-    return {k: v for k, v in d.items() if k not in keys}
+    """``d`` less ``keys``, and less the time its provenance was taken."""
+    out = {k: v for k, v in d.items() if k not in keys}
+    if isinstance(out.get("provenance"), dict):
+        out["provenance"] = {k: v for k, v in out["provenance"].items() if k != "time"}
+    return out
 
 
 def _config(d: dict) -> dict:

@@ -3,6 +3,8 @@ without its ``.git`` (the environment fallback), and the resume rule."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from robustmaxup.errors import UserError
@@ -16,6 +18,12 @@ def test_provenance_reads_git_in_a_checkout():
     info = records.provenance("cpu")
     assert len(info["git_sha"]) == 40 and isinstance(info["git_dirty"], bool)
     assert info["device"].startswith("cpu")
+
+
+def test_provenance_records_when_it_was_taken_in_utc():
+    taken = datetime.datetime.fromisoformat(records.provenance()["time"])
+    assert taken.tzinfo is not None
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - taken).total_seconds() < 60
 
 
 def test_environment_names_the_commit_of_a_tree_copied_without_git(monkeypatch):

@@ -58,14 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """``--out``/``--plot``: writable regular files, two files, neither an input TSV nor its
-    sidecar, and a plot format matplotlib writes; checked before anything is read or written."""
+    sidecar nor an existing file of results, and a plot format matplotlib writes; checked before
+    anything is read or written."""
     outputs = [(field, path) for field, path in (("out", args.out), ("plot", args.plot)) if path]
     for field, path in outputs:
         check_output_path(path, field)
-        analysis.check_report_target(path, field)
     check_distinct(outputs)
     check_not_inputs(outputs, [(f"the input {kind}{shown(f)}", path) for f in args.files
                                for kind, path in (("", f), ("sidecar of ", analysis.sidecar_path(f)))])
+    for field, path in outputs:
+        analysis.check_report_target(path, field)
     if args.plot:
         analysis.plot_format(args.plot)
 

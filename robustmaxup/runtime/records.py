@@ -1,7 +1,7 @@
 """What a result carries about how it was made, and the one rule for continuing a run.
 
 * :func:`provenance`: package versions (torch, numpy, scipy, statsmodels, pyautoattack, CUDA),
-  git SHA with a dirty-tree flag, Python, host and device.
+  git SHA with a dirty-tree flag, Python, host, device and the time (UTC).
 * :func:`checkpoint_record`: a checkpoint's path, hash and metadata, for result sidecars.
 * :func:`check_resume`: certify, attack and train all refuse to continue an output made with
   other result-defining settings, through this one function.
@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import os
@@ -92,8 +93,10 @@ def device_description(device: torch.device | str) -> str:
 
 
 def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
-    """Versions, git SHA and dirty flag, and hardware, for result sidecars and checkpoints."""
+    """Versions, git SHA and dirty flag, hardware and the time (UTC) it was taken, for result
+    sidecars and checkpoints."""
     info: dict[str, Any] = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "robustmaxup": robustmaxup.__version__,
         "git_sha": git_sha(),
         "git_dirty": git_dirty(),
