@@ -13,7 +13,7 @@ import pytest
 from robustmaxup.cli import main as cli_main
 from robustmaxup.cli.train import build_parser, config_from_args
 from robustmaxup.methods import PERTURBATIONS, build_method
-from robustmaxup.train import RECIPES, TrainConfig
+from robustmaxup.train import RECIPES, TrainConfig, recipes
 from robustmaxup.train.config import SCHEDULE_PARAMS, core_options
 from robustmaxup.train.loop import build_perturbation
 
@@ -136,6 +136,31 @@ def test_list_recipes_needs_no_dataset(capsys):
     notes = [line for line in text.splitlines() if "lie past" in line]
     assert notes == ["trades: lr_milestones 89,99 lie past its 76 epochs, as in the authors' code; "
                      "they act only with a larger --epochs."]
+    for name in RECIPES:  # every documented difference is listed, under its recipe
+        for note in RECIPES.get(name).notes:
+            assert f"- {name}: {note}" in text
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES.names() if n != "maxup"])
+def test_every_recipe_note_cites_the_reference_code(name):
+    for note in RECIPES.get(name).notes:
+        assert re.search(r"[\w/]+\.py:\d+", note), (name, note)
+
+
+def test_a_recipe_run_logs_its_differences_from_the_reference_once(tmp_path, capsys):
+    argv = [a for a in _smoke_argv("trades", tmp_path / "run", ["--attack-steps", "1"]) if a != "--quiet"]
+    assert cli_main(argv) == 0
+    logged = [line for line in capsys.readouterr().err.splitlines() if "recipe trades: " in line]
+    assert len(logged) == 1 and "2 recipe note(s)" in logged[0] and "held out" in logged[0]
+
+
+def test_run_differences_names_only_what_applies():
+    on_gpu = recipes.run_differences("trades", bf16=True, held_out=5000)
+    assert "bf16 autocast (--precision fp32 to match)" in on_gpu and "5000 training images held out" in on_gpu
+    assert "2 recipe note(s)" in on_gpu
+    plain = recipes.run_differences("cohen", bf16=False, held_out=0)
+    assert plain == ("recipe cohen: the authors' set-up, except inputs normalised inside the model, "
+                     "the last short batch of an epoch dropped")
 
 
 @pytest.mark.parametrize("old, new", [("--m", "--copies"), ("--m-train", "--copies"), ("--awp", "--awp-gamma"),

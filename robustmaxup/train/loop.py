@@ -42,7 +42,7 @@ from robustmaxup.runtime.io import ensure_writable_dir, shown
 from robustmaxup.runtime.progress import Progress
 from robustmaxup.runtime.records import provenance
 from robustmaxup.runtime.seeds import stream_generator
-from robustmaxup.train import checkpointing
+from robustmaxup.train import checkpointing, recipes
 from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
 from robustmaxup.train.state import (
     RUN_FILES, Run, RunDirLock, build_run, check_eval_metric, check_loader_options, check_out_dir, load_splits,
@@ -168,6 +168,9 @@ def _fit(run: Run) -> dict[str, Any]:
                  len(run.splits["val"]) if run.splits["val"] is not None else 0, run.device, run.dist.world)
         if not run.splits["val"]:
             log.info("no validation images (val_size 0): best.pt is not written; use last.pt")
+        if cfg.recipe:
+            val = run.splits["val"]
+            log.info("%s", recipes.run_differences(cfg.recipe, bf16=run.bf16, held_out=len(val) if val else 0))
     for epoch in range(state.epoch, cfg.epochs):
         metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
         t_eval = time.perf_counter()

@@ -35,7 +35,7 @@ from typing import Any
 
 from robustmaxup.registry import Registry
 
-__all__ = ["Setting", "Recipe", "RECIPES", "recipe_values", "recipe_table", "UNVERIFIED_MARKS"]
+__all__ = ["Setting", "Recipe", "RECIPES", "recipe_values", "recipe_table", "run_differences", "UNVERIFIED_MARKS"]
 
 #: markers of a source that is not a line of the authors' code
 UNVERIFIED_MARKS = ("OUR CHOICE", "UNVERIFIED")
@@ -270,6 +270,10 @@ _add(Recipe(
         _s("step_structure", "reference", "macer.py:24-68 (no chunking: ONE step per loader batch of "
                                           "B examples x k copies; reference and joint coincide)"),
     ),
+    notes=("Inputs: the reference feeds unnormalised [0, 1] pixels (main.py:92-99: ToTensor, no Normalize); robustmaxup "
+           "normalises with Cohen et al.'s CIFAR-10 mean/std as the model's first layer. BatchNorm follows the "
+           "first convolution, so only that layer's effective scale (its learning rate, weight decay and "
+           "initialisation) differs; noise and attack budgets are in pixel space in both.",),
 ))
 
 del _name, _sigma, _alpha, _line, _lbd, _why
@@ -303,11 +307,14 @@ _add(Recipe(
         _s("eval_steps", 10, "train_cifar.py:366 (validation PGD with --attack-iters)"),
         _s("step_structure", "reference", "train_cifar.py:301-337 (one SGD step per loader batch)"),
     ),
-    notes=("The reference attack's forwards also update BatchNorm running statistics; robustmaxup "
-           "freezes them during the attack.",
+    notes=("The reference attack's forwards (train mode, train_cifar.py:294,301-316) also update "
+           "BatchNorm running statistics; robustmaxup freezes them during the attack.",
            "After each step the reference runs one more clean train-mode forward for its accuracy log "
            "(train_cifar.py:339), which also moves the BatchNorm running statistics toward clean "
-           "data; robustmaxup does not (training is unchanged, evaluation-time statistics differ).",),
+           "data; robustmaxup does not (training is unchanged, evaluation-time statistics differ).",
+           "Inputs: the reference normalises with std (0.2471, 0.2435, 0.2616) (utils.py:17-18, "
+           "train_cifar.py:20-24); robustmaxup with Cohen et al.'s (0.2023, 0.1994, 0.2010) as the model's "
+           "first layer (only the first convolution's effective scale differs: BatchNorm follows it).",),
 ))
 
 _add(Recipe(
@@ -335,6 +342,15 @@ _add(Recipe(
         _s("step_structure", "reference", "train_trades_cifar10.py:75-90 (one SGD step per loader batch)"),
     ),
     defaults=(("eval_steps", "robustmaxup's best.pt metric; the reference evaluates clean accuracy only"),),
+    notes=("The reference runs the clean batch through the model twice per step in train mode, once for "
+           "the cross-entropy and once for the KL target (trades.py:79-82); robustmaxup runs it once and "
+           "uses it for both. Loss and gradients are the same; the reference's BatchNorm running statistics "
+           "take two clean updates to one adversarial (robustmaxup one to one), so eval-mode accuracies "
+           "may differ slightly.",
+           "Inputs: the reference feeds unnormalised [0, 1] pixels (train_trades_cifar10.py:57-63: ToTensor, no Normalize); robustmaxup "
+           "normalises with Cohen et al.'s CIFAR-10 mean/std as the model's first layer. BatchNorm follows the "
+           "first convolution, so only that layer's effective scale (its learning rate, weight decay and "
+           "initialisation) differs; noise and attack budgets are in pixel space in both."),
 ))
 
 _add(Recipe(
@@ -345,7 +361,8 @@ _add(Recipe(
         _s("epochs", 200, "AT_AWP/train_cifar10.py:136"),
         _s("batch", 128, "AT_AWP/train_cifar10.py:133"),
         _s("lr", 0.1, "AT_AWP/train_cifar10.py:138"),
-        _s("schedule", "piecewise", "AT_AWP/train_cifar10.py:137,260-267"),
+        _s("schedule", "piecewise", "AT_AWP/train_cifar10.py:137,260-267 (the reference re-evaluates it "
+                                    "every iteration, :321-322, robustmaxup per epoch)"),
         _s("momentum", 0.9, "AT_AWP/train_cifar10.py:240"),
         _s("nesterov", False, "AT_AWP/train_cifar10.py:240 (plain SGD)"),
         _s("weight_decay", 5e-4, "AT_AWP/train_cifar10.py:240"),
@@ -369,7 +386,9 @@ _add(Recipe(
     ),
     notes=("As in pgd_at: the reference attack's forwards and one clean train-mode forward per step "
            "(AT_AWP/train_cifar10.py:365) update BatchNorm running statistics; robustmaxup freezes "
-           "them during the attack and runs no extra forward.",),
+           "them during the attack and runs no extra forward.",
+           "Inputs: as in pgd_at, the reference normalises with std (0.2471, 0.2435, 0.2616) "
+           "(AT_AWP/utils.py:17-18, AT_AWP/train_cifar10.py:20-25); robustmaxup with Cohen et al.'s.",),
 ))
 
 _add(Recipe(
@@ -402,6 +421,13 @@ _add(Recipe(
         _s("step_structure", "reference", "trades_AWP/train_trades_cifar.py:166-206 (one step per loader batch)"),
     ),
     defaults=(("eval_steps", "robustmaxup's best.pt metric; the reference evaluates clean accuracy only"),),
+    notes=("As in trades: the reference runs the clean batch twice per step in train mode "
+           "(trades_AWP/train_trades_cifar.py:189,192), robustmaxup once (same loss and gradients; "
+           "BatchNorm running statistics lean less toward clean data).",
+           "Inputs: the reference feeds unnormalised [0, 1] pixels (trades_AWP/train_trades_cifar.py:84-90: ToTensor, no Normalize); robustmaxup "
+           "normalises with Cohen et al.'s CIFAR-10 mean/std as the model's first layer. BatchNorm follows the "
+           "first convolution, so only that layer's effective scale (its learning rate, weight decay and "
+           "initialisation) differs; noise and attack budgets are in pixel space in both."),
 ))
 
 _add(Recipe(
@@ -428,8 +454,28 @@ _add(Recipe(
         _s("amp_warmup", 0, "main.py:101-104 (no warm-up)"),
         _s("step_structure", "reference", "main.py:44-53 (one step per loader batch)"),
     ),
-    notes=("The reference clips the gradient norm to 50 (main.py:51,134); robustmaxup does not.",),
+    notes=("The reference clips the gradient norm to 50 (main.py:51,134); robustmaxup does not.",
+           "The reference's two train-mode closures per step (amp.py:47,59) update BatchNorm running "
+           "statistics twice, at the weights and at the perturbed weights; robustmaxup once per step "
+           "(the parameters follow the reference optimizer exactly).",
+           "Inputs: the reference normalises with mean (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, "
+           "66.7)/255 (data_utils.py:12-13); robustmaxup with Cohen et al.'s as the model's first layer "
+           "(only the first convolution's effective scale differs: BatchNorm follows it).",),
 ))
+
+
+def run_differences(name: str, *, bf16: bool, held_out: int) -> str:
+    """One line for the start of a run of recipe ``name``: the engine-wide differences from the
+    authors' set-up that apply to it (module docstring) and how many recipe notes there are."""
+    found = ["inputs normalised inside the model", "the last short batch of an epoch dropped"]
+    if bf16:
+        found.insert(0, "bf16 autocast (--precision fp32 to match)")
+    if held_out:
+        found.insert(1 if bf16 else 0, f"{held_out} training images held out for best.pt (--val-size 0 to "
+                                       "train on all)")
+    notes = len(RECIPES.get(name).notes)
+    more = f"; {notes} recipe note(s): robustmaxup train --list-recipes" if notes else ""
+    return f"recipe {name}: the authors' set-up, except {', '.join(found)}{more}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,6 +509,9 @@ def recipe_table() -> str:
     lines.append("")
     lines.append("* = OUR CHOICE or UNVERIFIED against the authors' code (see robustmaxup/train/recipes.py).")
     lines.extend(_late_milestones())
+    lines.append("")
+    lines.append("Where a recipe's training differs from its reference code:")
+    lines.extend(f"- {name}: {note}" for name in RECIPES for note in RECIPES.get(name).notes)
     return "\n".join(lines)
 
 

@@ -93,10 +93,14 @@ class Run:
         self.close()
 
     @property
+    def bf16(self) -> bool:
+        """Whether steps run under bf16 autocast (``precision="auto"``: on CUDA)."""
+        return self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
+
+    @property
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when asked (``precision="auto"``: on CUDA), else nothing."""
-        bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        """bf16 autocast when asked (:attr:`bf16`), else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     @property
     def metric(self) -> str:
