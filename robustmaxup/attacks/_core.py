@@ -114,7 +114,7 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str, *, box_first: bool 
     result is in both sets: exactly in [0, 1], and in the ball up to one rounding of ``x + δ``.
 
     ``box_first=True`` applies the two in the other order, as SmoothAdv's reference does
-    (Hadisalman/smoothing-adversarial code/attacks.py:110-112, 176-178): clip to [0, 1], then
+    (Hadisalman/smoothing-adversarial code/attacks.py:109-112, 175-178): clip to [0, 1], then
     shrink the perturbation onto the ball. Shrinking towards ``x`` keeps the point in the box, so
     this result is in both sets too, but when both constraints bind it is a different point
     (usually on the sphere, where ball-then-box lands inside it). A last clip removes rounding.

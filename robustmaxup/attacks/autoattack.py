@@ -7,6 +7,12 @@ inputs lie in [0, 1], keeps the global RNG untouched, copies the package's log (
 the examples that are still robust — exactly what ``run_standard_evaluation`` does internally —
 so that the robust flags after every attack are known per example. Robust accuracy is the
 POINTWISE worst case over attacks: an example is robust only if it survives every attack.
+
+For a deterministic model this equals one ``run_standard_evaluation`` call bit for bit. For a
+randomized one (version ``rand``, a smoothed classifier) each attack's call re-runs the package's
+own clean check, so the clean prediction is drawn 1 + (number of attacks) times instead of once:
+a clean misprediction in any draw counts as broken by that attack. Robust accuracy can only be
+lower (pessimistic), and the per-attack ``stages`` attribution carries that noise.
 """
 
 from __future__ import annotations

@@ -30,12 +30,15 @@ def smooth_pgd(
     box_first: bool = False,
     check_inputs: bool = True,
 ) -> Tensor:
-    """SmoothAdv PGD-L2: maximise the cross-entropy of the soft smoothed classifier
+    """SmoothAdv-style PGD-L2: maximise the cross-entropy of the soft smoothed classifier
     ``log mean_i softmax(model(x' + noise_i))`` over ``||x' - x||_2 <= eps``, ``x'`` in [0, 1].
 
     The noise is drawn once and kept fixed over the steps (as in SmoothAdv, which then trains
     on ``x_adv + noise`` with the SAME noise: pass ``noise`` to reuse it). Steps, projections
-    and the loop are those of :func:`robustmaxup.attacks.pgd` (shared core).
+    and the loop are those of :func:`robustmaxup.attacks.pgd` (shared core). One difference
+    from SmoothAdv's code: a zero gradient (a saturated softmax, or the 1e-20 floor of the log
+    binding) gives a zero step here, where SmoothAdv steps in a random direction
+    (code/attacks.py:170-171).
 
     Args:
         model: base classifier on [0, 1] pixels, ``[N, C, H, W] -> [N, K]``.
@@ -53,7 +56,7 @@ def smooth_pgd(
         generator: randomness source on ``x``'s device (global RNG if None).
         train_mode: run the model in train mode (BatchNorm statistics frozen).
         box_first: after each step clip to [0, 1] first, then shrink onto the ball (SmoothAdv's
-            reference order, code/attacks.py:176-178); default: ball, then box.
+            reference order, code/attacks.py:175-178); default: ball, then box.
 
     Returns:
         ``x_adv`` ``[B, C, H, W]``, same device/dtype as ``x`` (clean of noise).
