@@ -69,6 +69,21 @@ def test_certify_flags_that_would_be_ignored_are_refused(digits_checkpoint, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--method", "smoothmix", "--mix-step", "4", "--attack-steps", "4"],
+     "--mix-step must be smaller than the number of attack steps (4), got 4"),
+    (["--method", "pgd_at", "--norm", "L3"], "--norm must be one of Linf, L2, got 'L3'"),
+    (["--awp-gamma", "0"], "--awp-gamma must be > 0"),
+])
+def test_method_errors_name_the_flag(tmp_path, capsys, extra, needle):
+    """A method's own check names its field (``mix_step``: the Python API); the CLI shows the flag."""
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
 def test_an_empty_out_is_refused(digits_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["certify", digits_checkpoint, *FAST, "--out", ""]) == 2

@@ -32,12 +32,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustmaxup.errors import UserError
 from robustmaxup.methods.base import check_count, check_positive
 from robustmaxup.methods.registry import register_perturbation
 from robustmaxup.methods.weight_perturbation import (
     LossFn, PerturbationCore, loss_gradients, trainable,
 )
+from robustmaxup.runtime.checks import check_choice
 
 _TINY = 1e-20
 
@@ -63,8 +63,7 @@ class AWP(PerturbationCore):
     def __post_init__(self) -> None:
         check_positive("awp_gamma", self.gamma)
         check_count("awp_warmup", self.warmup, 0)
-        if self.restore_after_step not in (True, False):
-            raise UserError(f"--awp-restore-after-step must be true or false, got {self.restore_after_step!r}")
+        check_choice("awp_restore_after_step", self.restore_after_step, (True, False))
         super().__post_init__()
 
     @property

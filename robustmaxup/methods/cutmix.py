@@ -25,10 +25,10 @@ from typing import ClassVar
 import torch
 
 from robustmaxup.methods.augment import Mixed, mix_targets, random_partner, sample_beta
-from robustmaxup.errors import UserError
 from robustmaxup.methods.base import Augmentation, check_positive
 from robustmaxup.methods.families import MixingMethod
 from robustmaxup.methods.registry import register_augmentation, register_method
+from robustmaxup.runtime.checks import check_range
 
 
 def cut_box(height: int, width: int, lam: float, x: torch.Tensor,
@@ -68,12 +68,6 @@ def cutmix_batch(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, alpha: f
     return Mixed(x_mix, mix_targets(y, partner, lam_area, num_classes, x.dtype), lam_area, partner)
 
 
-def check_probability(flag: str, value: float) -> None:
-    """UserError unless ``0 <= value <= 1`` (flag named ``--flag-name``)."""
-    if not 0.0 <= value <= 1.0:
-        raise UserError(f"--{flag.replace('_', '-')} must lie in [0, 1], got {value}")
-
-
 @register_augmentation
 @dataclass
 class CutMixAugmentation(Augmentation):
@@ -86,7 +80,7 @@ class CutMixAugmentation(Augmentation):
 
     def __post_init__(self) -> None:
         check_positive("alpha", self.alpha)
-        check_probability("cutmix_prob", self.prob)
+        check_range("cutmix_prob", self.prob, 0, 1)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +101,7 @@ class CutMix(MixingMethod):
 
     def __post_init__(self) -> None:
         check_positive("alpha", self.alpha)
-        check_probability("cutmix_prob", self.cutmix_prob)
+        check_range("cutmix_prob", self.cutmix_prob, 0, 1)
 
     def augmentation(self) -> Augmentation:
         return CutMixAugmentation(alpha=self.alpha, prob=self.cutmix_prob)

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from robustmaxup.attacks import NORMS, pgd
-from robustmaxup.errors import UserError
 from robustmaxup.methods.augment import gaussian_noise
 from robustmaxup.methods.base import (
     Augmentation, LossOutput, Method, check_count, check_positive, soft_cross_entropy,
 )
+from robustmaxup.runtime.checks import check_choice
 
 __all__ = ["SmoothingMethod", "AdversarialMethod", "MixingMethod", "DEFAULT_BUDGET", "warmup_fraction",
            "reference_start"]
@@ -97,8 +97,7 @@ class AdversarialMethod(Method):
     eval_steps: int = 10
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise UserError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        check_choice("norm", self.norm, NORMS)
         check_positive("attack_eps", self.attack_eps, allow_zero=True)
         check_positive("attack_step_size", self.attack_step_size, allow_zero=True)
         check_count("attack_steps", self.attack_steps, 1)

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmaxup.errors import UserError
 from robustmaxup.methods.base import LossOutput
 from robustmaxup.methods.families import AdversarialMethod
 from robustmaxup.methods.registry import register_method
+from robustmaxup.runtime.checks import check_choice
 
 
 @register_method
@@ -58,8 +58,7 @@ class PGDAT(AdversarialMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.attack_train_mode not in (True, False):
-            raise UserError(f"--attack-train-mode must be true or false, got {self.attack_train_mode!r}")
+        check_choice("attack_train_mode", self.attack_train_mode, (True, False))
 
     def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 generator: torch.Generator | None = None) -> Any:

@@ -50,11 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmaxup.attacks import smooth_pgd
-from robustmaxup.errors import UserError
 from robustmaxup.methods.augment import draw_noise
 from robustmaxup.methods.base import LossOutput, check_count, check_positive
 from robustmaxup.methods.families import SmoothingMethod, warmup_fraction
 from robustmaxup.methods.registry import register_method
+from robustmaxup.runtime.checks import check_choice
 
 
 @register_method
@@ -82,8 +82,7 @@ class SmoothAdv(SmoothingMethod):
         check_count("attack_steps", self.attack_steps, 1)
         check_count("copies", self.copies, 1)
         check_count("warmup", self.warmup, 0)
-        if self.multi_noise not in (True, False):
-            raise UserError(f"--multi-noise must be true or false, got {self.multi_noise!r}")
+        check_choice("multi_noise", self.multi_noise, (True, False))
         self._scale = 1.0
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:

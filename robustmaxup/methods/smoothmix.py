@@ -50,11 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmaxup.attacks import smooth_pgd
-from robustmaxup.errors import UserError
 from robustmaxup.methods.augment import draw_noise
 from robustmaxup.methods.base import LossOutput, at_least_fp32, check_count, check_positive
 from robustmaxup.methods.families import SmoothingMethod, warmup_fraction
 from robustmaxup.methods.registry import register_method
+from robustmaxup.runtime.checks import FieldError
 
 
 def clip_l2(x_new: torch.Tensor, x: torch.Tensor, radius: float) -> torch.Tensor:
@@ -96,8 +96,8 @@ class SmoothMix(SmoothingMethod):
         check_count("warmup", self.warmup, 0)
         check_count("mix_step", self.mix_step, 0)
         if self.mix_step >= self.attack_steps:
-            raise UserError(f"--mix-step must be smaller than --attack-steps ({self.attack_steps}), "
-                            f"got {self.mix_step}")
+            raise FieldError("mix_step", f"must be smaller than the number of attack steps "
+                                         f"({self.attack_steps}), got {self.mix_step}")
         self._warm = 1.0
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:

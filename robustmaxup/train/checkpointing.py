@@ -64,7 +64,7 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
     _check_resumable(ckpt, out)
     if ckpt["epoch"] > cfg.epochs:
         raise UserError(f"cannot resume run directory {shown(out)}: it has {ckpt['epoch']} epochs done, "
-                        f"more than the {cfg.epochs} asked for; pass --epochs {ckpt['epoch']} or more")
+                        f"more than the {cfg.epochs} asked for; ask for {ckpt['epoch']} epochs or more")
     saved = upgrade_record(ckpt.get("config") or {})
     keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
     check_resume(saved, record, keys, what=f"run directory {out}")
