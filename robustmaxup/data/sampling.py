@@ -126,6 +126,6 @@ def epoch_indices(n: int, *, train: bool, seed: int, epoch: int, rank: int = 0,
     g = torch.Generator().manual_seed(stream_seed(seed, "data.order", epoch))
     perm = torch.randperm(n, generator=g)
     total = math.ceil(n / world_size) * world_size
-    if total > n:
-        perm = torch.cat([perm, perm[: total - n]])
+    if total > n:  # wrap around as often as needed: with world_size > 2n once is not enough
+        perm = perm.repeat(math.ceil(total / n))[:total]
     return perm[rank::world_size]

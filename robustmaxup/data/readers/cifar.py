@@ -124,6 +124,8 @@ def _python_arrays(batches: dict[str, bytes], meta: bytes | None, fmt: CifarForm
                  for n in names]
         out[f"{split}_images"] = np.concatenate([p[0] for p in parts])
         out[f"{split}_labels"] = np.concatenate([p[1] for p in parts])
+        if not len(out[f"{split}_labels"]):
+            raise UserError(f"{where}: the {split} batches ({', '.join(names)}) hold no images")
     meta_dict = _unpickle(meta, f"{where}/{fmt.meta_file}") if meta is not None else None
     k = int(max(out["train_labels"].max(), out["test_labels"].max())) + 1
     out["classes"] = np.array(_meta_classes(meta_dict, fmt, k))
