@@ -37,14 +37,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_finite(value: Any) -> bool:
+    """A finite real number; an integer of any size is (``math.isfinite(10**400)`` overflows)."""
+    return _is_number(value) and (isinstance(value, numbers.Integral) or math.isfinite(value))
+
+
 def check_range(field: str, value: float, lo: float | None = None, hi: float | None = None, *,
                 lo_open: bool = False, hi_open: bool = False) -> float:
     """``value`` if it is a finite number in the interval, else FieldError."""
-    if not _is_number(value) or math.isnan(value):
-        raise FieldError(field, f"must be a number, got {value!r}")
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
-          (hi is not None and (value > hi or (hi_open and value == hi)))
-    if bad or (math.isinf(value) and (lo is not None and hi is not None)):
+    if not _is_finite(value):
+        raise FieldError(field, f"must be a finite number, got {value!r}")
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or \
+       (hi is not None and (value > hi or (hi_open and value == hi))):
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         raise FieldError(field, f"must lie in {left}{'-inf' if lo is None else lo}, "
                                 f"{'inf' if hi is None else hi}{right}, got {value}")
@@ -53,14 +57,14 @@ def check_range(field: str, value: float, lo: float | None = None, hi: float | N
 
 def check_positive(field: str, value: float, *, allow_zero: bool = False) -> float:
     """``value`` if it is a finite number > 0 (``>= 0`` with ``allow_zero``), else FieldError."""
-    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if not _is_finite(value) or value < 0 or (value == 0 and not allow_zero):
         raise FieldError(field, f"must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
     return value
 
 
 def check_int(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an int if it is an integer within bounds, else FieldError."""
-    if not _is_number(value) or not math.isfinite(value) or int(value) != value:
+    if not _is_finite(value) or int(value) != value:
         raise FieldError(field, f"must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise FieldError(field, f"must be an integer >= {minimum}, got {value}")

@@ -208,11 +208,30 @@ def _put_in_place(tmp: Path, path: Path, exclusive: bool) -> None:
     os.replace(tmp, path)
 
 
+def _fsync(path: Path, *, directory: bool = False) -> None:
+    """Flush ``path`` to the disk. A folder's flush (which makes a rename durable) is best-effort:
+    some file systems refuse to open or sync folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Readers never see a half-written file, and a failure leaves no file behind. A file-system
+    Readers never see a half-written file, and a failure leaves no file behind; the file is
+    flushed to the disk before it is renamed, so neither does a power cut. A file-system
     failure (no space, read-only, permissions) is a one-line UserError. ``exclusive``: never
     replace an existing ``path`` (it is linked into place, which fails if one appeared).
     """
@@ -229,7 +248,9 @@ def atomic_path(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _put_in_place(tmp_path, path, exclusive)
+        _fsync(tmp_path)  # the data reaches the disk before the name does: a power cut
+        _put_in_place(tmp_path, path, exclusive)  # leaves the old file or the new, never a stub
+        _fsync(path.parent, directory=True)
     except FileExistsError:
         raise UserError(f"{shown(path)} already exists (another run may have written it); "
                         "choose another file") from None

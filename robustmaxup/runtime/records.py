@@ -40,13 +40,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _git(*args: str) -> str | None:
-    root = Path(robustmaxup.__file__).resolve().parent.parent
+def _run_git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
+
+
+def _git(*args: str) -> str | None:
+    """git's output in the checkout this package was imported from, or None. The folder above
+    the package must be the checkout's top: a copy or an install that merely sits inside some
+    other repository (a venv in a project's tree) is not asked, lest it record that one's commit."""
+    root = Path(robustmaxup.__file__).resolve().parent.parent
+    top = _run_git(root, "rev-parse", "--show-toplevel")
+    if top is None or Path(top.strip()).resolve() != root:
+        return None
+    return _run_git(root, *args)
 
 
 #: for a source tree copied without its ``.git`` (a container image, a remote machine that gets
