@@ -71,6 +71,18 @@ class _Shared(nn.Module):
         return self.bn(y) + y
 
 
+class _CalledTwice(nn.Module):
+    """One convolution module called at two places, once before a BatchNorm: fusing that call's
+    BatchNorm into the module would change the other call too, so it is not foldable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.conv(x)
+
+
 class _Untraceable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -82,7 +94,7 @@ class _Untraceable(nn.Module):
         return self.bn(self.conv(x))
 
 
-@pytest.mark.parametrize("module", [_Shared, _Untraceable])
+@pytest.mark.parametrize("module", [_Shared, _CalledTwice, _Untraceable])
 def test_what_cannot_be_folded_is_left_as_it_is(module):
     model = module()
     _randomise_norms(model, 0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 
 import torch
 from torch import fx, nn
@@ -75,6 +76,9 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
         log.info("BatchNorm folding skipped: the model cannot be traced by torch.fx (%s)",
                  error_summary(e, 160))
         return original, 0
+    # a convolution called at two places cannot take one call's BatchNorm: the fused module
+    # would replace the shared one at the other call too
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     pairs = 0
     for node in list(gm.graph.nodes):
         bn = _module(gm, node)
@@ -82,7 +86,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
             continue
         producer = node.args[0]
         conv = _module(gm, producer)
-        if not _foldable(conv, bn) or len(producer.users) != 1:
+        if not _foldable(conv, bn) or len(producer.users) != 1 or calls[producer.target] != 1:
             continue
         with torch.no_grad():
             _set_module(gm, producer.target, fuse_conv_bn_eval(conv, bn))
