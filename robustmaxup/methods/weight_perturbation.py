@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+import functools
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
@@ -75,10 +76,12 @@ def set_weights(params: list[nn.Parameter], originals: list[torch.Tensor], delta
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of the concatenation of ``tensors`` (a 0-dim tensor)."""
+    """L2 norm of the concatenation of ``tensors`` (a 0-dim tensor), computed in at least float32
+    (bf16/fp16 tensors are widened; float64 ones keep their precision)."""
     if not tensors:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.to(dtype)) for t in tensors]))
 
 
 @dataclass
