@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy.special import betainc, betaln, expit
+from scipy.special import betainc, betaln, expit, xlog1py, xlogy
 from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
@@ -392,11 +392,13 @@ def beta_mixture_log_evidence(k: np.ndarray, t: np.ndarray, m: np.ndarray,
 
         B(a+k, b+t-k) / B(a, b) / (m^k (1-m)^(t-k))
 
-    a nonnegative martingale with ``M_0 = 1`` when ``p = m`` (convex in ``m``).
+    a nonnegative martingale with ``M_0 = 1`` when ``p = m`` (convex in ``m``). At the ends
+    ``0 log 0 = 0``: ``m = 1`` after ``t`` successes of ``t`` keeps its finite evidence, one
+    failure makes it ``+inf`` (``p = 1`` is then impossible).
     """
     k, t, m = (np.asarray(v, dtype=np.float64) for v in (k, t, m))
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = betaln(a + k, b + t - k) - betaln(a, b) - k * np.log(m) - (t - k) * np.log1p(-m)
+        out = betaln(a + k, b + t - k) - betaln(a, b) - xlogy(k, m) - xlog1py(t - k, -m)
     return np.where(np.isnan(out), np.inf, out)
 
 
