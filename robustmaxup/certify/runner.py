@@ -348,10 +348,19 @@ def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Se
     if dist.main:  # before the first image: n too small to ever certify (or pass PREDICT's test)
         mode.warn_too_few(smooth, s)
     if output is None:
-        rows: list[Row] = []
-        _compute(mode, smooth, split, indices[dist.rank::dist.world], s, device, rows.extend, progress)
-        return sorted(rows, key=lambda r: r.idx)
+        return _run_in_memory(mode, smooth, split, indices, s, device, progress, dist)
     return _run_to_file(mode, smooth, split, indices, s, output, sidecar, device, progress)
+
+
+def _run_in_memory(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: Settings,
+                   device: torch.device, progress: bool, dist: Dist) -> list[Row]:
+    """Each rank computes its share; rank 0 gathers every row (the others return none)."""
+    rows: list[Row] = []
+    with dist.group(device, backend="gloo", long_wait=True):
+        _compute(mode, smooth, split, indices[dist.rank::dist.world], s, device, rows.extend,
+                 progress and dist.main)
+        parts = dist.gather_objects(rows)
+    return [] if parts is None else sorted((r for part in parts for r in part), key=lambda r: r.idx)
 
 
 def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: Settings,
@@ -383,6 +392,7 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
         if dist.main:
             fault_point(f"{command}.merge")
             rows = output.merge() if dist.distributed else read_rows(output.final, mode.fmt).rows
+            rows = dict(sorted(rows.items()))  # by index, as without a file
             count = len(rows)
             elapsed = time.perf_counter() - t_start
             fault_point(f"{command}.sidecar")

@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -96,12 +96,17 @@ class Dist:
 
     @contextlib.contextmanager
     def group(self, device: torch.device, *, backend: str = "auto", long_wait: bool = False) -> Iterator["Dist"]:
-        """Joined to the process group inside the block, left on exit (even on error)."""
+        """Joined to the process group inside the block, left on exit (even on error). A group the
+        caller had already joined stays joined."""
+        import torch.distributed as dist
+
+        joins = self.distributed and not (dist.is_available() and dist.is_initialized())
         self.init(device, backend=backend, long_wait=long_wait)
         try:
             yield self
         finally:
-            self.close()
+            if joins:
+                self.close()
 
     def barrier(self) -> None:
         if self.distributed:
@@ -125,6 +130,17 @@ class Dist:
 
         out = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(out, t)
+        return out
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every rank's picklable ``obj`` on rank 0, in rank order; ``None`` on the other ranks
+        (``[obj]`` alone). Inside :meth:`group`."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(obj, out, dst=0)
         return out
 
     def check_divides(self, field: str, value: int) -> None:
