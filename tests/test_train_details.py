@@ -336,6 +336,23 @@ def test_resuming_a_finished_run_with_as_many_epochs_trains_nothing(tmp_path, mo
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("schedule, epochs, warned", [
+    ("piecewise", 3, True), ("cosine", 3, True), ("piecewise", 2, False), ("step", 3, False)])
+def test_a_resume_that_stretches_the_schedule_warns(tmp_path, monkeypatch, caplog, schedule, epochs, warned):
+    """piecewise/cosine read ``epochs``: resuming a 2-epoch run with 3 gives epoch 2 another rate
+    (cosine: lr 0.05 * 0.5 planned, 0.05 * 0.75 now), so it says so; the step
+    schedule and an unchanged length do not."""
+    out = tmp_path / "r"
+    train(_cfg(out, epochs=2, schedule=schedule))
+    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    with caplog.at_level("WARNING", logger="robustmaxup"):
+        with contextlib.suppress(BaseException):   # only the warning matters here
+            train(_cfg(out, epochs=epochs, schedule=schedule, resume=True))
+    stretched = [r for r in caplog.records if "schedule is stretched" in r.getMessage()]
+    assert len(stretched) == warned
+    if warned:
+        assert f"{epochs} epochs instead of 2" in stretched[0].getMessage()
+
 def test_resume_accepts_a_checkpoint_without_a_config(tmp_path, monkeypatch):
     def no_config(ckpt):
         ckpt["config"] = None

@@ -27,7 +27,9 @@ from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import atomic_write_json, atomic_write_text, shown
 from robustmaxup.runtime.text import error_summary
 from robustmaxup.runtime.records import check_resume
-from robustmaxup.train.config import RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides, upgrade_record
+from robustmaxup.train.config import (
+    EPOCH_RELATIVE_SCHEDULES, RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides, upgrade_record,
+)
 from robustmaxup.train.state import Run
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,22 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
     saved = upgrade_record(ckpt.get("config") or {})
     keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
     check_resume(saved, record, keys, what=f"run directory {out}")
+    _warn_stretched_schedule(cfg, saved, dist)
     made_with = len(ckpt["rng"]["generators"])
     if made_with != dist.world:
         raise UserError(f"cannot resume run directory {out}: it was made with {made_with} process(es), "
                         f"now {dist.world}; launch as many")
     return ckpt
+
+
+def _warn_stretched_schedule(cfg: TrainConfig, saved: Mapping[str, Any], dist: Dist) -> None:
+    """A resume may change ``epochs`` (to extend a run); the schedules that scale with the run's
+    length then give the remaining epochs other rates than the first call planned."""
+    was = saved.get("epochs")
+    if dist.main and cfg.schedule in EPOCH_RELATIVE_SCHEDULES and was is not None and was != cfg.epochs:
+        log.warning("--resume with %d epochs instead of %d: the %s schedule is stretched over the new "
+                    "length, so the remaining epochs get other learning rates than the first run planned",
+                    cfg.epochs, was, cfg.schedule)
 
 
 def _check_resumable(ckpt: Mapping[str, Any], out: Path) -> None:

@@ -51,7 +51,8 @@ from robustmaxup.train.recipes import RECIPES, recipe_values
 __all__ = [
     "TrainConfig", "PerturbationSpec", "Option", "options", "core_options", "method_options",
     "perturbation_options", "merge_flat", "read_flat", "SCHEDULES", "SCHEDULE_PARAMS", "lr_at",
-    "RESUMABLE_CHANGES", "RENAMED", "STEP_STRUCTURES", "recipe_overrides", "upgrade_record",
+    "RESUMABLE_CHANGES", "EPOCH_RELATIVE_SCHEDULES", "RENAMED", "STEP_STRUCTURES", "recipe_overrides",
+    "upgrade_record",
 ]
 
 #: Flat keys that may differ between an interrupted run and its continuation.
@@ -160,8 +161,14 @@ SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: schedules that read ``epochs``: a resume that changes it stretches them (it warns)
+EPOCH_RELATIVE_SCHEDULES = frozenset({"piecewise", "cosine"})
+
+
 def lr_at(cfg: "TrainConfig", epoch: int) -> float:
-    """Learning rate of (0-based) ``epoch``: a pure function of the config, so resuming is exact."""
+    """Learning rate of (0-based) ``epoch``: a pure function of the config, so a resume with the
+    same settings is exact (one that changes ``epochs`` stretches the piecewise and cosine
+    schedules over the new length)."""
     return cfg.lr * SCHEDULES[cfg.schedule](cfg, epoch)
 
 
