@@ -260,8 +260,8 @@ class Rank(Dist):
 
     world: int = 2
 
-    def init(self, *args, **kwargs) -> None:
-        pass
+    def init(self, *args, **kwargs) -> bool:
+        return False   # no group joined
 
     def close(self) -> None:
         pass

@@ -69,23 +69,25 @@ class Dist:
             torch.cuda.set_device(device)
         return device
 
-    def init(self, device: torch.device, *, backend: str = "auto", long_wait: bool = False) -> None:
-        """Join the process group (no-op when not distributed).
+    def init(self, device: torch.device, *, backend: str = "auto", long_wait: bool = False) -> bool:
+        """Join the process group (no-op when not distributed, or already joined); True if this
+        call joined it.
 
         ``backend="auto"``: NCCL on CUDA, gloo on CPU. ``long_wait``: a 7-day timeout, for
         commands whose shards may finish hours apart (certify), beyond NCCL's watchdog; they
         only need barriers, so they pass ``backend="gloo"``.
         """
         if not self.distributed:
-            return
+            return False
         import torch.distributed as dist
 
         if dist.is_initialized():
-            return
+            return False
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"timeout": datetime.timedelta(days=7)} if long_wait else {}
         dist.init_process_group(backend, **kwargs)
+        return True
 
     def close(self) -> None:
         if self.distributed:
@@ -98,14 +100,11 @@ class Dist:
     def group(self, device: torch.device, *, backend: str = "auto", long_wait: bool = False) -> Iterator["Dist"]:
         """Joined to the process group inside the block, left on exit (even on error). A group the
         caller had already joined stays joined."""
-        import torch.distributed as dist
-
-        joins = self.distributed and not (dist.is_available() and dist.is_initialized())
-        self.init(device, backend=backend, long_wait=long_wait)
+        joined = self.init(device, backend=backend, long_wait=long_wait)
         try:
             yield self
         finally:
-            if joins:
+            if joined:
                 self.close()
 
     def barrier(self) -> None:

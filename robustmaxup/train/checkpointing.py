@@ -70,11 +70,11 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
     saved = upgrade_record(ckpt.get("config") or {})
     keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
     check_resume(saved, record, keys, what=f"run directory {out}")
-    _warn_stretched_schedule(cfg, saved, dist)
     made_with = len(ckpt["rng"]["generators"])
     if made_with != dist.world:
         raise UserError(f"cannot resume run directory {out}: it was made with {made_with} process(es), "
                         f"now {dist.world}; launch as many")
+    _warn_stretched_schedule(cfg, saved, dist)
     return ckpt
 
 
