@@ -12,6 +12,8 @@ from torch import nn
 from robustmaxup.checkpoints import build_model_for, save_checkpoint
 from robustmaxup.cli.attack import main
 
+from tests.fakes import KilledAt
+
 
 def _trained_digits_model() -> nn.Module:
     from robustmaxup.data import load_split
@@ -166,18 +168,10 @@ def test_resume_equals_uninterrupted_run(ckpt, tmp_path, capsys, monkeypatch):
     full, part = tmp_path / "full.json", tmp_path / "part.json"
     assert main(args + ["--out", str(full), "--save-adv", str(tmp_path / "full.pt")]) == 0
 
-    real, calls = runner._run_chunk, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[2])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "_run_chunk", interrupted)
+    killed = KilledAt(monkeypatch, runner, "_run_chunk", at=2)
     assert main(args + ["--out", str(part), "--save-adv", str(tmp_path / "part.pt")]) == 130
     assert not part.exists() and (tmp_path / "part.json.state.pt").exists()
-    monkeypatch.setattr(runner, "_run_chunk", real)
+    killed.disarm()
     capsys.readouterr()
     _fail(args[:-2] + ["--seed", "4", "--out", str(part), "--resume"], capsys, "seed")
     assert main(args + ["--out", str(part), "--save-adv", str(tmp_path / "part.pt"), "--resume"]) == 0

@@ -19,6 +19,8 @@ from robustmaxup.cli.attack import main
 from robustmaxup.data import load_split, spread_indices
 from robustmaxup.errors import UserError
 
+from tests.fakes import KilledAt
+
 RESULT_KEYS = ("n", "indices", "attacks", "attack_config", "seed", "clean_accuracy", "robust_accuracy",
                "robust_accuracy_after", "rescoring", "clean_check", "clean_correct", "robust_correct",
                "smoothed", "rescores", "seed_rule", "model_sha256", "dataset", "split")
@@ -122,20 +124,10 @@ def test_state_of_another_version_or_other_settings_is_refused(ckpt, tmp_path, m
         evaluate_dataset(model, split, [0, 1, 2], config, seed=0, out=out)
     state.unlink()
 
-    import robustmaxup.attacks.runner as runner
-
-    real, calls = runner._run_chunk, []
-
-    def interrupted(*args, **kwargs):  # the second chunk is interrupted
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "_run_chunk", interrupted)
+    killed = KilledAt(monkeypatch, runner, "_run_chunk", at=2)  # the second chunk is interrupted
     with pytest.raises(KeyboardInterrupt):
         evaluate_dataset(model, split, list(range(8)), config, seed=0, out=out, progress=False)
-    monkeypatch.setattr(runner, "_run_chunk", real)
+    killed.disarm()
     assert state.exists() and not out.exists()
     other = AttackConfig(eps=0.1, attack="pgd", steps=3, batch_size=4)
     with pytest.raises(UserError, match="attack_config"):
@@ -218,22 +210,15 @@ def test_resume_runs_each_unfinished_chunk_once_and_no_finished_one(tmp_path, mo
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(split.info.image_shape), split.info.num_classes))
     config = AttackConfig(eps=0.1, attack="pgd", steps=2, batch_size=4)
-    out, idx, real, calls, stop = tmp_path / "r.json", list(range(12)), runner._run_chunk, [], [True]
-
-    def recorded(model, split, chunk, *args, **kwargs):
-        calls.append(list(chunk))
-        if len(calls) == 3 and stop[0]:
-            raise KeyboardInterrupt  # the third chunk is interrupted
-        return real(model, split, chunk, *args, **kwargs)
-
-    monkeypatch.setattr(runner, "_run_chunk", recorded)
+    out, idx = tmp_path / "r.json", list(range(12))
+    recorded = KilledAt(monkeypatch, runner, "_run_chunk", at=3)  # the third chunk is interrupted
     with pytest.raises(KeyboardInterrupt):
         evaluate_dataset(model, split, idx, config, seed=0, out=out, progress=False)
-    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
-    calls.clear()
-    stop[0] = False
+    assert [list(args[2]) for args in recorded.calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    recorded.calls.clear()
+    recorded.at = None  # still recording, never killing
     done = evaluate_dataset(model, split, idx, config, seed=0, out=out, resume=True, progress=False)
-    assert calls == [[8, 9, 10, 11]]
+    assert [list(args[2]) for args in recorded.calls] == [[8, 9, 10, 11]]
     assert done.record["n"] == 12 and len(done.examples) == 12
     fresh = evaluate_dataset(model, split, idx, config, seed=0, progress=False)
     assert done.examples.tsv() == fresh.examples.tsv()

@@ -25,6 +25,7 @@ from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
 from robustmaxup.runtime.seeds import stream_generator, stream_seed
 from tests.classifiers import LinearK
+from tests.fakes import KilledAt
 
 T, F = True, False
 
@@ -127,18 +128,12 @@ def test_one_rescoring_reports_zero_spread_and_x_adv_keeps_dataset_indices(split
 # ----------------------------------------------------------------------------- runner: resume
 def _interrupted(split, model, out, monkeypatch, *, seed=0, idx=tuple(range(8))):
     """Run until the second chunk is interrupted: the state holds chunk 0."""
-    fake, calls = _Scripted(), []
-
-    def stopping(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return fake(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "evaluate", stopping)
+    fake = _Scripted()
+    monkeypatch.setattr(runner, "evaluate", fake)
+    killed = KilledAt(monkeypatch, runner, "evaluate", at=2)
     with pytest.raises(KeyboardInterrupt):
         evaluate_dataset(model, split, list(idx), CONFIG, seed=seed, out=out, progress=False)
-    monkeypatch.setattr(runner, "evaluate", fake)
+    killed.disarm()
     return fake
 
 

@@ -19,6 +19,9 @@ from robustmaxup.runtime.seeds import STREAMS, stream_seed
 from robustmaxup.train import TrainConfig
 from robustmaxup.train.state import load_splits
 
+from tests.fakes import KilledAt
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     """Never write to the user's real cache directory."""
@@ -579,20 +582,11 @@ def test_killed_decode_leaves_no_cache(tmp_path, monkeypatch):
 
     _write_tree(tmp_path / "tree", CIFAR10, per_class=1)
     tar = _make_tar(tmp_path / "tree", tmp_path / "c10.tar.gz", "t")
-    real = ds._decode_image
-    calls = {"n": 0}
-
-    def dies_late(*a):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        return real(*a)
-
-    monkeypatch.setattr(ds, "_decode_image", dies_late)
+    killed = KilledAt(monkeypatch, ds, "_decode_image", at=15)
     with pytest.raises(KeyboardInterrupt):
         load_split("cifar10", "train", root=tar, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []  # no cache, no temp file
-    monkeypatch.setattr(ds, "_decode_image", real)
+    killed.disarm()
     assert len(load_split("cifar10", "train", root=tar, cache_dir=tmp_path / "cache")) == 10
 
 

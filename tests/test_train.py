@@ -19,6 +19,8 @@ from robustmaxup.errors import UserError
 from robustmaxup.train import PerturbationSpec, TrainConfig, loop, setup, train
 from robustmaxup.train.checkpointing import read_metrics
 
+from tests.fakes import KilledAt
+
 
 def _cfg(out, **kw) -> TrainConfig:
     base = dict(dataset="digits", arch="digits_cnn", method="gaussian", method_args={"sigma": 0.25},
@@ -72,17 +74,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch, 
     cfg = dict(RESUMABLE[name], epochs=3, max_eval=60, max_train=400)
     train(_cfg(tmp_path / "full", **cfg))
 
-    real_epoch = loop.train_epoch
-
-    def killed_in_epoch_3(run, epoch, progress=False):
-        if epoch == 2:
-            raise KeyboardInterrupt  # the process dies during epoch 3, after last.pt of epoch 2
-        return real_epoch(run, epoch, progress)
-
-    monkeypatch.setattr(loop, "train_epoch", killed_in_epoch_3)
+    killed = KilledAt(monkeypatch, loop, "train_epoch", at=3)  # dies in epoch 3, after its last.pt of 2
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tmp_path / "cut", **cfg))
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    killed.disarm()
     train(_cfg(tmp_path / "cut", resume=True, **cfg))
 
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)

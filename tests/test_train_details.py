@@ -25,6 +25,8 @@ from robustmaxup.runtime.checks import FieldError
 from robustmaxup.train import PerturbationSpec, TrainConfig, loop, setup, train
 from robustmaxup.train import checkpointing, state as state_mod
 
+from tests.fakes import KilledAt
+
 
 def _cfg(out, **kw) -> TrainConfig:
     base = dict(dataset="digits", arch="digits_cnn", method="gaussian", method_args={"sigma": 0.25},
@@ -242,14 +244,7 @@ def test_an_infinite_loss_is_divergence(tmp_path, monkeypatch):
 
 def test_a_failure_after_a_checkpoint_keeps_the_run_even_without_best_pt(tmp_path, monkeypatch):
     """With no validation split there is no best.pt: last.pt alone makes the run resumable."""
-    real = loop.train_epoch
-
-    def fail_in_epoch_2(run, epoch, progress=False):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(run, epoch, progress)
-
-    monkeypatch.setattr(loop, "train_epoch", fail_in_epoch_2)
+    KilledAt(monkeypatch, loop, "train_epoch", at=2)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tmp_path / "r", val_size=0))
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json", "last.pt", "metrics.jsonl"]
