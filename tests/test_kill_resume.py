@@ -94,7 +94,7 @@ def _without(d: dict, keys=TIMING_KEYS | {"config", "outputs"}) -> dict:
 
 def _config(d: dict) -> dict:
     return {k: v for k, v in (d.get("config") or {}).items()
-            if k not in ("out", "resume", "save_adv", "provenance")}
+            if k not in ("out", "resume", "save_adv", "provenance", "sessions")}  # sessions: one per call
 
 
 def _same_smoothing(ref: Path, got: Path) -> None:

@@ -45,7 +45,7 @@ def test_run_directory_describes_itself(tmp_path):
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     flags = {a.dest for a in build_parser()._actions}
-    assert set(config) - {"provenance", "recipe_overrides"} <= flags, "config keys must match CLI flag names"
+    assert set(config) - {"provenance", "recipe_overrides", "sessions"} <= flags, "config keys must match CLI flag names"
     assert config["copies"] == 2 and config["data_augment"] is True and config["augment"] == "gaussian"
     assert config["score_batch"] == 0 and config["recipe"] is None and config["recipe_overrides"] == {}
     assert "git_dirty" in config["provenance"]
@@ -54,7 +54,10 @@ def test_run_directory_describes_itself(tmp_path):
                                "score_batch": 0}
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "digits_cnn" and ckpt["method"] == "maxup"
     assert "scaler" not in ckpt and len(ckpt["history"]) == 1
-    assert ckpt["config"] == {k: v for k, v in config.items() if k not in ("provenance", "recipe_overrides")}
+    assert ckpt["config"] == {k: v for k, v in config.items()
+                              if k not in ("provenance", "recipe_overrides", "sessions")}
+    assert ckpt["sessions"] == config["sessions"] == [
+        {"from_epoch": 0, "epochs": 1, "device": "auto", "workers": 4, "provenance": config["provenance"]}]
     best = torch.load(run / "best.pt", weights_only=True)
     assert "held-out training images" in best["selection"] and best["best"]["epoch"] == 1
 
@@ -285,7 +288,7 @@ def test_config_replay_gives_the_same_config_and_explicit_flags_win(tmp_path):
     assert code == 0
     a, b = (json.loads((d / "config.json").read_text()) for d in (first, tmp_path / "again"))
     for d in (a, b):
-        d.pop("provenance"), d.pop("out")
+        d.pop("provenance"), d.pop("out"), d.pop("sessions")  # when and where each ran
     assert a.pop("quiet") is True and b.pop("quiet") is False     # a display preference is not replayed
     assert a == b
 

@@ -24,6 +24,7 @@ from robustmaxup.methods import LossOutput
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.train import PerturbationSpec, TrainConfig, loop, setup, train
 from robustmaxup.train import checkpointing, state as state_mod
+from robustmaxup.train.config import RESUMABLE_CHANGES
 
 from tests.fakes import KilledAt
 
@@ -392,7 +393,7 @@ def test_read_metrics_stops_at_the_first_unreadable_line(tmp_path):
 def test_config_json_lists_the_values_given_over_the_recipe(tmp_path):
     cfg = TrainConfig.from_recipe("cohen", dataset="digits", arch="digits_cnn", out=str(tmp_path / "r"),
                                   lr=0.0123, epochs=1)
-    run = SimpleNamespace(out=tmp_path, record=cfg.record({"sigma": 0.25}))
+    run = SimpleNamespace(out=tmp_path, record=cfg.record({"sigma": 0.25}), state=SimpleNamespace(sessions=[]))
     checkpointing.write_config(run, {"git": "x"})
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["recipe_overrides"]["lr"]["value"] == 0.0123
@@ -516,3 +517,86 @@ def test_run_directory_checks(tmp_path):
     with pytest.raises(UserError, match="changed while this run started"):
         lock.acquire()
     assert not state_mod.RunDirLock(fresh).started_empty
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions: each call that trained a run, with its provenance
+# --------------------------------------------------------------------------------------------
+
+
+def _numbered_provenance(monkeypatch):
+    calls = []
+
+    def fake(device=None):
+        calls.append(device)
+        return {"call": len(calls)}
+
+    monkeypatch.setattr(loop, "provenance", fake)
+
+
+def _sessions(out):
+    return (json.loads((out / "config.json").read_text())["sessions"],
+            torch.load(out / "last.pt", weights_only=True)["sessions"])
+
+
+def test_each_call_that_trains_is_a_session_in_config_json_and_the_checkpoint(tmp_path, monkeypatch):
+    """A run trained over two calls lists both: the epoch each began from, the settings a resume
+    may change, and each call's own provenance (config.json's top-level one is the latest)."""
+    _numbered_provenance(monkeypatch)
+    out = tmp_path / "r"
+    train(_cfg(out, epochs=1))
+    train(_cfg(out, epochs=2, device="cpu", resume=True))
+    in_config, in_ckpt = _sessions(out)
+    assert in_config == in_ckpt == [
+        {"from_epoch": 0, "epochs": 1, "device": "auto", "workers": 4, "provenance": {"call": 1}},
+        {"from_epoch": 1, "epochs": 2, "device": "cpu", "workers": 4, "provenance": {"call": 2}},
+    ]
+    assert json.loads((out / "config.json").read_text())["provenance"] == {"call": 2}
+
+
+def test_a_finished_run_resumed_adds_no_session_and_rewrites_nothing(tmp_path, monkeypatch):
+    _numbered_provenance(monkeypatch)
+    out = tmp_path / "r"
+    train(_cfg(out, epochs=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    train(_cfg(out, epochs=1, resume=True))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "config.json").unlink()  # written again, but the call trained nothing: no session
+    train(_cfg(out, epochs=1, resume=True))
+    in_config, in_ckpt = _sessions(out)
+    assert in_config == in_ckpt and [s["provenance"] for s in in_ckpt] == [{"call": 1}]
+
+
+def test_a_call_killed_before_its_first_checkpoint_is_no_session_of_the_run(tmp_path, monkeypatch):
+    """The checkpoint is the record: a resumed call that saved no epoch leaves only config.json
+    naming it, and the next call's list drops it."""
+    _numbered_provenance(monkeypatch)
+    out = tmp_path / "r"
+    train(_cfg(out, epochs=1))
+    killed = KilledAt(monkeypatch, loop, "train_epoch", at=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(out, epochs=2, resume=True))
+    killed.disarm()
+    in_config, in_ckpt = _sessions(out)
+    assert [s["provenance"] for s in in_config] == [{"call": 1}, {"call": 2}]
+    assert [s["provenance"] for s in in_ckpt] == [{"call": 1}]
+    train(_cfg(out, epochs=2, resume=True))
+    in_config, in_ckpt = _sessions(out)
+    assert in_config == in_ckpt and [(s["from_epoch"], s["provenance"]) for s in in_ckpt] == [
+        (0, {"call": 1}), (1, {"call": 3})]
+
+
+def test_a_checkpoint_from_before_sessions_resumes_with_the_new_calls_listed(tmp_path, monkeypatch):
+    _numbered_provenance(monkeypatch)
+    out = tmp_path / "r"
+    train(_cfg(out, epochs=1))
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    del ckpt["sessions"]
+    torch.save(ckpt, out / "last.pt")
+    train(_cfg(out, epochs=2, resume=True))
+    assert [(s["from_epoch"], s["provenance"]) for s in _sessions(out)[1]] == [(1, {"call": 2})]
+
+
+def test_session_settings_are_the_ones_a_resume_may_change():
+    assert set(checkpointing.SESSION_SETTINGS) == {"epochs", "device", "workers"}
+    assert set(checkpointing.SESSION_SETTINGS) <= RESUMABLE_CHANGES

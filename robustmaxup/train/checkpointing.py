@@ -7,7 +7,10 @@ resumes, so a kill between the two writes cannot lose or duplicate an epoch line
 
 A resumed run must have been made with the same result-defining settings
 (:func:`robustmaxup.runtime.records.check_resume`; ``epochs``, ``device``, ``workers``, ``out``
-and the like may change) and the same number of processes.
+and the like may change) and the same number of processes. Each call that trains records a
+*session* (the epoch it started from, the settings a resume may change, and its provenance: git
+SHA, dirty flag, versions, hardware, time), kept in the checkpoint and listed in ``config.json``,
+so a run trained over several calls says what made each part of it.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from robustmaxup.train.state import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LAST", "BEST", "METRICS", "CONFIG", "load_for_resume", "restore", "save", "write_config",
-           "write_metrics", "read_metrics", "clean_metrics"]
+__all__ = ["LAST", "BEST", "METRICS", "CONFIG", "SESSION_SETTINGS", "load_for_resume", "restore", "save",
+           "begin_session", "write_config", "write_metrics", "read_metrics", "clean_metrics"]
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.json"
 
@@ -123,6 +126,7 @@ def restore(run: Run, ckpt: Mapping[str, Any]) -> None:
     run.state.epoch = int(ckpt["epoch"])
     run.state.best = ckpt.get("best")
     run.state.history = [dict(m) for m in ckpt["history"]]
+    run.state.sessions = [dict(s) for s in ckpt.get("sessions", [])]  # older checkpoints hold none
     log.info("resuming %s from epoch %d", run.out, run.state.epoch)
 
 
@@ -150,7 +154,7 @@ def _checkpoint(run: Run, metrics: Mapping[str, Any]) -> dict[str, Any]:
         "scheduler": {"schedule": cfg.schedule, "lr": lr_at(cfg, max(epoch - 1, 0))},
         "rng": {"torch": torch.get_rng_state(), "generators": _generator_states(run)},
         "config": dict(run.record), "metrics": dict(metrics), "history": list(run.state.history),
-        "best": run.state.best, "selection": "last epoch",
+        "best": run.state.best, "selection": "last epoch", "sessions": list(run.state.sessions),
     }
 
 
@@ -195,10 +199,31 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
     return lines
 
 
+#: The settings a resume may change that each session records (with its provenance).
+SESSION_SETTINGS = ("epochs", "device", "workers")
+
+
+def begin_session(run: Run, provenance: Mapping[str, Any]) -> None:
+    """Rank 0, before training: add this call to ``run.state.sessions`` (``{"from_epoch", the
+    :data:`SESSION_SETTINGS`, "provenance"}``; checkpointed with every epoch) and write
+    ``config.json``. A call with nothing left to train (a finished run resumed) adds no session
+    and leaves an existing ``config.json`` as it is."""
+    state, cfg = run.state, run.cfg
+    if state.epoch >= cfg.epochs and (run.out / CONFIG).exists():
+        return
+    if state.epoch < cfg.epochs:
+        plain = json.loads(json.dumps(dict(provenance)))  # torch's version string is no str to a weights-only load
+        state.sessions.append({"from_epoch": state.epoch, **{k: run.record.get(k) for k in SESSION_SETTINGS},
+                               "provenance": plain})
+    write_config(run, provenance)
+
+
 def write_config(run: Run, provenance: Mapping[str, Any]) -> None:
     """``config.json``: the flat config (flag names, method defaults resolved: every value of a
     run made from a ``recipe`` too), ``recipe_overrides`` (the recipe's values that were given
-    otherwise, ``{key: {"recipe": ..., "value": ...}}``; empty without a recipe) and provenance."""
+    otherwise, ``{key: {"recipe": ..., "value": ...}}``; empty without a recipe), the provenance
+    of the call that wrote it, and ``sessions``: every call that trained the run, oldest first
+    (the epochs before the first one listed were trained by a version that kept no sessions)."""
     atomic_write_json(run.out / CONFIG, {**run.record, "recipe_overrides": recipe_overrides(run.record),
-                                         "provenance": dict(provenance)})
+                                         "provenance": dict(provenance), "sessions": list(run.state.sessions)})
     fault_point("train.config")

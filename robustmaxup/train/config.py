@@ -59,7 +59,7 @@ __all__ = [
 RESUMABLE_CHANGES = frozenset({"resume", "device", "epochs", "quiet", "workers", "out", "cache_dir"})
 
 #: Keys of a ``config.json`` that record how a run was made but set nothing.
-_RECORD_ONLY = frozenset({"provenance", "recipe_overrides"})
+_RECORD_ONLY = frozenset({"provenance", "recipe_overrides", "sessions"})
 
 #: Former flat names (and flags) -> (the names that replaced them, why). A layer or flag using one
 #: is refused with a hint naming the new ones, so an old command line cannot silently change

@@ -161,7 +161,7 @@ def _discard_unstarted(run: Run) -> None:
 def _fit(run: Run) -> dict[str, Any]:
     cfg, state, main = run.cfg, run.state, run.dist.main
     if main:
-        checkpointing.write_config(run, provenance(run.device))
+        checkpointing.begin_session(run, provenance(run.device))
         checkpointing.write_metrics(run.out, state.history)  # the checkpoint's record is the log
         log.info("training %s with %s on %s (%d train / %d val images), %s, %d process(es)",
                  cfg.arch, cfg.method, cfg.dataset, len(run.splits["train"]),

@@ -46,12 +46,14 @@ __all__ = ["Run", "TrainState", "RunDirLock", "build_run", "load_splits", "check
 class TrainState:
     """What changes while training, and is checkpointed: ``epoch`` epochs are done; ``best`` is
     the best validation epoch so far (or None); ``history`` holds every done epoch's metrics;
-    ``generator`` draws the method's noise (and attacks) on this rank."""
+    ``generator`` draws the method's noise (and attacks) on this rank; ``sessions`` lists each
+    call that trained the run (rank 0: :func:`robustmaxup.train.checkpointing.begin_session`)."""
 
     generator: torch.Generator
     epoch: int = 0
     best: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, eq=False)
