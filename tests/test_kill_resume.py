@@ -84,7 +84,7 @@ def _crash(argv: list[str], fault: str) -> None:
     assert proc.returncode == 137, (fault, proc.returncode, proc.stderr[-2000:])
 
 
-def _without(d: dict, keys=TIMING_KEYS | {"config", "outputs"}) -> dict:
+def _without(d: dict, keys=TIMING_KEYS | {"config", "outputs", "sessions"}) -> dict:
     """``d`` less ``keys``, and less the time its provenance was taken."""
     out = {k: v for k, v in d.items() if k not in keys}
     if isinstance(out.get("provenance"), dict):
@@ -103,6 +103,9 @@ def _same_smoothing(ref: Path, got: Path) -> None:
     a, b = (json.loads((d / "o.tsv.json").read_text()) for d in (ref, got))
     assert _without(a) == _without(b) and _config(a) == _config(b)
     assert b["complete"] and b["rows"] == 3
+    # the interrupted call (once it had written a sidecar) and the resumed one
+    assert [s["rows_before"] for s in a["sessions"]] == [0] and b["sessions"][0]["rows_before"] == 0
+    assert len(b["sessions"]) in (1, 2) and b["sessions"][-1]["rows_before"] < 3
 
 
 def _same_attack(ref: Path, got: Path) -> None:

@@ -26,6 +26,8 @@ from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 
+from tests.fakes import KilledAt
+
 KW = dict(n0=10, n=100, alpha=0.01, batch_size=100, seed=0, progress=False)
 
 
@@ -200,6 +202,56 @@ def test_resume_with_other_settings_is_refused_and_touches_nothing(split, tmp_pa
         certify_dataset(smooth, split, indices, out=out, resume=True, **{**KW, **change})
     assert needle in str(e.value)
     assert (out.read_text(), Path(str(out) + ".json").read_text()) == before
+
+
+def _numbered_provenance(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "provenance", lambda device=None: calls.append(1) or {"call": len(calls)})
+
+
+def test_each_call_that_writes_an_output_is_a_session_of_its_sidecar(split, tmp_path, monkeypatch):
+    """A certification killed after two rows and resumed lists both calls: how many rows each
+    found written, the process count, and its own provenance (the top-level one is the last)."""
+    _numbered_provenance(monkeypatch)
+    out = tmp_path / "c.tsv"
+    killed = KilledAt(monkeypatch, runner, "stream_generator", at=3)  # the third image's noise
+    with pytest.raises(KeyboardInterrupt):
+        certify_dataset(_smooth(), split, [0, 5, 9, 2], out=out, **KW)
+    killed.disarm()
+    assert _sidecar(out)["sessions"] == [{"rows_before": 0, "world_size": 1, "provenance": {"call": 1}}]
+    rows = certify_dataset(_smooth(), split, [0, 5, 9, 2], out=out, resume=True, **KW)
+    side = _sidecar(out)
+    assert side["sessions"] == [{"rows_before": 0, "world_size": 1, "provenance": {"call": 1}},
+                                {"rows_before": 2, "world_size": 1, "provenance": {"call": 2}}]
+    assert side["provenance"] == {"call": 2} and side["complete"] and [r.idx for r in rows] == [0, 2, 5, 9]
+
+
+def test_a_complete_output_resumed_is_read_and_left_as_it_is(split, tmp_path, monkeypatch):
+    _numbered_provenance(monkeypatch)
+    out, side = tmp_path / "c.tsv", tmp_path / "c.tsv.json"
+    first = certify_dataset(_smooth(), split, [4, 1], out=out, **KW)
+    before = out.read_bytes(), side.read_bytes()
+    again = certify_dataset(_smooth(), split, [4, 1], out=out, resume=True, **KW)
+    assert (out.read_bytes(), side.read_bytes()) == before and again == first
+    assert [r.idx for r in again] == [1, 4]
+    # a sidecar that does not say complete (killed between the merge and its last write): rewritten
+    side.write_text(json.dumps({**json.loads(side.read_text()), "complete": False}))
+    certify_dataset(_smooth(), split, [4, 1], out=out, resume=True, **KW)
+    assert _sidecar(out)["complete"] and [s["rows_before"] for s in _sidecar(out)["sessions"]] == [0, 2]
+
+
+def test_a_sharded_output_is_complete_only_with_no_part_left_and_its_session_counts_processes(
+        split, tmp_path):
+    out = tmp_path / "c.tsv"
+    certify_dataset(_smooth(), split, [4, 1], out=out, **KW)
+    saved = _sidecar(out)
+    shards = runner.Output.at(out, CERTIFY, Dist(rank=0, world=2))
+    shards.check(True, {**saved, "world_size": 2})
+    assert shards.finished(2) and not shards.finished(3)
+    assert shards.sessions({"x": 1})[-1] == {"rows_before": 2, "world_size": 2, "provenance": {"x": 1}}
+    runner.part_path(out, 1).write_text(CERTIFY.header + "\n")  # a part not merged yet
+    shards.check(True, {**saved, "world_size": 2})
+    assert not shards.finished(2)
 
 
 def test_resume_refuses_the_sidecar_of_another_mode(split, tmp_path):

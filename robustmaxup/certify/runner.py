@@ -238,6 +238,10 @@ class Output:
     sidecar: Path
     fmt: TsvFormat
     dist: Dist
+    #: set by :meth:`check`: the rows already written (every part) and the sidecar they were made
+    #: under (None for a new output)
+    rows_before: int = 0
+    saved: dict[str, Any] | None = None
 
     @classmethod
     def at(cls, out: str | Path, fmt: TsvFormat, dist: Dist) -> "Output":
@@ -268,8 +272,9 @@ class Output:
         if not existing and not self.sidecar.exists() and self.dist.main:
             log.info("--resume: %s does not exist yet; starting it", shown(self.final))
         rows = sum(len(read_rows(path, self.fmt).rows) for path in existing)  # foreign: refused
+        self.rows_before = rows
         if self.sidecar.exists():
-            saved = read_sidecar(self.final)
+            saved = self.saved = read_sidecar(self.final)
             if saved.get("command") != record.get("command") or saved.get("mode") != record.get("mode"):
                 raise UserError(f"{shown(self.sidecar)} is not the sidecar of a {self.fmt.name} output; "
                                 "cannot resume; choose another output")
@@ -284,6 +289,19 @@ class Output:
         if blocking:
             raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it "
                             "(same settings only), or choose another output (--out)")
+
+    def finished(self, count: int) -> bool:
+        """Whether a resumed output is already complete: its sidecar says so, and the final file
+        alone holds ``count`` rows (no part is left to merge)."""
+        return (self.saved is not None and self.saved.get("complete") is True
+                and self.rows_before == count and not any(p.exists() for p in self.parts()))
+
+    def sessions(self, provenance: Any) -> list[dict[str, Any]]:
+        """The calls that wrote this output, this one last: ``{"rows_before", "world_size",
+        "provenance"}`` each (outputs of versions that kept no sessions list only the new ones)."""
+        earlier = list((self.saved or {}).get("sessions") or [])
+        return earlier + [{"rows_before": self.rows_before, "world_size": self.dist.world,
+                           "provenance": provenance}]
 
     def done(self) -> set[int]:
         """Indices already written (in the final file or this rank's part)."""
@@ -367,6 +385,11 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
                  output: Output, sidecar: dict[str, Any], device: torch.device,
                  progress: bool) -> list[Row]:
     dist, command = output.dist, mode.command
+    if output.finished(len(indices)):  # a complete output resumed: read, nothing rewritten
+        log.info("%s is complete (%d rows); nothing to do", shown(output.final), len(indices))
+        rows = read_rows(output.final, mode.fmt).rows
+        return [rows[i] for i in sorted(rows)] if dist.main else []
+    sidecar = {**sidecar, "sessions": output.sessions(sidecar["provenance"])}
     ensure_writable_dir(output.final.parent)
     mine = indices[dist.rank::dist.world]
     t_start = time.perf_counter()
