@@ -163,6 +163,37 @@ def test_partial_run_resumes_only_under_the_same_model_seed_and_examples(split, 
     assert done.record["robust_correct"] == 3 and done.record["clean_correct"] == 6  # 1, 2, 4 robust
 
 
+def _numbered_provenance(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "provenance", lambda device=None: calls.append(1) or {"call": len(calls)})
+
+
+def test_each_call_that_attacked_examples_is_a_session_of_the_result(split, tmp_path, monkeypatch):
+    """Killed after one chunk of 4 and resumed: the state file names the first call, the result
+    both, with the examples each found done and its own provenance (the top-level one is the last)."""
+    _numbered_provenance(monkeypatch)
+    model, out = _linear(split), tmp_path / "r.json"
+    _interrupted(split, model, out, monkeypatch)
+    state = torch.load(tmp_path / "r.json.state.pt", weights_only=True)
+    assert state["sessions"] == [{"examples_before": 0, "provenance": {"call": 1}}]
+    done = evaluate_dataset(model, split, list(range(8)), CONFIG, seed=0, out=out, resume=True, progress=False)
+    assert done.record["sessions"] == json.loads(out.read_text())["sessions"] == [
+        {"examples_before": 0, "provenance": {"call": 1}}, {"examples_before": 4, "provenance": {"call": 2}}]
+    assert done.record["provenance"] == {"call": 2}
+
+
+def test_a_state_file_from_before_sessions_resumes_with_the_new_call_listed(split, tmp_path, monkeypatch):
+    _numbered_provenance(monkeypatch)
+    model, out = _linear(split), tmp_path / "r.json"
+    _interrupted(split, model, out, monkeypatch)
+    path = tmp_path / "r.json.state.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["sessions"]
+    torch.save(saved, path)
+    done = evaluate_dataset(model, split, list(range(8)), CONFIG, seed=0, out=out, resume=True, progress=False)
+    assert done.record["sessions"] == [{"examples_before": 4, "provenance": {"call": 2}}]
+
+
 def test_state_with_a_chunk_outside_the_run_is_refused(split, tmp_path, monkeypatch):
     model, out = _linear(split), tmp_path / "r.json"
     _interrupted(split, model, out, monkeypatch)

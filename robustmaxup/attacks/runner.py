@@ -385,7 +385,9 @@ def _upgraded(saved: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**saved, "attack_config": config.as_used()}
 
 
-def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[int, ChunkRecord]:
+def _load_state(path: Path, header: Mapping[str, Any],
+                n_chunks: int) -> tuple[dict[int, ChunkRecord], list[dict[str, Any]]]:
+    """The chunks done and the sessions that did them (none in state files of earlier versions)."""
     state = _read_state(path)
     check_resume(_upgraded(state["header"]), header, RESUME_KEYS, what=shown(path))
     try:
@@ -394,7 +396,8 @@ def _load_state(path: Path, header: Mapping[str, Any], n_chunks: int) -> dict[in
         raise UserError(f"{path} is damaged; remove it to start over") from None
     if any(not 0 <= c < n_chunks for c in done):
         raise UserError(f"{path} does not fit this run's chunks; remove it to start over")
-    return done
+    sessions = state.get("sessions")
+    return done, [dict(s) for s in sessions] if isinstance(sessions, list) else []
 
 
 def _open_log_section(path: Path, done: int, total: int) -> None:
@@ -408,7 +411,8 @@ def _open_log_section(path: Path, done: int, total: int) -> None:
 
 def _save_state(path: Path, header: Mapping[str, Any], done: Mapping[int, ChunkRecord]) -> None:
     atomic_torch_save({"format": STATE_FORMAT, "header": {k: header[k] for k in RESUME_KEYS if k in header},
-                       "chunks": {c: r.to_state() for c, r in done.items()}}, path)
+                       "sessions": header["sessions"], "chunks": {c: r.to_state() for c, r in done.items()}},
+                      path)
 
 
 def _run_chunk(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, *, seed: int,
@@ -584,12 +588,16 @@ def evaluate_dataset(
     b = config.batch_size
     chunks = [idx[s:s + b] for s in range(0, len(idx), b)]
     done: dict[int, ChunkRecord] = {}
+    earlier: list[dict[str, Any]] = []
     if paths is not None and resume:
         if paths.state.exists():
-            done = _load_state(paths.state, header, len(chunks))
+            done, earlier = _load_state(paths.state, header, len(chunks))
             log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
         elif paths.json.exists():
             return _finished(paths, header)
+    # each call that attacked examples, this one last (a call that saved no chunk is none)
+    header["sessions"] = earlier + [{"examples_before": sum(len(r) for r in done.values()),
+                                     "provenance": json.loads(json.dumps(header["provenance"]))}]
 
     chosen = [idx[i] for i in spread_indices(len(idx), CLEAN_CHECK_IMAGES).tolist()]
     dtype = input_dtype(model)
