@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+import torch
 
 from robustmaxup.errors import UserError
 from robustmaxup.runtime import records
@@ -74,3 +75,11 @@ def test_recipe_overrides_lists_every_value_given_over_the_recipe(key):  # kills
     vals = recipe_values("cohen")
     record = {**vals, "recipe": "cohen", key: vals[key] * 2}
     assert recipe_overrides(record) == {key: {"recipe": vals[key], "value": vals[key] * 2}}
+
+
+def test_a_session_entry_is_plain_json_that_a_weights_only_load_accepts(tmp_path):
+    entry = records.session({"torch": torch.__version__, "cudnn": 9}, from_epoch=3)
+    assert entry == {"from_epoch": 3, "provenance": {"torch": str(torch.__version__), "cudnn": 9}}
+    assert type(entry["provenance"]["torch"]) is str  # torch's TorchVersion is refused by weights_only
+    torch.save({"sessions": [entry]}, tmp_path / "s.pt")
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["sessions"] == [entry]

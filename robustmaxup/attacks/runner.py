@@ -79,7 +79,7 @@ from robustmaxup.runtime.io import (
     check_output_path, ensure_writable_dir, shown,
 )
 from robustmaxup.runtime.limits import ACTIVATION_FACTOR, batch_bytes, check_memory
-from robustmaxup.runtime.records import check_resume, provenance
+from robustmaxup.runtime.records import check_resume, provenance, session
 
 log = logging.getLogger(__name__)
 
@@ -596,8 +596,8 @@ def evaluate_dataset(
         elif paths.json.exists():
             return _finished(paths, header)
     # each call that attacked examples, this one last (a call that saved no chunk is none)
-    header["sessions"] = earlier + [{"examples_before": sum(len(r) for r in done.values()),
-                                     "provenance": json.loads(json.dumps(header["provenance"]))}]
+    header["sessions"] = earlier + [session(header["provenance"],
+                                            examples_before=sum(len(r) for r in done.values()))]
 
     chosen = [idx[i] for i in spread_indices(len(idx), CLEAN_CHECK_IMAGES).tolist()]
     dtype = input_dtype(model)

@@ -66,7 +66,7 @@ from robustmaxup.runtime.io import (
 )
 from robustmaxup.runtime.limits import MAX_SAMPLES, batch_bytes, check_memory
 from robustmaxup.runtime.progress import Progress
-from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance
+from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance, session
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.runtime.text import error_summary
 
@@ -300,8 +300,7 @@ class Output:
         """The calls that wrote this output, this one last: ``{"rows_before", "world_size",
         "provenance"}`` each (outputs of versions that kept no sessions list only the new ones)."""
         earlier = list((self.saved or {}).get("sessions") or [])
-        return earlier + [{"rows_before": self.rows_before, "world_size": self.dist.world,
-                           "provenance": provenance}]
+        return earlier + [session(provenance, rows_before=self.rows_before, world_size=self.dist.world)]
 
     def done(self) -> set[int]:
         """Indices already written (in the final file or this rank's part)."""

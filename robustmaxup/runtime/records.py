@@ -5,6 +5,8 @@
 * :func:`checkpoint_record`: a checkpoint's path, hash and metadata, for result sidecars.
 * :func:`check_resume`: certify, attack and train all refuse to continue an output made with
   other result-defining settings, through this one function.
+* :func:`session`: one entry of an output's ``sessions``, the calls that made it (an output
+  continued over several calls says which code and hardware made each part).
 
 Example::
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -120,6 +123,14 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     if device is not None:
         info["device"] = device_description(device)
     return info
+
+
+def session(provenance: Mapping[str, Any], **done: Any) -> dict[str, Any]:
+    """``{**done, "provenance": provenance}``, the entry of one call in an output's ``sessions``
+    (``done``: how far the output was when the call began, e.g. ``from_epoch=3``), in plain JSON
+    types: it is kept in checkpoints and state files that are loaded with ``weights_only``, which
+    refuses torch's version string."""
+    return json.loads(json.dumps({**done, "provenance": dict(provenance)}))
 
 
 def checkpoint_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import atomic_write_json, atomic_write_text, shown
 from robustmaxup.runtime.text import error_summary
-from robustmaxup.runtime.records import check_resume
+from robustmaxup.runtime.records import check_resume, session
 from robustmaxup.train.config import (
     EPOCH_RELATIVE_SCHEDULES, RESUMABLE_CHANGES, TrainConfig, lr_at, recipe_overrides, upgrade_record,
 )
@@ -212,9 +212,8 @@ def begin_session(run: Run, provenance: Mapping[str, Any]) -> None:
     if state.epoch >= cfg.epochs and (run.out / CONFIG).exists():
         return
     if state.epoch < cfg.epochs:
-        plain = json.loads(json.dumps(dict(provenance)))  # torch's version string is no str to a weights-only load
-        state.sessions.append({"from_epoch": state.epoch, **{k: run.record.get(k) for k in SESSION_SETTINGS},
-                               "provenance": plain})
+        state.sessions.append(session(provenance, from_epoch=state.epoch,
+                                      **{k: run.record.get(k) for k in SESSION_SETTINGS}))
     write_config(run, provenance)
 
 
