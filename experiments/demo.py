@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"demo: error: --out {out} is a file; choose a directory", file=sys.stderr)
+        return 2
     if out.exists():  # every run starts clean, but only a directory the demo made is removed
         if any(out.iterdir()) and not (out / MARKER).exists():
             print(f"demo: error: --out {out} exists and was not made by the demo; choose another "

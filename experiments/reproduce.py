@@ -360,6 +360,38 @@ def recorded_times(run_dir: Path, tsv: Path) -> dict[str, Any]:
             "epochs_recorded": len(epochs), "images_recorded": len(rows)}
 
 
+def training_sessions(run_dir: Path) -> list[dict[str, Any]]:
+    """The calls that trained ``run_dir`` (its config.json's ``sessions``: the epoch each began
+    from and its provenance); [] if it has none."""
+    try:
+        sessions = json.loads((run_dir / "config.json").read_text()).get("sessions")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return sessions if isinstance(sessions, list) else []
+
+
+def git_note(info: dict[str, Any]) -> str:
+    """``git <sha>`` with the tree's state: ``(clean)``, ``(dirty tree)`` or ``(state unknown)``."""
+    state = {False: "clean", True: "dirty tree"}.get(info.get("git_dirty"), "state unknown")
+    return f"git {info.get('git_sha') or 'unknown'} ({state})"
+
+
+def sessions_note(sessions: dict[str, list[dict[str, Any]]], epochs: dict[str, int]) -> str:
+    """One line naming, per method, the calls that trained it: the epochs each did, its git
+    commit and device (a table trained over several calls, or machines, says so)."""
+    parts = []
+    for label, calls in sessions.items():
+        spans = []
+        for i, s in enumerate(calls):
+            first = int(s.get("from_epoch", 0)) + 1
+            last = int(calls[i + 1].get("from_epoch", 0)) if i + 1 < len(calls) else epochs[label]
+            p = s.get("provenance") or {}
+            spans.append(f"epochs {first}-{last}: {git_note(p)}, {p.get('device', 'device unknown')}")
+        parts.append(f"{label} in {len(calls)} call{'s' * (len(calls) != 1)} ({'; '.join(spans)})"
+                     if calls else f"{label}: no sessions recorded")
+    return "# training: " + "; ".join(parts) + "\n"
+
+
 def mean_samples(tsv: Path) -> float | None:
     """Mean estimation samples per image of a sequential TSV (its ``n_used``); None otherwise."""
     used = [r.n_used for r in read_certify(tsv)[0] if r.n_used is not None]
@@ -507,6 +539,7 @@ def _main(args: argparse.Namespace, labels: list[str]) -> int:
     print(time_note, end="", flush=True)
     if args.results:
         info = provenance(resolve_device(args.device))
+        trained = {label: training_sessions(out / run_name(label)) for label in labels}
         sigma = args.sigma or "recipe (0.25)"
         epochs = ", ".join(f"{label} {rows[label]['epochs']}" for label in labels)
         extra = f"; extra training flags: {shlex.join(args.train_flags)}" if args.train_flags else ""
@@ -514,7 +547,8 @@ def _main(args: argparse.Namespace, labels: list[str]) -> int:
                   f"{' (digits derivation: ' + ' '.join(DIGITS_DERIVATION) + ')' if args.preset == 'digits' else ''}"
                   f"; epochs: {epochs}{extra}\n"
                   f"# {_certify_note(certification)}\n"
-                  f"# git {info['git_sha']}, {info['device']}, torch {info['torch']}\n"
+                  f"# {git_note(info)}, {info['device']}, torch {info['torch']}\n"
+                  f"{sessions_note(trained, {label: timings[label]['epochs_recorded'] for label in labels})}"
                   f"# {_radius_cap_note(n, alpha, float(args.sigma or 0.25), args.sequential)}\n"
                   f"{time_note}{budget_note}")
         atomic_write_text(args.results + ".md", header + (out / TABLE).read_text())
@@ -525,7 +559,8 @@ def _main(args: argparse.Namespace, labels: list[str]) -> int:
             "train_flags": args.train_flags, "certification": certification,
             "columns": {label: str(t) for label, t in tsvs.items()}, "commands": commands,
             "timings_s": timings, "this_call_total_s": round(time.perf_counter() - t_call, 3),
-            "provenance": info, "sidecars": {label: read_sidecar(t) for label, t in tsvs.items()},
+            "provenance": info, "training_sessions": trained,
+            "sidecars": {label: read_sidecar(t) for label, t in tsvs.items()},
         })
     return 0
 

@@ -315,6 +315,41 @@ def test_results_json_times_and_provenance(results):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=EXPERIMENTS, capture_output=True, text=True)
     assert r["provenance"]["git_sha"] == (head.stdout.strip() or os.environ.get("ROBUSTMAXUP_GIT_SHA"))
     assert "git_dirty" in r["provenance"] and r["provenance"]["device"]
+    sessions = r["training_sessions"]
+    assert list(sessions) == ["gaussian"] and len(sessions["gaussian"]) == 1
+    assert sessions["gaussian"][0]["from_epoch"] == 0 and sessions["gaussian"][0]["epochs"] == 1
+    assert sessions["gaussian"][0] == json.loads((out / "gaussian" / "config.json").read_text())["sessions"][0]
+
+
+def test_git_note_names_the_state_of_the_tree():
+    rep = load_experiment("reproduce")
+    assert rep.git_note({"git_sha": "abc", "git_dirty": False}) == "git abc (clean)"
+    assert rep.git_note({"git_sha": "abc", "git_dirty": True}) == "git abc (dirty tree)"
+    assert rep.git_note({}) == "git unknown (state unknown)"
+
+
+def test_sessions_note_gives_each_calls_epochs_commit_and_device():
+    rep = load_experiment("reproduce")
+    h100 = {"git_sha": "a1", "git_dirty": False, "device": "NVIDIA H100"}
+    h200 = {"git_sha": "b2", "git_dirty": True, "device": "NVIDIA H200"}
+    note = rep.sessions_note({"gaussian": [{"from_epoch": 0, "provenance": h100},
+                                           {"from_epoch": 45, "provenance": h200}],
+                              "maxup m=4": [{"from_epoch": 0, "provenance": h100}],
+                              "macer": []},
+                             {"gaussian": 90, "maxup m=4": 60, "macer": 3})
+    assert note == ("# training: gaussian in 2 calls (epochs 1-45: git a1 (clean), NVIDIA H100; "
+                    "epochs 46-90: git b2 (dirty tree), NVIDIA H200); "
+                    "maxup m=4 in 1 call (epochs 1-60: git a1 (clean), NVIDIA H100); "
+                    "macer: no sessions recorded\n")
+
+
+def test_training_sessions_reads_config_json_and_tolerates_its_absence(tmp_path):
+    rep = load_experiment("reproduce")
+    assert rep.training_sessions(tmp_path) == []
+    (tmp_path / "config.json").write_text(json.dumps({"lr": 0.1}))
+    assert rep.training_sessions(tmp_path) == []
+    (tmp_path / "config.json").write_text(json.dumps({"sessions": [{"from_epoch": 0}]}))
+    assert rep.training_sessions(tmp_path) == [{"from_epoch": 0}]
 
 
 def test_results_md_header(results):
@@ -325,10 +360,14 @@ def test_results_md_header(results):
                         "epochs: gaussian 1; extra training flags: --max-train 128 --max-eval 20 --epochs 1")
     assert lines[1] == "# certification: fixed n = 100 (n0 = 20), alpha = 0.001, skip 3, max 4 images"
     prov = r["provenance"]
-    assert lines[2] == f"# git {prov['git_sha']}, {prov['device']}, torch {torch.__version__}"
+    state = "dirty tree" if prov["git_dirty"] else "clean"
+    assert lines[2] == f"# git {prov['git_sha']} ({state}), {prov['device']}, torch {torch.__version__}"
+    trained = r["training_sessions"]["gaussian"][0]["provenance"]
+    assert lines[3] == (f"# training: gaussian in 1 call (epochs 1-1: git {trained['git_sha']} ({state}), "
+                        f"{trained['device']})")
     cap = 0.5 * norm.ppf(0.001 ** (1 / 100))    # at σ = 0.5, not the recipes' 0.25
-    assert lines[3] == f"# largest certifiable radius at n = 100, alpha = 0.001: {cap:.4f}"
-    assert lines[4].startswith("# wall time from the records") and lines[5].startswith("# this call:")
+    assert lines[4] == f"# largest certifiable radius at n = 100, alpha = 0.001: {cap:.4f}"
+    assert lines[5].startswith("# wall time from the records") and lines[6].startswith("# this call:")
     assert results.md.endswith((results.out / "table.md").read_text())
 
 

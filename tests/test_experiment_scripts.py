@@ -58,6 +58,16 @@ def test_demo_never_removes_a_directory_it_did_not_make(tmp_path, capsys):
     assert "was not made by the demo" in err and len(err.strip().splitlines()) == 1
 
 
+def test_demo_refuses_a_file_as_its_directory_in_one_line(tmp_path, capsys):
+    demo = load_experiment("demo")
+    target = tmp_path / "notes.txt"
+    target.write_text("keep")
+    assert demo.main(["--out", str(target), "--epochs", "1"]) == 2
+    assert target.read_text() == "keep"
+    err = capsys.readouterr().err
+    assert "is a file; choose a directory" in err and len(err.strip().splitlines()) == 1
+
+
 def test_demo_replaces_its_own_directory_and_runs_one_epoch(tmp_path):
     demo = load_experiment("demo")
     out = tmp_path / "demo"
