@@ -153,6 +153,27 @@ class Variant:
         return cls(spec, **fields)
 
 
+def warmup_n(n: int, per_round: int) -> int:
+    """Samples per image for a warm-up that meets every batch shape an ``n``-sample run does
+    (``per_round`` samples per image at a time, the last round ragged): two full rounds and the
+    ragged one, or all of ``n`` when that is no more. cuDNN autotunes, and ``torch.compile``
+    (``dynamic=False``) compiles, each new shape on first sight: never inside the timed runs."""
+    return min(n, 2 * per_round + n % per_round)
+
+
+def warmup_groups(images: int, k: int) -> list[int]:
+    """Image-group sizes for a warm-up that meets every packing of ``images`` images ``k`` at a
+    time: a full group and, if the last group is smaller, one of its size."""
+    full = min(k, images)
+    return [full] + ([images % k] if images > k and images % k else [])
+
+
+def our_round(smooth, batch: int, k: int) -> int:
+    """Samples per image in one round of ``Smooth.sample_counts`` (``q`` noise chunks of
+    ``noise_chunk``, ``q = max(1, batch // (k * noise_chunk))``)."""
+    return max(1, batch // (k * smooth.noise_chunk)) * smooth.noise_chunk
+
+
 def bench_one(cfg, device, args):
     """Times the reference and every variant on the same inputs. Each gets its own copy of one
     random-weight model (Smooth converts a model to channels_last in place on CUDA: the
@@ -165,8 +186,8 @@ def bench_one(cfg, device, args):
     ref_model = copy.deepcopy(model)
     shape = cfg["shape"]
     xs = torch.rand(cfg["images"], *shape, device=device)
-    # warm-up (cudnn autotune at its own batch size, allocator) on one image, untimed
-    reference_certify(ref_model, xs[0], cfg["n0"], min(cfg["n"], 2 * cfg["batch_ref"]), cfg["alpha"],
+    # warm-up (cudnn autotune of every batch shape it will use, allocator) on one image, untimed
+    reference_certify(ref_model, xs[0], cfg["n0"], warmup_n(cfg["n"], cfg["batch_ref"]), cfg["alpha"],
                       cfg["batch_ref"], cfg["sigma"], cfg["num_classes"])
     variants = []
     for v in map(Variant.parse, args.variants):
@@ -175,7 +196,10 @@ def bench_one(cfg, device, args):
         smooth = Smooth(copy.deepcopy(model), cfg["num_classes"], cfg["sigma"], precision=v.precision,
                         compile=v.compile, fold_bn=v.fold_bn)
         t0 = time.perf_counter()
-        time_ours(smooth, xs[:1], {**vcfg, "n": min(cfg["n"], 2 * vcfg["batch"])}, device)
+        k = vcfg["images_per_batch"]
+        for size in warmup_groups(cfg["images"], k):  # every shape of the timed runs, untimed
+            per_round = our_round(smooth, vcfg["batch"], size)
+            time_ours(smooth, xs[:size], {**vcfg, "n": warmup_n(cfg["n"], per_round)}, device)
         variants.append((v, vcfg, smooth, time.perf_counter() - t0))
     ref_times: list[float] = []
     times: dict[str, list[float]] = {v.spec: [] for v, *_ in variants}

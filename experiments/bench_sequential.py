@@ -510,10 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     runners = {"sequences": compare_sequences, "linear": linear_section, "digits": digits_section,
                "predict": predict_section, "cifar10": cifar_section}
-    for name in sections:
+    for i, name in enumerate(sections):  # the JSON is rewritten after each: a cut-off run keeps the done ones
         t0 = time.perf_counter()
         results[name] = runners[name](args)
         results[name]["section_s"] = time.perf_counter() - t0
+        if args.out:
+            _write(args.out, _report(args, quick, results, t_all, complete=i == len(sections) - 1))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace, quick: bool, results: dict[str, Any], t_all: float,
+            complete: bool) -> dict[str, Any]:
+    """The JSON report of the sections done so far (``complete``: all that were asked for)."""
     summary: dict[str, Any] = {}
     if "linear" in results:
         summary["linear_simulated"] = results["linear"]["simulated"]["compare"]
@@ -526,17 +536,18 @@ def main(argv: list[str] | None = None) -> int:
     if "sequences" in results:
         summary["sequences_mean_samples"] = {k: v["sequential"]["mean_samples"]
                                              for k, v in results["sequences"]["population"]["runs"].items()}
-    report = {"benchmark": "bench_sequential", "quick": quick, "config": vars(args), "radii": list(RADII),
-              "default_sequence": bounds.DEFAULT_SEQUENCE, "results": results, "summary": summary,
-              "total_s": time.perf_counter() - t_all, "provenance": provenance_record()}
-    if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1, default=float) + "\n")
-        tmp.replace(path)
-        print(f"wrote {args.out}")
-    return 0
+    return {"benchmark": "bench_sequential", "quick": quick, "complete": complete, "config": vars(args),
+            "radii": list(RADII), "default_sequence": bounds.DEFAULT_SEQUENCE, "results": results,
+            "summary": summary, "total_s": time.perf_counter() - t_all, "provenance": provenance_record()}
+
+
+def _write(out: str, report: dict[str, Any]) -> None:
+    """``report`` as JSON at ``out``, atomically (a temp file, then a rename)."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

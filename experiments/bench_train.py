@@ -8,8 +8,9 @@ other registered method's cost relative to Gaussian is printed next to it.
 Evidence: this script prints, for each configuration, img/s, step time relative to our Gaussian
 step, and (on CUDA) peak memory relative to it, measured on the same random CIFAR-shaped data in
 the same process. Every step function is built and warmed up first, one at a time, each one's
-peak memory measured then (allocated bytes above what was allocated before it was built: its
-model, optimizer, data and the step's activations); then they are timed in ``--rounds``
+peak memory measured then, over two steady-state steps after its warm-up (allocated bytes above
+what was allocated before it was built: its model, optimizer, data and the step's activations,
+not cuDNN's autotuning scratch); then they are timed in ``--rounds``
 alternating rounds of ``--steps`` steps, each round starting at the next configuration, and the
 median round is reported, so clock ramp-up and drift fall on every configuration alike. Compiled
 configurations are compared with compiled Gaussian. The reference's DataLoader workers keep
@@ -65,19 +66,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: steps after the warm-up whose peak memory is measured (CUDA): the steady state, without the
+#: scratch space cuDNN's autotuning borrows the first time it meets a shape (which would fall on
+#: whichever configuration meets a shape first, and so flatter the ones built after it)
+MEMORY_STEPS = 2
+
+
 def _build(factory: Callable[[], Callable[[], None]], device: torch.device, warmup: int) -> tuple[Callable[[], None], float | None]:
-    """The step ``factory`` makes, warmed up, and its peak memory in MiB (CUDA only): allocated
-    bytes above what was allocated before it was built."""
+    """The step ``factory`` makes, warmed up, and its peak memory in MiB (CUDA only): the most
+    allocated during :data:`MEMORY_STEPS` steady-state steps, above what was allocated before it
+    was built (so its model, optimizer, data and activations count; autotuning scratch does not)."""
+    cuda = device.type == "cuda"
     _sync(device)
-    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if cuda else 0
     step = factory()
     for _ in range(warmup):
         step()
+    if not cuda:
+        return step, None
     _sync(device)
-    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
-    return step, peak
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(MEMORY_STEPS):
+        step()
+    _sync(device)
+    return step, (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def _time(step: Callable[[], None], device: torch.device, steps: int) -> float:
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     device = resolve_device(args.device)
+    if device.type == "cuda":  # from the start, for every side alike (our setup() turns it on too)
+        torch.backends.cudnn.benchmark = True
     arch = args.arch or ("cifar_resnet20" if args.quick else "cifar_resnet110")
     batch = args.batch or (16 if args.quick else 256)
     steps = args.steps or (1 if args.quick else 5)
@@ -214,7 +228,7 @@ def _bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
             factories[f"{label} (compiled)"] = (
                 lambda m=method, h=hp: our_step_factory(split, arch, batch, m, h, device, stack, compile=True))
     config = {**vars(args), "arch": arch, "batch": batch, "steps": steps, "rounds": rounds, "warmup": warmup,
-              "copies": ms, "workers": workers}
+              "copies": ms, "workers": workers, "cudnn_benchmark": torch.backends.cudnn.benchmark}
     results: dict[str, dict[str, Any]] = {}
     built: dict[str, Callable[[], None]] = {}
     for label, factory in factories.items():  # one at a time: each one's memory is its own

@@ -20,14 +20,14 @@
 #   OUT        where results go (default ./gpu_out)
 #   DATA       the CIFAR-10 tarball (default data/cifar10-jpeg.tar.gz; carry `data`)
 #   GIT_SHA    the commit the working tree was copied from (the copy has no .git); recorded
-#   GIT_DIRTY  1 if that tree had uncommitted changes (default 0)
+#   GIT_DIRTY  1 if that tree had uncommitted changes, 0 if not (unset: recorded as unknown)
 #   SMOKE=1    tiny settings that run on a CPU in minutes: tests the plumbing, not the GPU
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: bash experiments/gpu_call.sh check|bench|table [...]" >&2; exit 2; }
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 ROBUSTMAXUP_CACHE=${ROBUSTMAXUP_CACHE:-/tmp/robustmaxup-cache}
-export ROBUSTMAXUP_GIT_SHA=${GIT_SHA:-} ROBUSTMAXUP_GIT_DIRTY=${GIT_DIRTY:-0}
+export ROBUSTMAXUP_GIT_SHA=${GIT_SHA:-} ROBUSTMAXUP_GIT_DIRTY=${GIT_DIRTY:-}
 DATA=${DATA:-data/cifar10-jpeg.tar.gz}
 LIMIT=${LIMIT:-540}
 SMOKE=${SMOKE:-0}

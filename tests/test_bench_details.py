@@ -149,6 +149,7 @@ def test_variant_refuses_a_value_on_a_precision_token(certify_bench):
 
 class _FakeSmooth:
     made: list = []
+    noise_chunk = 30
 
     def __init__(self, model, num_classes, sigma, **kw):
         self.model, self.kw = model, kw
@@ -172,9 +173,9 @@ def _run_bench_one(bench, monkeypatch, variants, ref_times, our_times, our_preds
     def fake_time_ours(smooth, xs, cfg, device):
         spec = next(v for v in variants if _FakeSmooth.made[variants.index(v)] is smooth)
         log.append(("ours", spec, len(xs), cfg["n"], cfg["batch"], cfg["images_per_batch"]))
-        if len(xs) == 1:
+        if (len(xs), cfg["n"]) != (3, 1000):  # a warm-up
             return 0.0, []
-        k = sum(e[0] == "ours" and e[1] == spec and e[2] > 1 for e in log) - 1
+        k = sum(e[0] == "ours" and e[1] == spec and e[2:4] == (3, 1000) for e in log) - 1
         return our_times[spec][k], our_preds[spec]
 
     monkeypatch.setattr(bench, "time_reference", fake_time_reference)
@@ -224,11 +225,25 @@ def test_bench_one_warms_every_side_then_alternates_on_the_same_images(certify_b
     preds = {v: [(1, 0.1)] * 3 for v in variants}
     r, log, model = _run_bench_one(certify_bench, monkeypatch, variants, [2.0, 2.0], times, preds)
     ref_id = log[0][1]
-    assert log[0] == ("warm-ref", ref_id, 600) and ref_id != id(model)      # min(n, 2 * batch_ref)
-    assert log[1:3] == [("ours", "fp32", 1, 400, 200, 1), ("ours", variants[1], 1, 100, 50, 2)]
+    # warm-ups meet every shape of the timed runs: two rounds and the ragged one; each packing
+    assert log[0] == ("warm-ref", ref_id, 700) and ref_id != id(model)      # 2 x 300 + 1000 % 300
+    assert log[1:4] == [("ours", "fp32", 1, 460, 200, 1),       # rounds of 6 x 30: 2 x 180 + 1000 % 180
+                        ("ours", variants[1], 2, 70, 50, 2),    # 2 images: 1 x 30 per round; 60 + 10
+                        ("ours", variants[1], 1, 70, 50, 2)]    # the last group, 1 image: 50 // 30 = 1
     timed = [("ref", ref_id, 3, 1000), ("ours", "fp32", 3, 1000, 200, 1), ("ours", variants[1], 3, 1000, 50, 2)]
-    assert log[3:] == timed * 2
+    assert log[4:] == timed * 2
     assert r["reference_s_per_image_at_target_n"] == 2.0 and r["variants"][0]["s_per_image_at_target_n"] == 1.0
+
+
+def test_warmup_sizes_cover_every_round_and_packing(certify_bench):
+    b = certify_bench
+    assert b.warmup_n(100_000, 1000) == 2000 and b.warmup_n(10_000, 4000) == 10_000   # 8,000 + 2,000 > n
+    assert b.warmup_n(1000, 300) == 700 and b.warmup_n(500, 1000) == 500
+    assert b.warmup_groups(4, 1) == [1] and b.warmup_groups(4, 2) == [2] and b.warmup_groups(5, 2) == [2, 1]
+    assert b.warmup_groups(3, 8) == [3]
+    smooth = SimpleNamespace(noise_chunk=100)
+    assert b.our_round(smooth, 1000, 1) == 1000 and b.our_round(smooth, 1000, 4) == 200
+    assert b.our_round(smooth, 1000, 16) == 100 and b.our_round(smooth, 250, 1) == 200
 
 
 def test_full_configs_are_like_for_like_at_the_stated_n(certify_bench):
@@ -279,8 +294,10 @@ def test_build_peak_memory_is_mib_above_what_was_allocated_before(train_bench, m
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 100 * 2**20)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: events.append("reset"))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 400 * 2**20)
-    _, peak = train_bench._build(lambda: events.append("build") or (lambda: None), torch.device("cuda"), 1)
-    assert peak == pytest.approx(300.0) and events == ["reset", "build"]
+    _, peak = train_bench._build(lambda: events.append("build") or (lambda: events.append("step")),
+                                 torch.device("cuda"), 1)
+    # measured over steady-state steps after the warm-up: autotuning scratch is no step's memory
+    assert peak == pytest.approx(300.0) and events == ["build", "step", "reset", "step", "step"]
 
 
 def _run_train_bench(bench, monkeypatch, **kw):
@@ -600,15 +617,17 @@ def test_bench_pgd_ratios_are_ours_over_each_reference_from_median_times(attack_
 
 
 def test_bench_autoattack_seconds_per_thousand_images(attack_bench, monkeypatch):
-    clock, _ = _install_clock(monkeypatch, attack_bench)
+    clock, events = _install_clock(monkeypatch, attack_bench)
 
     def fake_aa(model, x, y, *, eps, version, batch_size, seed):
+        events.append("attack")
         clock.now += 5.0
         return SimpleNamespace(seconds={"apgd-ce": 5.0}, stages={"clean": torch.tensor([True, False, True, True])})
 
     monkeypatch.setattr(attack_bench, "run_autoattack", fake_aa)
     r = attack_bench.bench_autoattack(nn.Flatten(), torch.zeros(4, 3), eps=0.1, batch=4)
     assert (r["images"], r["seconds"], r["seconds_per_1000_images"]) == (4, 5.0, 1250.0)
+    assert events == ["sync", "clock", "attack", "sync", "clock"]  # the device is idle at both reads
     assert r["robust_accuracy_after"] == {"clean": 0.75}
 
 
@@ -628,6 +647,11 @@ def test_attack_main_records_the_subset_batch_and_device(attack_bench, monkeypat
     assert seen["aa"] == (3, {"eps": 8 / 255, "batch": 500})
     report = json.loads(out.read_text())
     assert "device" in report["provenance"] and report["config"]["batch"] == 600
+    out.unlink()  # without --out nothing is written (a smoke run never lands among the results)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["bench_attack.py", "--device", "cpu", "--batch", "600"])
+    attack_bench.main()
+    assert list(tmp_path.rglob("*.json")) == []
 
 
 class FirstLookOnlyRng:
@@ -706,3 +730,22 @@ def test_sequential_main_summary_full_defaults_and_provenance(seq_bench, monkeyp
                                  "predict_digits": {"sample_ratio": 5.0, "wall_ratio": 4.0, "same_prediction": 2}}
     assert seen == {"linear": 2000, "smooth": 50, "digits": 60}
     assert "git_dirty" in report["provenance"] and "command" in report["provenance"]
+
+
+def test_sequential_json_is_written_after_each_section(seq_bench, monkeypatch, tmp_path):
+    """A run cut off in a later section keeps the earlier ones, marked incomplete."""
+    out = tmp_path / "s.json"
+    monkeypatch.setattr(seq_bench, "digits_section", lambda args: {"compare": {"tag": "digits"}})
+
+    def cut(args):
+        report = json.loads(out.read_text())
+        assert report["complete"] is False and report["summary"] == {"digits": {"tag": "digits"}}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seq_bench, "cifar_section", cut)
+    with pytest.raises(KeyboardInterrupt):
+        seq_bench.main(["--sections", "digits,cifar10", "--out", str(out)])
+    assert list(json.loads(out.read_text())["results"]) == ["digits"]
+    monkeypatch.setattr(seq_bench, "cifar_section", lambda args: {"compare": {"tag": "cifar"}})
+    assert seq_bench.main(["--sections", "digits,cifar10", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["complete"] is True
