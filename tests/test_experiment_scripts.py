@@ -98,7 +98,7 @@ def test_bench_certify_quick_records_a_conservative_like_for_like_run(tmp_path, 
     for r in report["results"]:
         assert r["cudnn_benchmark"] is True and len(r["reference_times"]) == 2
         assert all(v["prediction_agreement_with_reference"] == 1.0 for v in r["variants"])
-    assert ref_calls[0][1] == 800  # warm-up: min(n, 2 * batch_ref), not 2 * our batch
+    assert ref_calls[0][1] == 1000  # warm-up at its own batch: 2 x 400 and the ragged 1000 % 400
     first_model_refs = {m for m, _ in ref_calls[:3]}  # warm-up + 2 timed repeats of the first model
     assert len(first_model_refs) == 1 and not first_model_refs & set(smooth_models[:2])
     assert len(set(smooth_models[:2])) == 2  # each variant its own copy

@@ -105,7 +105,7 @@ def _same_smoothing(ref: Path, got: Path) -> None:
     assert b["complete"] and b["rows"] == 3
     # the interrupted call (once it had written a sidecar) and the resumed one
     assert [s["rows_before"] for s in a["sessions"]] == [0] and b["sessions"][0]["rows_before"] == 0
-    assert len(b["sessions"]) in (1, 2) and b["sessions"][-1]["rows_before"] < 3
+    assert len(b["sessions"]) in (1, 2) and b["sessions"][-1]["rows_before"] <= 3  # 3: killed after the rows
 
 
 def _same_attack(ref: Path, got: Path) -> None:
