@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -25,3 +27,14 @@ def load_experiment(name: str) -> ModuleType:
         del sys.modules[qualified]
         raise
     return module
+
+
+def script_fixture(name: str):
+    """A module-scoped pytest fixture giving ``experiments/<name>.py`` (``chk =
+    script_fixture("check_precision")`` at a test module's top level)."""
+
+    @pytest.fixture(scope="module")
+    def fixture() -> ModuleType:
+        return load_experiment(name)
+
+    return fixture

@@ -24,27 +24,12 @@ import torch
 from scipy.stats import beta, norm
 from torch import nn
 
-from experiment_scripts import load_experiment  # noqa: E402
+from experiment_scripts import script_fixture  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def certify_bench():
-    return load_experiment("bench_certify")
-
-
-@pytest.fixture(scope="module")
-def train_bench():
-    return load_experiment("bench_train")
-
-
-@pytest.fixture(scope="module")
-def seq_bench():
-    return load_experiment("bench_sequential")
-
-
-@pytest.fixture(scope="module")
-def attack_bench():
-    return load_experiment("bench_attack")
+certify_bench = script_fixture("bench_certify")
+train_bench = script_fixture("bench_train")
+seq_bench = script_fixture("bench_sequential")
+attack_bench = script_fixture("bench_attack")
 
 
 class Clock:

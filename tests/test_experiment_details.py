@@ -30,17 +30,10 @@ from robustmaxup.certify.smooth import Certificate
 from robustmaxup.certify.tsv import read_certify
 from robustmaxup.errors import UserError
 from robustmaxup.train.checkpointing import read_metrics
-from experiment_scripts import EXPERIMENTS, load_experiment  # noqa: E402
+from experiment_scripts import EXPERIMENTS, load_experiment, script_fixture  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def rep():
-    return load_experiment("reproduce")
-
-
-@pytest.fixture(scope="module")
-def chk():
-    return load_experiment("check_precision")
+rep = script_fixture("reproduce")
+chk = script_fixture("check_precision")
 
 
 def _args(rep, *argv: str):
