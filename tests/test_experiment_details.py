@@ -314,15 +314,13 @@ def test_results_json_times_and_provenance(results):
     assert sessions["gaussian"][0] == json.loads((out / "gaussian" / "config.json").read_text())["sessions"][0]
 
 
-def test_git_note_names_the_state_of_the_tree():
-    rep = load_experiment("reproduce")
+def test_git_note_names_the_state_of_the_tree(rep):
     assert rep.git_note({"git_sha": "abc", "git_dirty": False}) == "git abc (clean)"
     assert rep.git_note({"git_sha": "abc", "git_dirty": True}) == "git abc (dirty tree)"
     assert rep.git_note({}) == "git unknown (state unknown)"
 
 
-def test_sessions_note_gives_each_calls_epochs_commit_and_device():
-    rep = load_experiment("reproduce")
+def test_sessions_note_gives_each_calls_epochs_commit_and_device(rep):
     h100 = {"git_sha": "a1", "git_dirty": False, "device": "NVIDIA H100"}
     h200 = {"git_sha": "b2", "git_dirty": True, "device": "NVIDIA H200"}
     note = rep.sessions_note({"gaussian": [{"from_epoch": 0, "provenance": h100},
@@ -336,8 +334,7 @@ def test_sessions_note_gives_each_calls_epochs_commit_and_device():
                     "macer: no sessions recorded\n")
 
 
-def test_training_sessions_reads_config_json_and_tolerates_its_absence(tmp_path):
-    rep = load_experiment("reproduce")
+def test_training_sessions_reads_config_json_and_tolerates_its_absence(rep, tmp_path):
     assert rep.training_sessions(tmp_path) == []
     (tmp_path / "config.json").write_text(json.dumps({"lr": 0.1}))
     assert rep.training_sessions(tmp_path) == []
