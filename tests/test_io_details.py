@@ -1,7 +1,8 @@
 """Details of the certify/predict TSV rows (robustmaxup.certify.tsv), index sampling
 (robustmaxup.data.sampling), BatchNorm folding (robustmaxup.models.fold) and progress lines
-(robustmaxup.runtime.progress) that the broader tests leave open. Each test pins one behaviour found unguarded by a mutation audit; every expected value
-is worked out by hand (in the comments), not copied from a run."""
+(robustmaxup.runtime.progress) that the broader tests leave open. Each test pins one behaviour
+found unguarded by a mutation audit; every expected value is worked out by hand (in the
+comments), not copied from a run."""
 
 from __future__ import annotations
 
