@@ -51,3 +51,17 @@ def digits_checkpoint(tmp_path_factory) -> str:
                            "model": model.eval().state_dict(), "method": "gaussian",
                            "hparams": {"sigma": 0.25}, "epoch": 1})
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def untrained_ckpt(tmp_path_factory) -> str:
+    """An untrained digits_cnn checkpoint (training sigma 0.25), for tests of what commands and
+    runners do with a checkpoint, not of how well it certifies."""
+    from robustmaxup.checkpoints import build_model_for, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("untrained") / "digits.pt"
+    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
+                           "model": build_model_for("digits_cnn", "digits").eval().state_dict(),
+                           "method": "gaussian", "hparams": {"sigma": 0.25}, "epoch": 1})
+    return str(path)

@@ -34,3 +34,15 @@ class KilledAt:
     def disarm(self) -> None:
         """Put the replaced function back."""
         self._restore()
+
+
+def number_provenance(monkeypatch: Any, module: Any) -> None:
+    """Replace ``module.provenance`` with one that returns ``{"call": k}`` on its k-th call, so a
+    test can tell apart the records of an interrupted call and the call that resumed it."""
+    calls: list[Any] = []
+
+    def numbered(device: Any = None) -> dict[str, int]:
+        calls.append(device)
+        return {"call": len(calls)}
+
+    monkeypatch.setattr(module, "provenance", numbered)

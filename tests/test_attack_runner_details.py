@@ -25,7 +25,7 @@ from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
 from robustmaxup.runtime.seeds import stream_generator, stream_seed
 from tests.classifiers import LinearK
-from tests.fakes import KilledAt
+from tests.fakes import KilledAt, number_provenance
 
 T, F = True, False
 
@@ -163,15 +163,10 @@ def test_partial_run_resumes_only_under_the_same_model_seed_and_examples(split, 
     assert done.record["robust_correct"] == 3 and done.record["clean_correct"] == 6  # 1, 2, 4 robust
 
 
-def _numbered_provenance(monkeypatch):
-    calls = []
-    monkeypatch.setattr(runner, "provenance", lambda device=None: calls.append(1) or {"call": len(calls)})
-
-
 def test_each_call_that_attacked_examples_is_a_session_of_the_result(split, tmp_path, monkeypatch):
     """Killed after one chunk of 4 and resumed: the state file names the first call, the result
     both, with the examples each found done and its own provenance (the top-level one is the last)."""
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, runner)
     model, out = _linear(split), tmp_path / "r.json"
     _interrupted(split, model, out, monkeypatch)
     state = torch.load(tmp_path / "r.json.state.pt", weights_only=True)
@@ -183,7 +178,7 @@ def test_each_call_that_attacked_examples_is_a_session_of_the_result(split, tmp_
 
 
 def test_a_state_file_from_before_sessions_resumes_with_the_new_call_listed(split, tmp_path, monkeypatch):
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, runner)
     model, out = _linear(split), tmp_path / "r.json"
     _interrupted(split, model, out, monkeypatch)
     path = tmp_path / "r.json.state.pt"

@@ -33,19 +33,6 @@ def _job(monkeypatch, argv):
     return jobs[0]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    """An untrained digits_cnn checkpoint with training sigma 0.25."""
-    from robustmaxup.checkpoints import build_model_for, save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
-                           "model": build_model_for("digits_cnn", "digits").eval().state_dict(),
-                           "method": "gaussian", "hparams": {"sigma": 0.25}, "epoch": 1})
-    return str(path)
-
-
 # ----------------------------------------------------------------------------- robustmaxup itself
 def test_each_subcommand_dispatches_to_its_own_module(monkeypatch):
     assert list(SUBCOMMANDS) == ["train", "certify", "predict", "analyze", "attack", "export"]
@@ -212,9 +199,9 @@ def _evaluate(monkeypatch, argv):
     return calls[0]
 
 
-def test_attack_run_gets_every_setting(ckpt, tmp_path, monkeypatch):
+def test_attack_run_gets_every_setting(untrained_ckpt, tmp_path, monkeypatch):
     out = tmp_path / "r.json"
-    indices, cfg, kw = _evaluate(monkeypatch, [ckpt, "--dataset", "digits", "--eps", "8/255", "--attack",
+    indices, cfg, kw = _evaluate(monkeypatch, [untrained_ckpt, "--dataset", "digits", "--eps", "8/255", "--attack",
                                                "pgd", "--n-examples", "5", "--seed", "7", "--out", str(out),
                                                "--resume", "--quiet", "--device", "cpu", "--save-adv",
                                                str(tmp_path / "adv.pt")])
@@ -225,22 +212,22 @@ def test_attack_run_gets_every_setting(ckpt, tmp_path, monkeypatch):
     assert kw["extra_record"]["config"]["eps_value"] == 8 / 255
 
 
-def test_attack_run_defaults_and_the_checkpoints_sigma(ckpt, tmp_path, monkeypatch):
+def test_attack_run_defaults_and_the_checkpoints_sigma(untrained_ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    indices, cfg, kw = _evaluate(monkeypatch, [ckpt, "--dataset", "digits", "--eps", "0.5", "--smoothed",
+    indices, cfg, kw = _evaluate(monkeypatch, [untrained_ckpt, "--dataset", "digits", "--eps", "0.5", "--smoothed",
                                                "--device", "cpu"])
     assert len(indices) == 360 and (cfg.version, cfg.sigma, cfg.m, cfg.norm) == ("rand", 0.25, 32, "Linf")
     assert (kw["seed"], kw["resume"], kw["progress"]) == (0, False, True)
     assert kw["out"] == Path("attack_digits_autoattack_Linf_eps0.5_smoothed.json")
 
 
-def test_attack_refuses_an_existing_output_without_resume(ckpt, tmp_path, monkeypatch, capsys):
+def test_attack_refuses_an_existing_output_without_resume(untrained_ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.json"
     out.write_text("{}")
     import robustmaxup.attacks.runner as attack_runner
 
     monkeypatch.setattr(attack_runner, "evaluate_dataset", lambda *a, **kw: None)
-    assert main(["attack", ckpt, "--dataset", "digits", "--eps", "0.5", "--out", str(out)]) == 2
+    assert main(["attack", untrained_ckpt, "--dataset", "digits", "--eps", "0.5", "--out", str(out)]) == 2
     _one_line(capsys)
     assert out.read_text() == "{}"
 
@@ -343,23 +330,23 @@ def test_analyze_default_format_is_markdown(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- export
-def test_export_state_dict_through_the_cli(ckpt, tmp_path):
+def test_export_state_dict_through_the_cli(untrained_ckpt, tmp_path):
     from robustmaxup.checkpoints import load_model
 
     out = tmp_path / "w.pt"
-    assert main(["export", ckpt, "--format", "state_dict", "--out", str(out), "--quiet"]) == 0
+    assert main(["export", untrained_ckpt, "--format", "state_dict", "--out", str(out), "--quiet"]) == 0
     saved = torch.load(out, map_location="cpu", weights_only=True)
-    model, _ = load_model(ckpt, dataset="digits", num_classes=10, device="cpu")
+    model, _ = load_model(untrained_ckpt, dataset="digits", num_classes=10, device="cpu")
     assert sorted(saved) == sorted(model.state_dict())
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
-def test_export_needs_out_and_names_itself(ckpt, tmp_path, monkeypatch, capsys):
+def test_export_needs_out_and_names_itself(untrained_ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["export", ckpt, "--format", "cohen"]) == 2
+    assert main(["export", untrained_ckpt, "--format", "cohen"]) == 2
     assert _one_line(capsys) == ("robustmaxup export: error: the following arguments are required: "
                                  "--out (see --help)")
     out = tmp_path / "w.pt"
     out.write_text("mine")
-    assert main(["export", ckpt, "--format", "cohen", "--out", str(out)]) == 2
+    assert main(["export", untrained_ckpt, "--format", "cohen", "--out", str(out)]) == 2
     assert _one_line(capsys).startswith("robustmaxup export: error: ") and out.read_text() == "mine"

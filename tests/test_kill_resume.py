@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustmaxup.checkpoints import build_model_for, save_checkpoint
 from robustmaxup.cli import main
 from robustmaxup.runtime.faults import FAULT_ENV
 
@@ -44,16 +43,6 @@ CASES = [pytest.param(cmd, point, marks=() if i == 0 else pytest.mark.slow, id=f
          for cmd, points in POINTS.items() for i, point in enumerate(points)]
 
 
-@pytest.fixture(scope="module")
-def ck(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "digits.pt"
-    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
-                           "model": build_model_for("digits_cnn", "digits").state_dict(),
-                           "method": "gaussian", "hparams": {"sigma": 0.25}, "epoch": 1})
-    return str(path)
-
-
 def _argv(cmd: str, ck: str, d: Path) -> list[str]:
     if cmd == "train":
         return TRAIN + ["--out", str(d / "run")]
@@ -64,14 +53,14 @@ def _argv(cmd: str, ck: str, d: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(ck, tmp_path_factory):
+def reference(untrained_ckpt, tmp_path_factory):
     """Each command's uninterrupted run, made once (in this process)."""
     cache: dict[str, Path] = {}
 
     def get(cmd: str) -> Path:
         if cmd not in cache:
             d = tmp_path_factory.mktemp(f"ref-{cmd}")
-            assert main(_argv(cmd, ck, d)) == 0
+            assert main(_argv(cmd, untrained_ckpt, d)) == 0
             cache[cmd] = d
         return cache[cmd]
     return get
@@ -140,9 +129,9 @@ CHECKS = {"certify": _same_smoothing, "predict": _same_smoothing, "attack": _sam
 
 
 @pytest.mark.parametrize("cmd, point", CASES)
-def test_kill_at_a_write_boundary_then_resume_equals_an_uninterrupted_run(cmd, point, ck, reference,
-                                                                           tmp_path, capsys):
-    argv = _argv(cmd, ck, tmp_path)
+def test_kill_at_a_write_boundary_then_resume_equals_an_uninterrupted_run(cmd, point, untrained_ckpt,
+                                                                           reference, tmp_path, capsys):
+    argv = _argv(cmd, untrained_ckpt, tmp_path)
     _crash(argv, point)
     assert main(argv + ["--resume"]) == 0, capsys.readouterr().err
     CHECKS[cmd](reference(cmd), tmp_path)

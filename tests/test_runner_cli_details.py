@@ -26,7 +26,7 @@ from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 
-from tests.fakes import KilledAt
+from tests.fakes import KilledAt, number_provenance
 
 KW = dict(n0=10, n=100, alpha=0.01, batch_size=100, seed=0, progress=False)
 
@@ -204,15 +204,10 @@ def test_resume_with_other_settings_is_refused_and_touches_nothing(split, tmp_pa
     assert (out.read_text(), Path(str(out) + ".json").read_text()) == before
 
 
-def _numbered_provenance(monkeypatch):
-    calls = []
-    monkeypatch.setattr(runner, "provenance", lambda device=None: calls.append(1) or {"call": len(calls)})
-
-
 def test_each_call_that_writes_an_output_is_a_session_of_its_sidecar(split, tmp_path, monkeypatch):
     """A certification killed after two rows and resumed lists both calls: how many rows each
     found written, the process count, and its own provenance (the top-level one is the last)."""
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, runner)
     out = tmp_path / "c.tsv"
     killed = KilledAt(monkeypatch, runner, "stream_generator", at=3)  # the third image's noise
     with pytest.raises(KeyboardInterrupt):
@@ -227,7 +222,7 @@ def test_each_call_that_writes_an_output_is_a_session_of_its_sidecar(split, tmp_
 
 
 def test_a_complete_output_resumed_is_read_and_left_as_it_is(split, tmp_path, monkeypatch):
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, runner)
     out, side = tmp_path / "c.tsv", tmp_path / "c.tsv.json"
     first = certify_dataset(_smooth(), split, [4, 1], out=out, **KW)
     before = out.read_bytes(), side.read_bytes()
@@ -539,22 +534,9 @@ FAST = ["--dataset", "digits", "--n0", "20", "--n", "200", "--batch", "100", "--
         "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    """An untrained digits_cnn checkpoint (training sigma 0.25): enough for what is checked here."""
-    from robustmaxup.checkpoints import build_model_for, save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, {"arch": "digits_cnn", "dataset": "digits", "num_classes": 10,
-                           "model": build_model_for("digits_cnn", "digits").eval().state_dict(),
-                           "method": "gaussian", "hparams": {"sigma": 0.25}, "epoch": 1})
-    return str(path)
-
-
-def test_the_cli_sidecar_records_the_selection(ckpt, tmp_path):
+def test_the_cli_sidecar_records_the_selection(untrained_ckpt, tmp_path):
     out = tmp_path / "c.tsv"
-    assert main(["certify", ckpt, *FAST, "--skip", "45", "--max", "3", "--out", str(out)]) == 0
+    assert main(["certify", untrained_ckpt, *FAST, "--skip", "45", "--max", "3", "--out", str(out)]) == 0
     meta = _sidecar(out)
     assert (meta["skip"], meta["max"], meta["config"]["max_images"], meta["config"]["skip"]) == (45, 3, 3, 45)
     # 8 skip-selected indices 0, 45, ..., 315; 3 spread evenly: positions floor(i * 8 / 3) = 0, 2, 5
@@ -574,13 +556,13 @@ def test_a_sidecar_path_that_is_the_checkpoint_is_refused(tmp_path):
     assert ckpt.read_bytes() == b"weights"
 
 
-def test_a_default_output_that_is_the_checkpoint_is_refused(ckpt, tmp_path, monkeypatch, capsys):
+def test_a_default_output_that_is_the_checkpoint_is_refused(untrained_ckpt, tmp_path, monkeypatch, capsys):
     """The default name (known once the checkpoint gives sigma) linked to the checkpoint itself."""
     import os
 
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "digits.pt"
-    mine.write_bytes(Path(ckpt).read_bytes())
+    mine.write_bytes(Path(untrained_ckpt).read_bytes())
     os.link(mine, tmp_path / "certify_digits_test_sigma0.25.tsv")
     before = mine.read_bytes()
     assert main(["certify", str(mine), *FAST, "--max", "1", "--resume"]) == 2

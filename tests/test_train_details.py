@@ -26,7 +26,7 @@ from robustmaxup.train import PerturbationSpec, TrainConfig, loop, setup, train
 from robustmaxup.train import checkpointing, state as state_mod
 from robustmaxup.train.config import RESUMABLE_CHANGES
 
-from tests.fakes import KilledAt
+from tests.fakes import KilledAt, number_provenance
 
 
 def _cfg(out, **kw) -> TrainConfig:
@@ -524,16 +524,6 @@ def test_run_directory_checks(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _numbered_provenance(monkeypatch):
-    calls = []
-
-    def fake(device=None):
-        calls.append(device)
-        return {"call": len(calls)}
-
-    monkeypatch.setattr(loop, "provenance", fake)
-
-
 def _sessions(out):
     return (json.loads((out / "config.json").read_text())["sessions"],
             torch.load(out / "last.pt", weights_only=True)["sessions"])
@@ -542,7 +532,7 @@ def _sessions(out):
 def test_each_call_that_trains_is_a_session_in_config_json_and_the_checkpoint(tmp_path, monkeypatch):
     """A run trained over two calls lists both: the epoch each began from, the settings a resume
     may change, and each call's own provenance (config.json's top-level one is the latest)."""
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, loop)
     out = tmp_path / "r"
     train(_cfg(out, epochs=1))
     train(_cfg(out, epochs=2, device="cpu", resume=True))
@@ -555,7 +545,7 @@ def test_each_call_that_trains_is_a_session_in_config_json_and_the_checkpoint(tm
 
 
 def test_a_finished_run_resumed_adds_no_session_and_rewrites_nothing(tmp_path, monkeypatch):
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, loop)
     out = tmp_path / "r"
     train(_cfg(out, epochs=1))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -570,7 +560,7 @@ def test_a_finished_run_resumed_adds_no_session_and_rewrites_nothing(tmp_path, m
 def test_a_call_killed_before_its_first_checkpoint_is_no_session_of_the_run(tmp_path, monkeypatch):
     """The checkpoint is the record: a resumed call that saved no epoch leaves only config.json
     naming it, and the next call's list drops it."""
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, loop)
     out = tmp_path / "r"
     train(_cfg(out, epochs=1))
     killed = KilledAt(monkeypatch, loop, "train_epoch", at=1)
@@ -587,7 +577,7 @@ def test_a_call_killed_before_its_first_checkpoint_is_no_session_of_the_run(tmp_
 
 
 def test_a_checkpoint_from_before_sessions_resumes_with_the_new_calls_listed(tmp_path, monkeypatch):
-    _numbered_provenance(monkeypatch)
+    number_provenance(monkeypatch, loop)
     out = tmp_path / "r"
     train(_cfg(out, epochs=1))
     ckpt = torch.load(out / "last.pt", weights_only=True)
