@@ -43,10 +43,11 @@ import torch
 
 import robustmaxup
 from robustmaxup.data import DATASETS, foreign_dataset, get_info
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.models import MODELS, NormalizedModel, build_model
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.dist import resolve_device
 from robustmaxup.runtime.io import (
     atomic_torch_save, check_input_path, check_not_inputs, check_output_path, shown,
 )
@@ -285,7 +286,7 @@ def model_from_checkpoint(
             ckpt = {**ckpt, "dataset": dataset, "in_channels": get_info(dataset).in_channels}
         else:
             raise UserError(
-                f"checkpoint was trained on {ckpt['dataset']!r}, not {dataset!r}; pass --dataset {ckpt['dataset']}"
+                f"checkpoint was trained on {ckpt['dataset']!r}, not {dataset!r}; pass {ref('dataset', ckpt['dataset'])}"
             )
     if num_classes is not None and ckpt["num_classes"] not in (None, num_classes):
         raise UserError(
@@ -293,7 +294,7 @@ def model_from_checkpoint(
         )
     if ckpt["dataset"] is None:
         raise UserError(f"{ckpt.get('format')} checkpoint of arch {ckpt['arch']!r} does not record "
-                        f"its dataset and no dataset claims that arch; pass --dataset")
+                        f"its dataset and no dataset claims that arch; pass {ref('dataset')}")
     model = build_model_for(
         ckpt["arch"], ckpt["dataset"], num_classes=ckpt["num_classes"],
         in_channels=ckpt.get("in_channels"), mean=ckpt.get("mean"), std=ckpt.get("std"),
@@ -314,7 +315,7 @@ def load_model(
 ) -> tuple[NormalizedModel, dict[str, Any]]:
     """Read a checkpoint file and return ``(model on device in eval mode, metadata)``."""
     ckpt = read_checkpoint(path)
-    model = model_from_checkpoint(ckpt, dataset=dataset, num_classes=num_classes).to(device)
+    model = model_from_checkpoint(ckpt, dataset=dataset, num_classes=num_classes).to(resolve_device(device))
     meta = describe(ckpt)
     if dataset is not None:
         meta["dataset"] = dataset
@@ -343,7 +344,7 @@ def class_order(model_classes: Sequence[str], data_classes: Sequence[str], *,
         detail = (f"the data's class {missing[0]!r} is not among them" if missing else
                   f"they are {len(model_classes)}, the data has {len(data_classes)}")
         raise UserError(f"{what} ({_names(model_classes)}) are not the data's ({_names(data_classes)}): "
-                        f"{detail}; pass --class-order with the model's output classes in order")
+                        f"{detail}; pass {ref('class_order')} with the model's output classes in order")
     return [model_classes.index(c) for c in data_classes]
 
 
@@ -375,10 +376,10 @@ def map_classes(model: NormalizedModel, meta: dict[str, Any], data_classes: Sequ
         source, names = "checkpoint", list(meta["classes"])
     else:
         say("the checkpoint records no class names: assuming its outputs follow the data's "
-            "class order (%s); --class-order declares them", _names(list(data_classes)))
+            "class order (%s); %s declares them", _names(list(data_classes)), ref("class_order"))
         model.set_output_order(None)
         return {"class_source": "assumed", "class_order": None}
-    what = "--class-order's classes" if source == "declared" else "the checkpoint's classes"
+    what = f"{ref('class_order')}'s classes" if source == "declared" else "the checkpoint's classes"
     order = class_order(names, data_classes, what=what)
     model.set_output_order(order)
     if order is not None:
@@ -397,8 +398,8 @@ def resolve_sigma(given: float | None, meta: dict[str, Any], *, verb: str,
             raise UserError(f"the checkpoint records no training sigma; {missing_hint}")
         return trained, "checkpoint"
     if trained is not None and abs(given - trained) > 1e-12:
-        log.warning("warning: %s with --sigma %g, but the checkpoint was trained with sigma %g",
-                    verb, given, trained)
+        log.warning("warning: %s with %s, but the checkpoint was trained with sigma %g",
+                    verb, ref("sigma", float(given)), trained)
     return float(given), "flag"
 
 

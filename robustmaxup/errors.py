@@ -1,9 +1,57 @@
-"""The one exception type for bad input.
+"""The one exception type for bad input, and how messages name other arguments.
 
 Library code raises :class:`UserError` (a ``ValueError``) for anything the user can fix: a bad
 flag, a missing file, a checkpoint for another dataset. The CLI turns it into one line on stderr
 and exit status 2; nothing below ``cli`` prints or exits.
+
+A message (error or log line) that tells the user to set an argument names it with :func:`ref`,
+so each reader sees their own spelling: a Python caller reads ``pass resume=True``, and the
+command line, which runs its commands inside :func:`flags_named`, reads ``pass --resume``::
+
+    raise UserError(f"{path} already exists; pass {ref('resume', True)} to continue it")
 """
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
+
+_FLAG: ContextVar[Callable[[str], str] | None] = ContextVar("robustmaxup_flag", default=None)
+_NO_VALUE: Any = object()
+
+
+def ref(name: str, value: Any = _NO_VALUE) -> str:
+    """The library argument ``name``, optionally set to ``value``, as a message should name it.
+
+    From Python: ``name`` / ``name=value!r``. Inside :func:`flags_named` (the command line):
+    ``--flag`` / ``--flag value`` (``True`` or ``False``: the switch alone; a list or tuple:
+    its items, space-separated).
+
+    >>> ref("lr_milestones", (30, 60))
+    'lr_milestones=(30, 60)'
+    >>> with flags_named(lambda name: "--" + name.replace("_", "-")):
+    ...     ref("lr_milestones", (30, 60))
+    '--lr-milestones 30 60'
+    """
+    flag = _FLAG.get()
+    if flag is None:
+        return name if value is _NO_VALUE else f"{name}={value!r}"
+    if value is _NO_VALUE or isinstance(value, bool):
+        return flag(name)
+    if isinstance(value, (list, tuple)):
+        return " ".join([flag(name), *map(str, value)])
+    return f"{flag(name)} {value}"
+
+
+@contextlib.contextmanager
+def flags_named(flag: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, :func:`ref` names each argument as ``flag(name)`` (its command-line flag)."""
+    token = _FLAG.set(flag)
+    try:
+        yield
+    finally:
+        _FLAG.reset(token)
 
 
 class UserError(ValueError):

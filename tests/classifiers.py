@@ -3,6 +3,7 @@ certification tests (test_smooth.py, test_sequential.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,3 +67,16 @@ class Scripted(nn.Module):
             raise AssertionError(f"the script has {len(self.script)} votes; copy {self.seen + x.shape[0]} asked")
         self.seen += x.shape[0]
         return nn.functional.one_hot(rows, self.num_classes).to(x.dtype)
+
+
+def linear_points(rng: np.random.Generator, d: int, t: np.ndarray) -> tuple[np.ndarray, float, torch.Tensor]:
+    """A random hyperplane ``(w, b)`` through the middle of the pixel cube and one image
+    ``[len(t), 1, 1, d]`` in [0, 1]^d per normalised margin ``t_i = (w.x_i + b)/|w|`` (|t| <= 1):
+    the smoothed ``[w.x + b > 0]`` has class ``[t > 0]`` and certified radius ``|t|``."""
+    w = rng.normal(size=d)
+    b = -0.5 * w.sum() + 0.05 * rng.normal()
+    x0 = rng.uniform(0.4, 0.6, size=(len(t), d))
+    wn = np.linalg.norm(w)
+    x = x0 + (t - (x0 @ w + b) / wn)[:, None] * (w / wn)[None]
+    assert x.min() >= 0 and x.max() <= 1, "d too small for these margins to fit in the pixel cube"
+    return w, b, torch.tensor(x).view(len(t), 1, 1, d)

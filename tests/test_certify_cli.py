@@ -305,5 +305,5 @@ def test_the_subset_note_says_all_not_max_minus_one():
     assert note() == "9 of 360 test images"
     assert note(skip=20, complete=False, num_selected=18) == (
         "9 of 360 test images (skip 20); INCOMPLETE: 9 of the 18 selected images (an interrupted run; "
-        "--resume continues it)")
+        "resume=True continues it)")
     assert note(skip=20, complete=True, num_selected=9) == "9 of 360 test images (skip 20)"

@@ -125,7 +125,7 @@ def test_foreign_checkpoint_without_a_dataset_needs_one(tmp_path):
     net = build_model_for("digits_cnn", "digits").net
     ckpt = {"format": "cohen", "arch": "digits_cnn", "dataset": None, "num_classes": 10,
             "in_channels": None, "net_state": net.state_dict()}
-    with pytest.raises(UserError, match="pass --dataset"):
+    with pytest.raises(UserError, match="pass dataset$"):
         model_from_checkpoint(ckpt)
     model = model_from_checkpoint(ckpt, dataset="digits")
     x = torch.rand(2, 1, 8, 8)

@@ -170,7 +170,7 @@ def test_attack_flags_reach_the_config():
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--attack", "pgd", "--attacks", "apgd-ce"], "--version/--attacks apply to --attack autoattack"),
+    (["--attack", "pgd", "--attacks", "apgd-ce"], "--aa-version/--attacks apply to --attack autoattack"),
     (["--steps", "5"], "--steps/--step-size apply to --attack pgd"),
     (["--sigma", "0.5"], "--sigma/--m only apply with --smoothed"),
 ])

@@ -66,7 +66,7 @@ def test_dataset_reader_loads_or_names_the_missing_root(name, tmp_path):
     so in one UserError (nothing is downloaded)."""
     spec = DATASETS.get(name)
     if name != "digits":
-        with pytest.raises(UserError, match="--data-root"):
+        with pytest.raises(UserError, match=r"needs a data root \(data_root\)"):
             spec.reader(spec, "train", None, tmp_path)
         return
     for split in ("train", "test"):

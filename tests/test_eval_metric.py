@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from classifiers import Constant, gen
+from classifiers import Constant, gen, linear_points
 from robustmaxup.certify import Smooth, bounds
 from robustmaxup.train import TrainConfig, loop, setup, train
 from test_smooth import Linear2
@@ -68,19 +68,16 @@ def test_certified_correct_on_a_constant_classifier():
 
 
 # ----------------------------------------------------------------------------- validity
-SIGMA, ALPHA, N, D, R = 0.25, 0.01, 500, 3, 0.25
+SIGMA, ALPHA, N, D, R = 0.25, 0.01, 500, 256, 0.25
 
 
 def _points(count: int, lo: float, hi: float, seed: int):
-    """A random Linear2 and ``count`` inputs whose normalised margin t = (w.x+b)/|w| is uniform
-    on (lo, hi): the smoothed classifier returns class 1 on the ball of radius r iff t >= r."""
+    """A random Linear2 and ``count`` inputs (pixels) whose normalised margin t = (w.x+b)/|w| is
+    uniform on (lo, hi): the smoothed classifier returns class 1 on the ball of radius r iff t >= r."""
     rng = np.random.default_rng(seed)
-    w, b = rng.normal(size=D), rng.normal()
-    x0 = rng.uniform(size=(count, D))
     t = rng.uniform(lo, hi, size=count)
-    wn = np.linalg.norm(w)
-    x = x0 + (t - (x0 @ w + b) / wn)[:, None] * (w / wn)[None]
-    return Linear2(torch.tensor(w), b), torch.tensor(x).view(count, 1, 1, D), t
+    w, b, x = linear_points(rng, D, t)
+    return Linear2(torch.tensor(w), b), x, t
 
 
 def _claims(lo: float, hi: float, models: int = 10, per: int = 100, seed: int = 0) -> tuple[int, int]:
@@ -142,7 +139,7 @@ def test_best_checkpoint_is_chosen_by_certified_accuracy(tmp_path):
 
 @pytest.mark.parametrize("flag", [{"eval_n": 200}, {"eval_alpha": 0.01}])
 def test_eval_settings_without_eval_radius_are_refused(tmp_path, flag):
-    with pytest.raises(Exception, match="applies only with --eval-radius"):
+    with pytest.raises(Exception, match="applies only with eval_radius"):
         setup(_cfg(tmp_path / "run", eval_radius=None, **flag))
     assert not (tmp_path / "run").exists()
 

@@ -450,7 +450,7 @@ def test_kmixup_method_mixes_across_k_batches():
 # --- the registry ---------------------------------------------------------------------------------
 
 def test_build_method_refuses_an_option_the_method_does_not_take():
-    with pytest.raises(UserError, match=r"method 'gaussian' does not take --copies"):
+    with pytest.raises(UserError, match=r"^method 'gaussian' does not take copies; its options: sigma$"):
         build_method("gaussian", copies=3)
     assert build_method("gaussian", sigma=None).sigma == 0.25       # None: the default
 

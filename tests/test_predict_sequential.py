@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from classifiers import Constant
 from robustmaxup.certify import Smooth, bounds

@@ -156,7 +156,7 @@ def test_a_recipe_run_logs_its_differences_from_the_reference_once(tmp_path, cap
 
 def test_run_differences_names_only_what_applies():
     on_gpu = recipes.run_differences("trades", bf16=True, held_out=5000)
-    assert "bf16 autocast (--precision fp32 to match)" in on_gpu and "5000 training images held out" in on_gpu
+    assert "bf16 autocast (precision='fp32' to match)" in on_gpu and "5000 training images held out" in on_gpu
     assert "2 recipe note(s)" in on_gpu
     plain = recipes.run_differences("cohen", bf16=False, held_out=0)
     assert plain == ("recipe cohen: the authors' set-up, except inputs normalised inside the model, "

@@ -103,7 +103,7 @@ def test_check_class_indices_half_open_range(labels, ok):
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5])
 def test_check_alpha_refuses_both_ends(alpha):
     """alpha is a probability in the open interval (0, 1)."""
-    with pytest.raises(FieldError, match="^alpha must lie in"):
+    with pytest.raises(FieldError, match=r"^alpha must be a failure probability in \(0, 1\), got .*; e\.g\. alpha=0\.001$"):
         check_alpha(alpha)
 
 

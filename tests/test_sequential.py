@@ -27,27 +27,42 @@ SEQ = bounds.confidence_sequence()
 # ----------------------------------------------------------------------------- models
 
 
+#: the decision boundary's pixel value: inputs are pixels in [0, 1], and a margin m in [-0.25, 0.75]
+#: is the input x_0 = CENTER + m (``at_margin``)
+CENTER = 0.25
+
+
+def at_margin(margins, k: int = 2) -> torch.Tensor:
+    """Float64 images [n, 1, 1, k] with x_0 = CENTER + margin (the rest CENTER), all in [0, 1]."""
+    margins = torch.as_tensor(np.asarray(margins, dtype=np.float64).reshape(-1))
+    xs = torch.full((len(margins), 1, 1, k), CENTER, dtype=torch.float64)
+    xs[:, 0, 0, 0] += margins
+    assert 0 <= xs.min() and xs.max() <= 1
+    return xs
+
+
 class Linear2(nn.Module):
-    """f(x) = [x_0 + b > 0] as two logits: with x_0 = m, P[f(x + delta) = 1] = Phi((m + b)/sigma)."""
+    """f(x) = [m + b > 0] for the margin m = x_0 - CENTER, as two logits: P[f(x + delta) = 1] =
+    Phi((m + b)/sigma)."""
 
     def __init__(self, b: float = 0.0) -> None:
         super().__init__()
         self.b = float(b)
 
     def forward(self, x):
-        z = x.flatten(1)[:, 0] + self.b
+        z = x.flatten(1)[:, 0] - CENTER + self.b
         return torch.stack([torch.zeros_like(z), z], 1)
 
 
 class Bins3(nn.Module):
-    """Three classes by the first coordinate's bin: at x_0 = 0, P = (0.4, 0.3, 0.3) exactly."""
+    """Three classes by the margin's bin: at x_0 = CENTER, P = (0.4, 0.3, 0.3) exactly."""
 
     def __init__(self, sigma: float) -> None:
         super().__init__()
         self.c1, self.c2 = sigma * norm.ppf(0.4), sigma * norm.ppf(0.7)
 
     def forward(self, x):
-        v = x.flatten(1)[:, 0]
+        v = x.flatten(1)[:, 0] - CENTER
         cls = (v > self.c1).long() + (v > self.c2).long()
         return nn.functional.one_hot(cls, 3).to(x.dtype)
 
@@ -214,9 +229,7 @@ def _threshold_trials(count: int):
     """Margins placed EXACTLY at the target radii r in {0.25, 0.5, 0.58}: p_A = Phi(r/sigma) in
     {0.841, 0.977, 0.990}; the true radius is r and the true class 1."""
     r = np.array([0.25, 0.5, 0.58])[np.arange(count) % 3]
-    xs = torch.zeros(count, 1, 1, 2, dtype=torch.float64)
-    xs[:, 0, 0, 0] = torch.as_tensor(r)
-    return xs, r
+    return at_margin(r), r
 
 
 def _false_certifications(preds, radii, true_class, true_radius):
@@ -253,8 +266,7 @@ def test_sequential_is_sound_without_targets():
     # margins uniform on (-1, 3) sigma: the class is sign(margin), the true radius |margin|
     rng = np.random.default_rng(7)
     margin = rng.uniform(-1.0, 3.0, 800) * SIGMA
-    xs = torch.zeros(len(margin), 1, 1, 2, dtype=torch.float64)
-    xs[:, 0, 0, 0] = torch.as_tensor(margin)
+    xs = at_margin(margin)
     certs = _sequential(xs, margin, seed=5_000_000, radii=None, radius_tol=0.05)
     fails, certified = _false_certifications([c.prediction for c in certs], [c.radius for c in certs],
                                              (margin > 0).astype(int), np.abs(margin))
@@ -346,7 +358,7 @@ def test_constant_classifier_stops_at_first_deciding_look(sigma, alpha, radii):
 
 def test_low_p_abstains_early():
     smooth = Smooth(Bins3(0.25), 3, 0.25)
-    xs = torch.zeros(4, 1, 1, 2)
+    xs = at_margin([0.0] * 4).float()
     certs = smooth.certify_sequential_batch(xs, 100, 100_000, 0.001, 10_000, [gen(i) for i in range(4)],
                                             [0.25, 0.5])
     certs += smooth.certify_sequential_batch(xs, 100, 100_000, 0.001, 10_000, [gen(i) for i in range(4)])
@@ -360,7 +372,7 @@ def test_low_p_abstains_early():
 
 def test_runs_to_n_max_with_the_votes_of_certify():
     smooth = Smooth(Linear2(), 2, 0.5)
-    x = torch.tensor([[[0.2, 0.7]]], dtype=torch.float64)   # p_A = Phi(0.4) = 0.66
+    x = at_margin([0.2])[0]   # p_A = Phi(0.4) = 0.66
     fixed = smooth.certify(x, 100, 2350, 0.001, 1000, gen(4))
     seq = smooth.certify_sequential(x, 100, 2350, 0.001, 1000, None, gen(4), radius_tol=1e-9)
     assert seq.n_used == fixed.n_used == 2350 and seq.counts == fixed.counts
@@ -371,8 +383,7 @@ def test_projected_futility_stops_hopeless_runs_earlier():
     # p_A just above Phi(2) (radius 0.5 at sigma 0.25): never certifiable at n_max = 20,000, but
     # U_t stays above the threshold, so only the projection can stop these runs before n_max
     margin = SIGMA * norm.ppf(0.9775)
-    xs = torch.zeros(40, 1, 1, 2, dtype=torch.float64)
-    xs[:, 0, 0, 0] = margin
+    xs = at_margin([margin] * 40)
     smooth = Smooth(Linear2(), 2, SIGMA)
     runs = {rule: smooth.certify_sequential_batch(xs, 32, 20_000, 0.001, 100_000, [gen(i) for i in range(40)],
                                                   [0.25, 0.5], futility=rule) for rule in ("projected", "unanimous")}
@@ -425,20 +436,19 @@ def test_predict_sequential_decides_early_and_abstains_on_ties():
     smooth = Smooth(Constant(7), 10, 0.25)
     assert smooth.predict_sequential(torch.rand(1, 4, 4), 100_000, 0.001, 1000, gen(0)) == 7
     # a tie (p = 1/2 for both classes): never decided; abstains
-    x = torch.zeros(1, 1, 2)
+    x = at_margin([0.0])[0]
     assert Smooth(Linear2(), 2, 0.25).predict_sequential(x, 3000, 0.01, 5000, gen(1)) == ABSTAIN
 
 
 def test_predict_sequential_wrong_class_rate():
     # margin -0.05 sigma: g(x) = 0 with p_0 = 0.52; returning 1 is the error
     trials, alpha = 1000, 0.05
-    xs = torch.full((trials, 1, 1, 2), 0.0, dtype=torch.float64)
-    xs[:, 0, 0, 0] = -0.05 * SIGMA
+    xs = at_margin([-0.05 * SIGMA] * trials)
     preds = np.array(Smooth(Linear2(), 2, SIGMA).predict_sequential_batch(
         xs, 4000, alpha, 100_000, [gen(900_000 + i) for i in range(trials)]))
     assert (preds == 1).sum() <= allowed(trials, alpha), (preds == 1).sum()
     # clear cases are decided: margin 1 sigma
-    xs[:, 0, 0, 0] = SIGMA
+    xs = at_margin([SIGMA] * trials)
     preds = Smooth(Linear2(), 2, SIGMA).predict_sequential_batch(xs[:50], 4000, alpha, 100_000,
                                                                  [gen(i) for i in range(50)])
     assert preds == [1] * 50
@@ -506,7 +516,7 @@ def test_sequential_p_lower_is_the_running_max_over_looks():
     every look, recomputed here from the same draws (an anytime-valid sequence may keep its
     best bound). At least one trial's maximum is not at the last look."""
     smooth, n_max, alpha = Smooth(Linear2(), 2, 0.25), 3000, 0.001
-    x = torch.tensor([[[0.25 * norm.ppf(0.8), 0.0]]], dtype=torch.float64)
+    x = at_margin([0.25 * norm.ppf(0.8)])[0]
     seq = bounds.confidence_sequence("mixture")
     looks, earlier_max = seq.schedule(n_max, 100), False
     for seed in range(15):

@@ -11,7 +11,7 @@ from torch import nn
 
 from robustmaxup.certify import ABSTAIN, Certificate, Smooth, bounds
 from robustmaxup.certify.smooth import top_class, top_two
-from classifiers import Constant, LinearK, Votes, gen  # noqa: E402
+from classifiers import Constant, LinearK, Votes, gen, linear_points  # noqa: E402
 
 
 class Linear2(nn.Module):
@@ -129,22 +129,19 @@ def test_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- coverage
-SIGMA, ALPHA, N0, N, D = 0.25, 0.01, 64, 500, 3
+SIGMA, ALPHA, N0, N, D = 0.25, 0.01, 64, 500, 256
 
 
 def _trials(num_models, per_model, seed):
-    """Random (w, b) per model and inputs x whose normalised margin t = (w.x+b)/|w| is uniform on
-    (-4 sigma, 4 sigma). Truth: smoothed class [t > 0], certified radius |t|."""
+    """Random (w, b) per model and inputs x (pixels in [0, 1]) whose normalised margin
+    t = (w.x+b)/|w| is uniform on (-4 sigma, 4 sigma). Truth: smoothed class [t > 0], certified
+    radius |t|."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(num_models):
-        w = rng.normal(size=D)
-        b = rng.normal()
-        x0 = rng.uniform(size=(per_model, D))
         t = rng.uniform(-4 * SIGMA, 4 * SIGMA, size=per_model)
-        wn = np.linalg.norm(w)
-        x = x0 + (t - (x0 @ w + b) / wn)[:, None] * (w / wn)[None]
-        out.append((torch.tensor(w), b, torch.tensor(x).view(per_model, 1, 1, D), t))
+        w, b, x = linear_points(rng, D, t)
+        out.append((torch.tensor(w), b, x, t))
     return out
 
 

@@ -132,7 +132,7 @@ ERRORS = [
     (["--method", "maxup", "--copies", "0"], "--copies"),
     (["--arch", "resnet9000"], "digits_cnn"),
     (["--method", "magic"], "maxup"),
-    (["--method", "gaussian", "--copies", "4"], "does not take --copies"),
+    (["--method", "gaussian", "--copies", "4"], "--copies is not an option of method gaussian (its options: --sigma)"),
     (["--method", "maxup", "--m", "4"], "--m was renamed --copies"),
     (["--method", "smoothadv", "--m-train", "4"], "--m-train was renamed --copies"),
     (["--method", "smoothadv", "--attack-eps", "0.5"], "--smoothadv-eps"),
@@ -484,7 +484,7 @@ def test_crop_padding_reaches_the_training_loader(tmp_path, padding):
     if padding == "zeros":
         assert train_augmentation(off) is False
     else:                                             # asked for, but nothing would use it
-        with pytest.raises(UserError, match="there is none with --no-data-augment"):
+        with pytest.raises(UserError, match="there is none with data_augment=False"):
             train_augmentation(off)
 
 

@@ -347,7 +347,7 @@ def test_a_resume_that_stretches_the_schedule_warns(tmp_path, monkeypatch, caplo
     stretched = [r for r in caplog.records if "schedule is stretched" in r.getMessage()]
     assert len(stretched) == warned
     if warned:
-        assert f"{epochs} epochs instead of 2" in stretched[0].getMessage()
+        assert f"resume=True with epochs={epochs} instead of 2" in stretched[0].getMessage()
 
 def test_resume_accepts_a_checkpoint_without_a_config(tmp_path, monkeypatch):
     def no_config(ckpt):

@@ -165,7 +165,7 @@ def test_resume_reader_refuses_garbled_rows_and_still_drops_a_torn_last_line(tmp
     for bad, column in [("2\t1\t1\tinf\t1\t0:00:01.000", "radius"), ("2\t1\t2\t0.5\t1\t0:00:01.000", "correct"),
                         ("2\t1\t1\t0.5\t1\t0.5", "time")]:
         path.write_text(CERTIFY.header + "\n" + GOOD + "\n" + bad + "\n")
-        with pytest.raises(UserError, match=rf"c\.tsv line 3 is a malformed row: column {column}: .*--resume"):
+        with pytest.raises(UserError, match=rf"c\.tsv line 3 is a malformed row: column {column}: .*resume=True"):
             read_rows(path, CERTIFY)
     path.write_text(CERTIFY.header + "\n" + GOOD + "\n" + GOOD + "\n")
     with pytest.raises(UserError, match="lines 2 and 3 both have idx 0"):

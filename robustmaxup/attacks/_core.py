@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from robustmaxup.errors import UserError
+from robustmaxup.runtime.checks import check_pixels
 from robustmaxup.models.state import frozen_bn_stats, model_state
 from robustmaxup.registry import Registry
 
@@ -43,10 +44,7 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
 def check_unit_range(x: Tensor) -> None:
     """UserError unless every entry of ``x`` lies in [0, 1] (attacks work in pixel space); one
     host sync, so the training methods, whose loader pixels are in [0, 1] by construction, skip it."""
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0.0 or hi > 1.0 or lo != lo or hi != hi:
-        raise UserError(f"inputs must lie in [0, 1] (pixels, normalisation inside the model); "
-                        f"got values in [{lo:.4g}, {hi:.4g}]")
+    check_pixels(x, "inputs")
 
 
 def work_dtype(x: Tensor) -> torch.dtype:

@@ -41,7 +41,7 @@ from robustmaxup.models.state import model_state
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
-from robustmaxup.runtime.seeds import make_generator, stream_generator, stream_seed
+from robustmaxup.runtime.seeds import check_seed, make_generator, stream_generator, stream_seed
 from robustmaxup.runtime.text import warn_once
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,9 @@ def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
     one or above its cap (:mod:`robustmaxup.runtime.limits`: ``steps``, ``m``, ``rescores``), or
     an eps that is absurd for the norm."""
     check_choice("attack", config.attack, EVALUATORS.names())
+    if isinstance(config.attacks, str):
+        raise FieldError("attacks", f"must be a list of attack names, e.g. ({config.attacks!r},), got the "
+                                    f"string {config.attacks!r}")
     if config.attack == "autoattack":
         check_aa_options(config.norm, config.version,
                          list(config.attacks) if config.attacks else None)
@@ -208,9 +211,10 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, se
         robust_accuracy = res.robust.float().mean().item()
     """
     check_config(config, tuple(x.shape[1:]))
+    seed = check_seed(seed)
     idx = list(range(len(x))) if indices is None else [int(i) for i in indices]
     if len(idx) != len(x):
-        raise ValueError(f"{len(x)} examples but {len(idx)} indices")
+        raise FieldError("indices", f"must name one index per example: {len(x)} examples but {len(idx)} indices")
     target = model
     if config.randomized:
         gen = make_generator(batch_seed(seed, idx, 1), x.device)

@@ -67,10 +67,10 @@ from torch import Tensor, nn
 
 from robustmaxup.attacks.evaluation import AttackConfig, check_config, evaluate
 from robustmaxup.data import check_indices, check_split, spread_indices
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.models.probe import CLEAN_CHECK_IMAGES, clean_accuracy, log_clean_accuracy
 from robustmaxup.models.state import input_dtype
-from robustmaxup.runtime.checks import FieldError, check_int
+from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import resolve_device
 from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.progress import Progress
@@ -80,6 +80,7 @@ from robustmaxup.runtime.io import (
 )
 from robustmaxup.runtime.limits import ACTIVATION_FACTOR, batch_bytes, check_memory
 from robustmaxup.runtime.records import check_resume, provenance, session
+from robustmaxup.runtime.seeds import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,12 @@ class AttackPaths:
             return
         existing = [p for p in self.outputs() + [self.state] if p.exists()]
         if existing:
-            flag = "--save-adv" if existing[0] == self.adv else "--out"
-            raise UserError(f"{shown(existing[0])} already exists; resume the run (--resume) to continue "
-                            f"or re-check it, or choose another output ({flag})")
+            which = ref("save_adv" if existing[0] == self.adv else "out")
+            if not (self.json.exists() or self.state.exists()):  # no run here to resume
+                raise UserError(f"{shown(existing[0])} already exists and is never overwritten; choose "
+                                f"another output ({which})")
+            raise UserError(f"{shown(existing[0])} already exists; resume the run ({ref('resume', True)}) "
+                            f"to continue or re-check it, or choose another output ({which})")
 
     def check_ours(self) -> None:
         """UserError, touching nothing, unless every existing output is one ``robustmaxup attack``
@@ -187,7 +191,7 @@ class AttackPaths:
                 adv = None
             if not isinstance(adv, dict) or not all(k in adv for k in ADV_KEYS):
                 raise UserError(f"{shown(self.adv)} is not an x_adv file of robustmaxup attack; "
-                                "choose another --save-adv")
+                                f"choose another {ref('save_adv')}")
         if self.state.exists():
             _read_state(self.state)
 
@@ -493,7 +497,7 @@ def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
     gone = [p for p in (paths.tsv, paths.adv) if p is not None and not p.exists()]
     if gone:
         raise UserError(f"{shown(paths.json)} is complete but {shown(gone[0])} is missing; rerun without "
-                        "--resume after removing the run's other files, or choose another output")
+                        f"{ref('resume')} after removing the run's other files, or choose another output")
     log.info("%s is already complete (same settings); nothing to do", paths.json)
     return AttackSummary(record, None, paths, already_complete=True)
 
@@ -571,7 +575,7 @@ def evaluate_dataset(
     """
     check_split(split)
     check_config(config, tuple(split.info.image_shape))
-    seed = check_int("seed", seed, minimum=-2**63, maximum=2**64 - 1)
+    seed = check_seed(seed)
     idx = check_indices(indices, len(split))
     if out is None and (resume or save_adv is not None):
         raise FieldError("out", "is needed with resume or save_adv")
@@ -595,6 +599,8 @@ def evaluate_dataset(
             log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
         elif paths.json.exists():
             return _finished(paths, header)
+        else:
+            log.info("%s: %s does not exist yet; starting it", ref("resume", True), shown(paths.json))
     # each call that attacked examples, this one last (a call that saved no chunk is none)
     header["sessions"] = earlier + [session(header["provenance"],
                                             examples_before=sum(len(r) for r in done.values()))]

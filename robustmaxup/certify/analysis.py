@@ -29,9 +29,9 @@ import numpy as np
 
 from robustmaxup.certify.smooth import ABSTAIN
 from robustmaxup.certify.tsv import read_any, read_certify, read_sidecar, sidecar_path
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.registry import Registry
-from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.checks import FieldError, check_positive
 from robustmaxup.runtime.io import atomic_path, shown
 from robustmaxup.runtime.text import safe_text
 
@@ -67,7 +67,7 @@ class _Subset:
         if meta.get("complete") is False:
             selected = meta.get("num_selected")
             of = f" of the {selected} selected" if selected else ""
-            note += f"; INCOMPLETE: {len(self)}{of} images (an interrupted run; --resume continues it)"
+            note += f"; INCOMPLETE: {len(self)}{of} images (an interrupted run; {ref('resume', True)} continues it)"
         return note
 
 
@@ -211,6 +211,8 @@ def _certified(res: CertifyResults) -> np.ndarray:
 def certified_accuracy(res: CertifyResults, radii: Sequence[float]) -> np.ndarray:
     """Approximate certified accuracy at each radius: fraction of **all** rows that are correct,
     not abstained, and have radius ``>= r``. Shape ``[len(radii)]``."""
+    for r in radii:
+        check_positive("radii", r, allow_zero=True)
     if len(res) == 0:
         return np.full(len(radii), np.nan)
     ok = _certified(res)
@@ -367,13 +369,15 @@ def plot_certified_accuracy(results: Sequence[CertifyResults], path: str | os.Pa
     """Certified accuracy vs radius, one line per file, written atomically (Agg backend); the
     format is the extension's (:func:`plot_format`)."""
     fmt = plot_format(path)
+    if max_radius is not None:
+        check_positive("max_radius", max_radius)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    top = max_radius or max([float(r.radius.max()) for r in results if len(r)] + [0.5]) * 1.05
+    top = max_radius if max_radius is not None else max([float(r.radius.max()) for r in results if len(r)] + [0.5]) * 1.05
     grid = np.linspace(0.0, top, 400)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, res in zip(column_names(results), results):

@@ -29,6 +29,7 @@ from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
 from robustmaxup.errors import UserError
+from robustmaxup.runtime import checks
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,8 @@ __all__ = [
 
 
 def check_alpha(alpha: float) -> None:
-    """UserError unless ``0 < alpha < 1``."""
-    if not (0.0 < float(alpha) < 1.0):
-        raise UserError(f"alpha must lie in (0, 1), got {alpha}; e.g. --alpha 0.001")
+    """FieldError (a UserError) unless ``alpha`` is a number with ``0 < alpha < 1``."""
+    checks.check_alpha(alpha)
 
 
 def _check_counts(k: int, n: int) -> None:
@@ -236,7 +236,7 @@ def can_ever_certify(n: int, alpha: float, *, warn: bool = True) -> bool:
     if n < need:
         if warn:
             log.warning(
-                "n=%d samples can never certify at alpha=%g: even unanimous votes give a lower "
+                "warning: n=%d samples can never certify at alpha=%g: even unanimous votes give a lower "
                 "bound of %.4f <= 0.5; use n >= %d (typically 100000)", n, alpha, alpha ** (1.0 / n), need,
             )
         return False

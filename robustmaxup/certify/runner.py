@@ -52,8 +52,9 @@ from robustmaxup.certify.tsv import (
     CERTIFY, CERTIFY_SEQUENTIAL, PREDICT, PREDICT_SEQUENTIAL, CertifyRow, PredictRow, Row, TsvFormat, format_time,
     merge_rows, part_path, read_rows, read_sidecar, sidecar_path, write_rows,
 )
+from robustmaxup.data.sampling import check_max_images
 from robustmaxup.data.splits import check_indices, check_split
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.models.state import input_dtype
 from robustmaxup.runtime.checks import (
     FieldError, check_alpha, check_choice, check_int, check_positive,
@@ -67,7 +68,7 @@ from robustmaxup.runtime.io import (
 from robustmaxup.runtime.limits import MAX_SAMPLES, batch_bytes, check_memory
 from robustmaxup.runtime.progress import Progress
 from robustmaxup.runtime.records import check_resume, checkpoint_record, provenance, session
-from robustmaxup.runtime.seeds import stream_generator
+from robustmaxup.runtime.seeds import check_seed, stream_generator
 from robustmaxup.runtime.text import error_summary
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Settings:
         check_alpha(self.alpha)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("images_per_batch", self.images_per_batch, minimum=1)
-        check_int("seed", self.seed, minimum=-2**63, maximum=2**64 - 1)
+        check_seed(self.seed)
         if self.sequential is not None:
             self.sequential.check()
 
@@ -270,7 +271,7 @@ class Output:
             return
         existing = [p for p in [self.final, *self.parts()] if p.exists()]
         if not existing and not self.sidecar.exists() and self.dist.main:
-            log.info("--resume: %s does not exist yet; starting it", shown(self.final))
+            log.info("%s: %s does not exist yet; starting it", ref("resume", True), shown(self.final))
         rows = sum(len(read_rows(path, self.fmt).rows) for path in existing)  # foreign: refused
         self.rows_before = rows
         if self.sidecar.exists():
@@ -287,8 +288,8 @@ class Output:
         """UserError if a file of this output exists (a run without resume writes none over)."""
         blocking = [p for p in [self.final, *self.parts(), self.sidecar] if p.exists()]
         if blocking:
-            raise UserError(f"{shown(blocking[0])} already exists; pass --resume to continue it "
-                            "(same settings only), or choose another output (--out)")
+            raise UserError(f"{shown(blocking[0])} already exists; pass {ref('resume', True)} to continue "
+                            f"it (same settings only), or choose another output ({ref('out')})")
 
     def finished(self, count: int) -> bool:
         """Whether a resumed output is already complete: its sidecar says so, and the final file
@@ -568,10 +569,7 @@ class SmoothingJob:
         if self.sigma is not None:
             check_positive("sigma", self.sigma)
         check_int("skip", self.skip, minimum=1)
-        if self.max_images != -1:
-            check_int("max_images", self.max_images)
-            if self.max_images < 1:
-                raise FieldError("max_images", f"must be -1 (all images) or an integer >= 1, got {self.max_images}")
+        check_max_images(self.max_images)
         check_choice("precision", self.precision, ["auto", *PRECISIONS])
         self.settings().check()
         mode_of(self.command, self.settings())
@@ -601,13 +599,13 @@ def _trial_forward(smooth: Smooth, split: Any, index: int, device: torch.device,
     except RuntimeError as e:
         first = error_summary(e, 200)
         raise UserError(f"the model does not accept {split.info.name} images of shape "
-                        f"{tuple(x.shape)}: {first}; check --dataset and the checkpoint") from None
+                        f"{tuple(x.shape)}: {first}; check {ref('dataset')} and the checkpoint") from None
     if logits.dim() != 2 or logits.shape[1] != smooth.num_classes:
         raise UserError(f"the model returns logits of shape {tuple(logits.shape[1:])} per image, "
-                        f"expected [{smooth.num_classes}]; check --dataset and the checkpoint")
+                        f"expected [{smooth.num_classes}]; check {ref('dataset')} and the checkpoint")
     if not torch.isfinite(logits.float()).all():
         raise UserError("the model returns non-finite logits (NaN/inf) on a trial batch; the "
-                        "checkpoint is broken, or try --precision fp32")
+                        f"checkpoint is broken, or try {ref('precision', 'fp32')}")
 
 
 def _check_out(job: SmoothingJob, out: Path, s: Settings, dist: Dist) -> None:
@@ -616,7 +614,7 @@ def _check_out(job: SmoothingJob, out: Path, s: Settings, dist: Dist) -> None:
     output = Output.at(out, mode_of(job.command, s).fmt, dist)
     for path in output.paths():
         check_output_path(path, "out")
-    inputs = [("the checkpoint", job.checkpoint), ("the data root (--data-root)", job.data_root)]
+    inputs = [("the checkpoint", job.checkpoint), (f"the data root ({ref('data_root')})", job.data_root)]
     check_not_inputs([("out", p) for p in output.paths()], inputs)
     if not job.resume:
         output.check_absent()
@@ -640,7 +638,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     model, meta = load_model(job.checkpoint, dataset=job.dataset, num_classes=info.num_classes,
                              device=device)
     sigma, source = resolve_sigma(job.sigma, meta, verb="certifying",
-                                  missing_hint="pass --sigma (e.g. --sigma 0.25)")
+                                  missing_hint=f"pass {ref('sigma')} (e.g. {ref('sigma', 0.25)})")
     out = Path(job.out) if job.out else default_out(job, sigma)
     if not job.out:  # the default name needs sigma, known only now
         _check_out(job, out, s, dist)
@@ -648,7 +646,7 @@ def run_job(job: SmoothingJob) -> list[Row]:
     indices = select_indices(len(split), job.skip, job.max_images)
     if not indices:
         raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
-                        "check --skip/--max")
+                        f"check {ref('skip')} and {ref('max_images')}")
     s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
     classes = map_classes(model, meta, split.classes, job.class_order, quiet=not dist.main)
     smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile,

@@ -48,7 +48,7 @@ from torch import nn
 from robustmaxup.certify import bounds
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import (
-    FieldError, check_choice, check_class_indices, check_int, check_positive,
+    FieldError, check_choice, check_class_indices, check_int, check_pixels, check_positive,
 )
 from robustmaxup.models.fold import fold_batchnorm
 from robustmaxup.models.state import float_parameter, model_state
@@ -297,7 +297,7 @@ class Smooth:
             certs = smooth.certify_sequential_batch(xs, 100, 100_000, 0.001, 4000, gens,
                                                     radii=[0.25, 0.5, 0.75, 1.0])
         """
-        self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0)
+        self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0, n_name="n_max")
         if not radius_tol > 0:
             raise FieldError("radius_tol", f"must be > 0, got {radius_tol}")
         check_choice("futility", futility, FUTILITY_RULES)
@@ -440,7 +440,7 @@ class Smooth:
         generators: Sequence[torch.Generator | None], *, futility: str = "projected",
     ) -> list[Prediction]:
         """:meth:`predict_sequential_batch`, with the samples each image drew (its stopping time)."""
-        self._check_args(xs, generators, n_max, alpha, batch_size)
+        self._check_args(xs, generators, n_max, alpha, batch_size, n_name="n_max")
         check_choice("futility", futility, FUTILITY_RULES)
         looks = bounds.look_schedule(int(n_max), self.noise_chunk)
         threshold = bounds.predict_sequential_log_threshold(alpha, self.num_classes)
@@ -582,7 +582,7 @@ class Smooth:
         return self._sequence_ok[key]
 
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
-                    batch_size: int, n0: int | None = None) -> None:
+                    batch_size: int, n0: int | None = None, n_name: str = "n") -> None:
         if xs.dim() != 4:
             raise FieldError("x", f"must be images [k, C, H, W] (one image: [C, H, W]), got shape "
                                   f"{tuple(xs.shape)}")
@@ -592,7 +592,8 @@ class Smooth:
             raise FieldError("generators", f"must be one per image: {xs.shape[0]} images but "
                                            f"{len(generators)} generators")
         bounds.check_alpha(alpha)
-        for name, value in (("n0", n0), ("n", n), ("batch_size", batch_size)):
+        check_pixels(xs)
+        for name, value in (("n0", n0), (n_name, n), ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, minimum=1)
         for g in generators:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
 from robustmaxup.certify.smooth import ABSTAIN
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.runtime.io import atomic_write_text, check_input_path, shown
 from robustmaxup.runtime.text import safe_text
 
@@ -301,8 +301,8 @@ def read_rows(path: str | os.PathLike, fmt: TsvFormat) -> TsvContents:
         raise UserError(f"{path} does not start with the header {fmt.header!r}; it is not a "
                         f"{fmt.name} output, choose another output file")
     rows = _parse_rows(path, enumerate(lines[1:], start=2), fmt.row, fmt.columns,
-                       "regenerate the file, or delete that line and rerun with --resume to redo "
-                       "its image")
+                       f"regenerate the file, or delete that line and rerun with {ref('resume', True)} "
+                       "to redo its image")
     return TsvContents({row.idx: row for row in rows}, end)
 
 

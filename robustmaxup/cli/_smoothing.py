@@ -74,9 +74,9 @@ def add_sequential_args(p: argparse.ArgumentParser, *, certify: bool = True) -> 
                    help=f"stop sampling an image once {decided} (replaces --n)")
     g.add_argument("--n-max", type=int, default=None,
                    help=f"most {'estimation ' if certify else ''}samples per image (default: {d.n_max})")
-    give_up = "a radius" if certify else "an image (it abstains)"
+    give_up = "stop trying for a radius" if certify else "stop sampling an image (it abstains)"
     g.add_argument("--futility", default=None, choices=FUTILITY_RULES,
-                   help=f"give {give_up} up when even projected (or unanimous) further votes cannot "
+                   help=f"{give_up} once even projected (or unanimous) further votes could not "
                         f"decide it by --n-max (default: {d.futility})")
     if not certify:
         return

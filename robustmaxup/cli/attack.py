@@ -28,7 +28,12 @@ from robustmaxup.runtime.io import check_not_inputs, file_label
 log = logging.getLogger("robustmaxup")
 
 #: library field -> flag, where they differ from ``--field-name``
-FLAGS = {"batch_size": "--batch"}
+FLAGS = {"batch_size": "--batch", "version": "--aa-version"}
+
+
+class _Renamed(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("--version was renamed --aa-version (--version prints robustmaxup's version)")
 INDEX_RULE = "n evenly spaced examples of the split (data.spread_indices); all when n >= its size"
 
 
@@ -44,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attack to run: {', '.join(EVALUATORS.names())}")
     p.add_argument("--norm", default="Linf", help="threat model: Linf, L2 (or L1 for AutoAttack)")
     p.add_argument("--eps", required=True, help="budget in [0,1] pixel units; fractions like 8/255 work")
-    p.add_argument("--version", default=None,
+    p.add_argument("--version", nargs="?", action=_Renamed, help=argparse.SUPPRESS)
+    p.add_argument("--aa-version", dest="version", default=None,
                    help=f"AutoAttack version: {', '.join(AA_VERSIONS)} (default: standard; rand "
                         "with --smoothed; custom with --attacks)")
     p.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
@@ -80,10 +86,10 @@ def attack_config(args: argparse.Namespace, eps: float, sigma: float | None):
     from robustmaxup.attacks import AttackConfig
 
     if args.attack != "autoattack" and (args.version is not None or args.attacks):
-        raise UserError(f"--version/--attacks apply to --attack autoattack, not {args.attack!r}")
+        raise UserError(f"--aa-version/--attacks apply to --attack autoattack, not {args.attack!r}")
     if args.attack == "autoattack" and (args.steps is not None or args.step_size is not None):
         raise UserError("--steps/--step-size apply to --attack pgd; AutoAttack sets its own "
-                        "iterations (choose its attacks with --version or --attacks)")
+                        "iterations (choose its attacks with --aa-version or --attacks)")
     if (args.sigma is not None or args.m != 32) and not args.smoothed:
         raise UserError("--sigma/--m only apply with --smoothed")
     version = args.version or ("custom" if args.attacks else "rand" if args.smoothed else "standard")

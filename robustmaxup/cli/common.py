@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, NoReturn, Sequence
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, flags_named
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.interrupts import Terminated, sigterm_interrupts
 from robustmaxup.runtime.text import install_safe_log_records, safe_text
@@ -48,9 +48,8 @@ def make_parser(command: str, description: str) -> ArgumentParser:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when the handler
-    was made: a command run in-process (tests, notebooks) leaves no handler bound to a stream
-    that has since been closed or replaced."""
+    """Writes to ``sys.stderr`` as it is at each record (a command run in-process, as in tests
+    or notebooks, leaves no handler bound to a stream since closed or replaced)."""
 
     @property
     def stream(self):  # type: ignore[override]
@@ -87,7 +86,7 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
     """Parse ``argv`` and run ``body(args)``; a UserError becomes one line and exit 2.
 
     ``flags`` maps library field names to this command's flags where they differ from
-    ``--field-name`` (e.g. ``{"batch_size": "--batch"}``), for :class:`FieldError` messages.
+    ``--field-name`` (``{"batch_size": "--batch"}``), for FieldErrors and :func:`~robustmaxup.errors.ref`.
     """
     try:
         args = parser.parse_args(argv)
@@ -95,7 +94,7 @@ def run(command: str, body: Callable[[argparse.Namespace], None], parser: argpar
         return int(e.code or 0)
     setup_logging(getattr(args, "quiet", False))
     try:
-        with sigterm_interrupts():
+        with sigterm_interrupts(), flags_named(lambda field: flag_for(field, flags)):
             body(args)
     except UserError as e:
         print(error_line(command, e, flags), file=sys.stderr)
@@ -127,12 +126,13 @@ def add_data_args(p: argparse.ArgumentParser, *, split: str = "test") -> None:
 
 def class_names(value: str) -> tuple[str, ...]:
     """``--class-order``: a file with one class name per line, or names separated by commas."""
+    if "," not in value and (os.sep in value or value.endswith(".txt")) and not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"no file {value!r} (give a file, one name per line, or names with commas)")
     try:
         text = Path(value).read_text(encoding="utf-8") if os.path.isfile(value) else value.replace(",", "\n")
     except (OSError, UnicodeDecodeError) as e:
         raise argparse.ArgumentTypeError(f"cannot read {value!r}: {e}") from None
-    names = tuple(n.strip() for n in text.splitlines() if n.strip())
-    if not names:
+    if not (names := tuple(n.strip() for n in text.splitlines() if n.strip())):
         raise argparse.ArgumentTypeError(f"no class names in {value!r}")
     return names
 

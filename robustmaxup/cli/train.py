@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 from robustmaxup.cli.common import make_parser, run, setup_logging
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import parse_fraction
-from robustmaxup.train import TrainConfig, merge_flat, options, read_flat, train
+from robustmaxup.train import TrainConfig, base_layers, merge_flat, options, train
 from robustmaxup.train.config import RENAMED, SCHEDULE_PARAMS, renamed_message
 from robustmaxup.train.recipes import recipe_table
 
@@ -109,10 +109,10 @@ def _check_perturbation_flags(given: Mapping[str, Any], flat: Mapping[str, Any])
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config of parsed flags: the layers (``--config``'s file; ``--recipe``'s values) as the
-    base, the flags given explicitly on top."""
+    """The config of parsed flags: the layers (``--config``'s file, or the resumed run's own;
+    ``--recipe``'s values) as the base, the flags given explicitly on top."""
     given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    layers = [read_flat(args.config)] if "config" in vars(args) else []
+    layers = base_layers(vars(args).get("config"), out=given.get("out"), resume=bool(given.get("resume")))
     flat = merge_flat(*layers, given)
     _check_perturbation_flags(given, flat)
     cfg = TrainConfig.from_flat(flat)

@@ -16,7 +16,7 @@ import torch
 
 from robustmaxup.data.splits import FolderSplit, Split
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.checks import check_int
+from robustmaxup.runtime.checks import FieldError, check_int
 from robustmaxup.runtime.seeds import stream_seed
 
 __all__ = ["spread_indices", "select_indices", "train_val_split", "stratified_pick", "epoch_indices"]
@@ -36,6 +36,13 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
     return torch.div(torch.arange(k) * n, k, rounding_mode="floor")
 
 
+def check_max_images(max_images: int) -> int:
+    """``max_images`` as an int: -1 (all) or at least 1, else FieldError."""
+    if max_images != -1 and check_int("max_images", max_images) < 1:
+        raise FieldError("max_images", f"must be -1 (all images) or an integer >= 1, got {max_images}")
+    return int(max_images)
+
+
 def select_indices(size: int, skip: int, max_images: int = -1) -> list[int]:
     """The evaluation subset of a ``size``-image split: every ``skip``-th index, then, if
     ``max_images`` (> 0) is smaller, that many of them spread evenly over the whole range.
@@ -50,8 +57,7 @@ def select_indices(size: int, skip: int, max_images: int = -1) -> list[int]:
         [0, 45, 90, 180, 225, 270]
     """
     check_int("skip", skip, minimum=1)
-    if max_images != -1:
-        check_int("max_images", max_images, minimum=1)
+    check_max_images(max_images)
     idx = list(range(0, check_int("size", size, minimum=0), skip))
     if max_images == -1 or max_images >= len(idx):
         return idx

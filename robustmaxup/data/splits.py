@@ -92,6 +92,8 @@ class ImageSplit:
         labels = torch.as_tensor(labels).to(torch.int64).cpu()
         check_class_indices("labels", labels, info.num_classes)
         names = list(classes) if classes is not None else [str(i) for i in range(info.num_classes)]
+        if len(names) != info.num_classes:
+            raise FieldError("classes", f"must name {info.num_classes} classes for {info.name}, got {len(names)}")
         return cls(info, split, images.cpu().contiguous(), labels, names, source="tensors")
 
     @property
@@ -185,13 +187,18 @@ Split = ImageSplit | FolderSplit
 
 
 def check_indices(indices: Sequence[int], size: int) -> list[int]:
-    """``indices`` as ints: FieldError unless there is at least one, each in ``[0, size)``."""
+    """``indices`` as ints: FieldError unless there is at least one, each in ``[0, size)`` and
+    none repeated (one row per example)."""
     idx = [int(i) for i in indices]
     if not idx:
         raise FieldError("indices", "must name at least one example")
     bad = [i for i in idx if not 0 <= i < size]
     if bad:
         raise FieldError("indices", f"must lie in [0, {size}) (the split's size), got {bad[0]}")
+    if len(set(idx)) != len(idx):
+        seen: set[int] = set()
+        again = next(i for i in idx if i in seen or seen.add(i))
+        raise FieldError("indices", f"must name each example once, got {again} twice")
     return idx
 
 

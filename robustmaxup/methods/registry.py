@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.methods.base import Augmentation, Method, WeightPerturbation
 from robustmaxup.registry import Registry
 
@@ -49,12 +49,13 @@ def register_augmentation(cls: A) -> A:
 
 
 def _flags(names: list[str]) -> str:
-    return ", ".join("--" + k.replace("_", "-") for k in names)
+    return ", ".join(ref(k) for k in names)
 
 
 def build_method(name: str, **hparams: Any) -> Method:
     """Instantiate method ``name``; ``None`` values mean "use the method's default".
-    A hyper-parameter the method does not take is a UserError naming the flag."""
+    A hyper-parameter the method does not take is a UserError naming it (the flag on the
+    command line)."""
     cls = METHODS.get(name)
     given = {k: v for k, v in hparams.items() if v is not None}
     unknown = sorted(set(given) - set(cls.hparam_names()))

@@ -21,6 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
+from robustmaxup.errors import UserError
 from robustmaxup.models.digits_cnn import DigitsCNN
 from robustmaxup.models.preact_resnet import PreActResNet18
 from robustmaxup.models.resnet_cifar import CifarResNet
@@ -54,6 +55,20 @@ def _resnet50(num_classes: int, in_channels: int) -> nn.Module:
     return net
 
 
+def check_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` if it is images ``[B, channels, H, W]`` (any shape when ``channels`` is 1, which
+    broadcasts by design), else UserError: per-channel constants would broadcast silently over
+    a 1-channel image. Wrapped for ``torch.fx``, so BatchNorm folding traces past it and the
+    folded model still checks."""
+    if channels > 1 and (x.dim() != 4 or x.shape[1] != channels):
+        raise UserError(f"the model takes images [B, {channels}, H, W] (pixels in [0, 1]), got "
+                        f"shape {tuple(x.shape)}")
+    return x
+
+
+torch.fx.wrap("check_channels")
+
+
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; the constants are buffers saved with the model."""
 
@@ -61,8 +76,10 @@ class Normalize(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.channels = len(mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_channels(x, self.channels)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.runtime.text import error_summary
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,18 @@ def clean_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Any, 
             except RuntimeError as e:
                 raise UserError(f"the model does not accept {split.info.name} images of shape "
                                 f"{tuple(xs.shape[1:])}: {error_summary(e, 200)}; check "
-                                "--dataset and the checkpoint") from None
+                                f"{ref('dataset')} and the checkpoint") from None
             correct += int((pred == ys).sum())
     return correct / len(chosen), len(chosen)
 
 
-#: where the model's class order came from (``checkpoints.map_classes``) -> what to check
-CLASS_ORDER_HINTS = {
-    "declared": "the class order given with --class-order",
-    "checkpoint": "the class order the checkpoint records",
-    "assumed": "the class order (assumed to be the data's; give the model's with --class-order)",
-}
+def class_order_hint(source: str | None) -> str:
+    """Where the model's class order came from (``checkpoints.map_classes``) -> what to check."""
+    return {
+        "declared": f"the class order given with {ref('class_order')}",
+        "checkpoint": "the class order the checkpoint records",
+        "assumed": f"the class order (assumed to be the data's; give the model's with {ref('class_order')})",
+    }.get(source or "", "the labels")
 
 
 def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str,
@@ -64,7 +65,5 @@ def log_clean_accuracy(accuracy: float, images: int, num_classes: int, what: str
     log.info("check after loading: clean accuracy of %s on %d images spread over the selection: "
              "%.1f%%", what, images, 100 * accuracy)
     if accuracy < 2.0 / num_classes and images >= 20:
-        order = CLASS_ORDER_HINTS.get(class_source or "", "the labels")
-        log.warning("warning: clean accuracy is near chance; if the model is trained, check --dataset, "
-                    "the normalisation and %s",
-                    order)
+        log.warning("warning: clean accuracy is near chance; if the model is trained, check %s, "
+                    "the normalisation and %s", ref("dataset"), class_order_hint(class_source))

@@ -3,7 +3,8 @@
 Library code checks its arguments with these functions; a failure raises :class:`FieldError`,
 a :class:`~robustmaxup.errors.UserError` that knows which field was wrong. The command line maps
 a field to its flag (``batch_size`` -> ``--batch``) when it prints the one-line error, so a
-Python user reads ``n0 must be >= 1`` and a CLI user reads ``--n0 must be >= 1``.
+Python user reads ``n0 must be >= 1`` and a CLI user reads ``--n0 must be >= 1``. Other fields a
+message names are written with :func:`~robustmaxup.errors.ref` (the same mapping).
 
 Example::
 
@@ -17,7 +18,7 @@ import numbers
 from fractions import Fraction
 from typing import Any, Iterable
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 
 
 class FieldError(UserError):
@@ -26,6 +27,9 @@ class FieldError(UserError):
     def __init__(self, field: str, problem: str) -> None:
         self.field, self.problem = field, problem
         super().__init__(f"{field} {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (e.g. across processes) with both parts
+        return type(self), (self.field, self.problem)
 
     def renamed(self, name: str) -> str:
         """The message with the field shown as ``name`` (e.g. its command-line flag)."""
@@ -88,8 +92,11 @@ def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
 
 
 def check_alpha(alpha: float, field: str = "alpha") -> float:
-    """A failure probability in (0, 1)."""
-    return check_range(field, alpha, 0.0, 1.0, lo_open=True, hi_open=True)
+    """A failure probability in (0, 1), else FieldError (with an example value)."""
+    if not (_is_finite(alpha) and 0 < alpha < 1):
+        raise FieldError(field, f"must be a failure probability in (0, 1), got {alpha!r}; e.g. "
+                                f"{ref(field, 0.001)}")
+    return alpha
 
 
 def parse_fraction(text: str, field: str = "value") -> float:
@@ -101,3 +108,14 @@ def parse_fraction(text: str, field: str = "value") -> float:
     if not math.isfinite(value):
         raise FieldError(field, f"must be finite, got {text!r}")
     return value
+
+
+def check_pixels(x: Any, what: str = "x") -> None:
+    """UserError unless every entry of the tensor ``x`` is a pixel value in [0, 1] (NaN is not):
+    noise and perturbations live in pixel space, normalisation inside the model. One host sync."""
+    if not x.numel():
+        return
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0.0 or hi > 1.0 or lo != lo or hi != hi:
+        raise UserError(f"{what} must lie in [0, 1] (pixels, normalisation inside the model); "
+                        f"got values in [{lo:.4g}, {hi:.4g}]")

@@ -30,8 +30,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
-    except RuntimeError as e:
-        raise UserError(f"bad device {spec!r}: {e}") from None
+    except RuntimeError:
+        raise UserError(f"bad device {spec!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {spec} asked for, but CUDA is not available; use cpu")
     return device

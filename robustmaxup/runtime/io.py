@@ -33,7 +33,7 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.text import safe_text
 
@@ -285,7 +285,7 @@ def create_exclusive(path: str | os.PathLike, *, what: str = "output") -> IO[str
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
         raise UserError(f"{what} {shown(path)} already exists (another run may be writing it); "
-                        "choose another output or resume it (--resume)") from None
+                        f"choose another output or resume it ({ref('resume', True)})") from None
     except OSError as e:
         raise UserError(f"cannot create {what} {shown(path)}: {e.strerror}") from None
     return os.fdopen(fd, "w", encoding="utf-8")

@@ -18,6 +18,8 @@ import random
 import numpy as np
 import torch
 
+from robustmaxup.runtime.checks import check_int
+
 #: stream name -> what it seeds (the only names :func:`stream_seed` accepts)
 STREAMS: dict[str, str] = {
     "train.init": "global RNGs at the start of training (model initialisation)",
@@ -40,6 +42,11 @@ def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed derived deterministically from integers and strings."""
     h = hashlib.sha256(",".join(str(p) if isinstance(p, str) else str(int(p)) for p in parts).encode())
     return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` as an int if it is an integer in torch's seed range, else FieldError naming ``seed``."""
+    return check_int("seed", seed, minimum=-2**63, maximum=2**64 - 1)
 
 
 def stream_seed(seed: int, stream: str, *parts: int) -> int:

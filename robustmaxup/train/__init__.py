@@ -31,14 +31,14 @@ the same weights as an uninterrupted run.
 """
 
 from robustmaxup.train.config import (
-    Option, PerturbationSpec, TrainConfig, lr_at, merge_flat, options, read_flat,
+    Option, PerturbationSpec, TrainConfig, base_layers, lr_at, merge_flat, options, read_flat,
 )
 from robustmaxup.train.loop import evaluate, setup, train, train_batch, train_epoch, train_step
 from robustmaxup.train.recipes import RECIPES, Recipe, Setting, recipe_table
 from robustmaxup.train.state import Run, TrainState, metric_name
 
 __all__ = [
-    "TrainConfig", "PerturbationSpec", "Option", "options", "merge_flat", "read_flat", "lr_at",
+    "TrainConfig", "PerturbationSpec", "Option", "options", "merge_flat", "read_flat", "base_layers", "lr_at",
     "RECIPES", "Recipe", "Setting", "recipe_table", "Run", "TrainState", "metric_name", "setup",
     "train", "train_epoch", "train_batch", "train_step", "evaluate",
 ]

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from robustmaxup.checkpoints import read_checkpoint, save_checkpoint
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import atomic_write_json, atomic_write_text, shown
@@ -59,7 +59,7 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
         return None
     if not path.exists():
         if dist.main:
-            log.info("--resume: %s holds no last.pt yet; starting the run from epoch 1", shown(out))
+            log.info("%s: %s holds no last.pt yet; starting the run from epoch 1", ref("resume", True), shown(out))
         return None
     ckpt = read_checkpoint(path)
     if "history" not in ckpt:  # robustmaxup.engine's checkpoints: other seed streams, nested config
@@ -86,9 +86,9 @@ def _warn_stretched_schedule(cfg: TrainConfig, saved: Mapping[str, Any], dist: D
     length then give the remaining epochs other rates than the first call planned."""
     was = saved.get("epochs")
     if dist.main and cfg.schedule in EPOCH_RELATIVE_SCHEDULES and was is not None and was != cfg.epochs:
-        log.warning("--resume with %d epochs instead of %d: the %s schedule is stretched over the new "
-                    "length, so the remaining epochs get other learning rates than the first run planned",
-                    cfg.epochs, was, cfg.schedule)
+        log.warning("%s with %s instead of %d: the %s schedule is stretched over the new length, so the "
+                    "remaining epochs get other learning rates than the first run planned",
+                    ref("resume", True), ref("epochs", cfg.epochs), was, cfg.schedule)
 
 
 def _check_resumable(ckpt: Mapping[str, Any], out: Path) -> None:
@@ -127,7 +127,11 @@ def restore(run: Run, ckpt: Mapping[str, Any]) -> None:
     run.state.best = ckpt.get("best")
     run.state.history = [dict(m) for m in ckpt["history"]]
     run.state.sessions = [dict(s) for s in ckpt.get("sessions", [])]  # older checkpoints hold none
-    log.info("resuming %s from epoch %d", run.out, run.state.epoch)
+    if run.state.epoch >= run.cfg.epochs:
+        log.info("%s is complete (%d of %d epochs); nothing to do", shown(run.out), run.state.epoch,
+                 run.cfg.epochs)
+    else:
+        log.info("resuming %s after epoch %d of %d", shown(run.out), run.state.epoch, run.cfg.epochs)
 
 
 # --- saving ----------------------------------------------------------------------------------------

@@ -29,15 +29,17 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from robustmaxup.data.augment import PADDINGS
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS
 from robustmaxup.methods.maxup import augmentation_defaults
 from robustmaxup.models import MODELS
@@ -46,6 +48,7 @@ from robustmaxup.runtime.checks import (
 )
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS
 from robustmaxup.runtime.io import check_input_path
+from robustmaxup.runtime.seeds import check_seed
 from robustmaxup.train.recipes import RECIPES, recipe_values
 
 __all__ = [
@@ -182,6 +185,17 @@ def _meta(help: str, group: str, *, flag: str | None = None, choices: tuple[str,
 _DATA, _OPT, _RUN = "data and model", "optimisation (defaults: Cohen et al.'s CIFAR recipe)", "runtime"
 
 
+def _not_an_option(key: str, method: str, options: list[str]) -> str:
+    """Why ``key`` of ``method_args`` is refused: another method's option, or a misspelling
+    (with the closest setting or option)."""
+    listed = f"its options: {', '.join(map(ref, options)) or 'none'}"
+    if any(key in METHODS.get(m).hparam_names() for m in METHODS):
+        return f"is not an option of method {method} ({listed})"
+    close = difflib.get_close_matches(key, [*_core_names(), *options], n=1)
+    hint = f"; did you mean {ref(close[0])}?" if close else ""
+    return f"is neither a training setting nor an option of method {method} ({listed}){hint}"
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run. Field names are ``robustmaxup train``'s flag names; the
@@ -211,7 +225,8 @@ class TrainConfig:
         _DATA, choices=tuple(RECIPES.names())))
     method_args: dict[str, Any] = field(default_factory=dict)
     perturbation: PerturbationSpec | None = None
-    resume: bool = field(default=False, metadata=_meta("continue the run in the run directory from last.pt", _DATA))
+    resume: bool = field(default=False, metadata=_meta(
+        "continue the run in the run directory from last.pt (its config.json gives what is not given)", _DATA))
     epochs: int = field(default=90, metadata=_meta("number of epochs", _OPT))
     batch: int = field(default=256, metadata=_meta("global batch size", _OPT))
     lr: float = field(default=0.1, metadata=_meta("learning rate", _OPT))
@@ -256,7 +271,8 @@ class TrainConfig:
     quiet: bool = field(default=False, metadata=_meta("no progress bars or per-epoch logging", _RUN))
 
     def __post_init__(self) -> None:
-        self.method_args = dict(self.method_args)
+        if isinstance(self.method_args, Mapping):  # anything else: validate() names the field
+            self.method_args = dict(self.method_args)
         if isinstance(self.perturbation, str):
             self.perturbation = PerturbationSpec(self.perturbation)
         if isinstance(self.lr_milestones, (list, tuple)):  # JSON gives a list
@@ -330,7 +346,7 @@ class TrainConfig:
         check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         if self.nesterov and self.momentum == 0:
             raise FieldError("nesterov", "needs a momentum > 0 (Nesterov's update is a momentum update); "
-                                         "set --momentum or drop --nesterov")
+                                         f"set {ref('momentum')} or drop {ref('nesterov')}")
         check_range("weight_decay", self.weight_decay, 0.0, FLOAT32_MAX)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_int("lr_step", self.lr_step, minimum=1)
@@ -341,8 +357,8 @@ class TrainConfig:
             if i and m <= self.lr_milestones[i - 1]:
                 raise FieldError("lr_milestones", f"must increase, got {list(self.lr_milestones)}")
         if self.schedule == "multistep" and not self.lr_milestones:
-            raise FieldError("lr_milestones", "must name at least one epoch with --schedule multistep "
-                                              "(e.g. --lr-milestones 30 60), or use another schedule")
+            raise FieldError("lr_milestones", f"must name at least one epoch with {ref('schedule', 'multistep')} "
+                                              f"(e.g. {ref('lr_milestones', (30, 60))}), or use another schedule")
         check_range("lr_gamma", self.lr_gamma, 0.0, FLOAT32_MAX, lo_open=True)
         check_choice("step_structure", self.step_structure, STEP_STRUCTURES)
         check_choice("crop_padding", self.crop_padding, PADDINGS)
@@ -356,13 +372,16 @@ class TrainConfig:
         check_int("eval_n", self.eval_n, minimum=1, maximum=MAX_NOISE_DRAWS)
         check_alpha(self.eval_alpha, "eval_alpha")
         check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
-        check_int("seed", self.seed)
+        check_seed(self.seed)
         check_int("workers", self.workers, minimum=0)
         if not isinstance(self.method_args, dict):
             raise FieldError("method_args", "must be a dict of the method's hyper-parameters")
         if self.perturbation is not None and not isinstance(self.perturbation, PerturbationSpec):
             raise FieldError("perturbation", f"must be a PerturbationSpec, got {self.perturbation!r}")
-        METHODS.get(self.method)  # unknown names: UserError listing the known ones
+        method = METHODS.get(self.method)  # unknown names: UserError listing the known ones
+        unknown = sorted(set(self.method_args) - set(method.hparam_names()))
+        if unknown:
+            raise FieldError(unknown[0], _not_an_option(unknown[0], self.method, method.hparam_names()))
         MODELS.get(self.arch)
 
     def record(self, method_hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -430,6 +449,22 @@ def recipe_overrides(record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if now != value:
             out[key] = {"recipe": value, "value": now}
     return out
+
+
+def base_layers(config: str | os.PathLike | None = None, *, out: str | os.PathLike | None = None,
+                resume: bool = False) -> list[dict[str, Any]]:
+    """The base layer under the values given: ``config``'s (a replay); else, when resuming a run
+    directory ``out`` that holds a ``config.json``, that run's own (so ``--out DIR --resume``
+    alone continues it: the values given on top are checked against it as usual); else none."""
+    if config is not None:
+        return [read_flat(config)]
+    saved = Path(out) / "config.json" if out is not None else None
+    if not (resume and saved is not None and saved.is_file()):
+        return []
+    try:
+        return [read_flat(saved)]
+    except UserError:  # not a run's config.json: the run-directory checks then say what is wrong
+        return []
 
 
 def read_flat(path: str | os.PathLike) -> dict[str, Any]:

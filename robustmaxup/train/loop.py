@@ -36,14 +36,14 @@ import torch
 
 from robustmaxup.certify import Smooth
 from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturbation, build_method
-from robustmaxup.runtime.checks import FieldError
+from robustmaxup.runtime.checks import FieldError, check_choice
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.io import ensure_writable_dir, shown
 from robustmaxup.runtime.progress import Progress
 from robustmaxup.runtime.records import provenance
 from robustmaxup.runtime.seeds import stream_generator
 from robustmaxup.train import checkpointing, recipes
-from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at
+from robustmaxup.train.config import PerturbationSpec, TrainConfig, lr_at, recipe_overrides
 from robustmaxup.train.state import (
     RUN_FILES, Run, RunDirLock, build_run, check_eval_metric, check_loader_options, check_out_dir, load_splits,
 )
@@ -163,6 +163,7 @@ def _fit(run: Run) -> dict[str, Any]:
     if main:
         checkpointing.begin_session(run, provenance(run.device))
         checkpointing.write_metrics(run.out, state.history)  # the checkpoint's record is the log
+    if main and state.epoch < cfg.epochs:
         log.info("training %s with %s on %s (%d train / %d val images), %s, %d process(es)",
                  cfg.arch, cfg.method, cfg.dataset, len(run.splits["train"]),
                  len(run.splits["val"]) if run.splits["val"] is not None else 0, run.device, run.dist.world)
@@ -170,7 +171,8 @@ def _fit(run: Run) -> dict[str, Any]:
             log.info("no validation images (val_size 0): best.pt is not written; use last.pt")
         if cfg.recipe:
             val = run.splits["val"]
-            log.info("%s", recipes.run_differences(cfg.recipe, bf16=run.bf16, held_out=len(val) if val else 0))
+            log.info("%s", recipes.run_differences(cfg.recipe, bf16=run.bf16, held_out=len(val) if val else 0,
+                                                   changed=sorted(recipe_overrides(run.record))))
     for epoch in range(state.epoch, cfg.epochs):
         metrics = train_epoch(run, epoch, progress=main and not cfg.quiet)
         t_eval = time.perf_counter()
@@ -296,7 +298,7 @@ def evaluate(run: Run, name: str) -> float:
     has none), in eval mode, with noise from the fixed stream ``eval.<name>`` so the metric is
     comparable across epochs. Every rank evaluates the whole split; cheap by design. With
     ``cfg.eval_radius`` (smoothing methods): :func:`certified_accuracy` instead."""
-    loader = run.loaders.get(name)
+    loader = run.loaders.get(check_choice("name", name, ("val", "test")))
     if loader is None:
         return float("nan")
     gen = stream_generator(run.cfg.seed, f"eval.{name}", device=run.device)

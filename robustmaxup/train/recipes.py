@@ -31,8 +31,9 @@ normalised pixels (robustmaxup normalises inside the model).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
+from robustmaxup.errors import ref
 from robustmaxup.registry import Registry
 
 __all__ = ["Setting", "Recipe", "RECIPES", "recipe_values", "recipe_table", "run_differences", "UNVERIFIED_MARKS"]
@@ -464,18 +465,20 @@ _add(Recipe(
 ))
 
 
-def run_differences(name: str, *, bf16: bool, held_out: int) -> str:
+def run_differences(name: str, *, bf16: bool, held_out: int, changed: Sequence[str] = ()) -> str:
     """One line for the start of a run of recipe ``name``: the engine-wide differences from the
-    authors' set-up that apply to it (module docstring) and how many recipe notes there are."""
+    authors' set-up that apply to it (module docstring), the recipe's values this run
+    ``changed`` (given over it), and how many recipe notes there are."""
     found = ["inputs normalised inside the model", "the last short batch of an epoch dropped"]
     if bf16:
-        found.insert(0, "bf16 autocast (--precision fp32 to match)")
+        found.insert(0, f"bf16 autocast ({ref('precision', 'fp32')} to match)")
     if held_out:
-        found.insert(1 if bf16 else 0, f"{held_out} training images held out for best.pt (--val-size 0 to "
-                                       "train on all)")
+        found.insert(1 if bf16 else 0, f"{held_out} training images held out for best.pt "
+                                       f"({ref('val_size', 0)} to train on all)")
     notes = len(RECIPES.get(name).notes)
     more = f"; {notes} recipe note(s): robustmaxup train --list-recipes" if notes else ""
-    return f"recipe {name}: the authors' set-up, except {', '.join(found)}{more}"
+    mine = f"; given over the recipe: {', '.join(map(ref, changed))}" if changed else ""
+    return f"recipe {name}: the authors' set-up, except {', '.join(found)}{mine}{more}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,5 +529,5 @@ def _late_milestones() -> list[str]:
         if late:
             notes.append(f"{name}: lr_milestones {','.join(map(str, late))} lie past its "
                          f"{values['epochs']} epochs, as in the authors' code; they act only with a "
-                         "larger --epochs.")
+                         f"larger {ref('epochs')}.")
     return notes

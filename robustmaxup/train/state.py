@@ -24,7 +24,7 @@ from torch import nn
 
 from robustmaxup.certify.bounds import min_samples_to_certify_radius
 from robustmaxup.data import CropFlip, get_info, load_split, make_loader, spread_indices, train_val_split
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 from robustmaxup.methods import Method, WeightPerturbation
 from robustmaxup.models import build_model
 from robustmaxup.runtime.checks import FieldError
@@ -132,15 +132,15 @@ def check_eval_metric(cfg: TrainConfig, method: Method) -> None:
     if cfg.eval_radius is None:
         for name in ("eval_n", "eval_alpha"):
             if getattr(cfg, name) != TrainConfig.__dataclass_fields__[name].default:
-                raise FieldError(name, "applies only with --eval-radius (certified accuracy as the "
-                                       "per-epoch metric); add --eval-radius R or drop it")
+                raise FieldError(name, f"applies only with {ref('eval_radius')} (certified accuracy as the "
+                                       f"per-epoch metric); set {ref('eval_radius')} or drop it")
         return
     if method.family != "smoothing":
         raise FieldError("eval_radius", f"applies to smoothing methods only; {cfg.method} here is validated "
                                         f"by {metric_name(method)}")
     if cfg.val_size == 0 and cfg.max_eval == 0:
-        raise FieldError("eval_radius", "has nothing to evaluate: no validation images (--val-size 0) "
-                                        "and no test images (--max-eval 0)")
+        raise FieldError("eval_radius", f"has nothing to evaluate: no validation images ({ref('val_size', 0)}) "
+                                        f"and no test images ({ref('max_eval', 0)})")
     sigma = float(method.hparams()["sigma"])
     try:
         need = min_samples_to_certify_radius(cfg.eval_radius, sigma, cfg.eval_alpha)
@@ -169,7 +169,7 @@ def check_out_dir(cfg: TrainConfig) -> Path:
     then ensures the config.json the run rewrites records the same run.
     """
     out = check_output_path(cfg.out, "out", kind="dir")
-    check_not_inputs([("out", out)], [("the data root (--data-root)", cfg.data_root)])
+    check_not_inputs([("out", out)], [(f"the data root ({ref('data_root')})", cfg.data_root)])
     if not out.is_dir():
         return out
     if not cfg.resume and any(p.name != LOCK_FILE for p in out.iterdir()):
@@ -247,7 +247,8 @@ def _check_steps(cfg: TrainConfig, train: Any, method: Method, world: int) -> No
     whose reference chunks would hold no example."""
     if cfg.batch > len(train):
         raise FieldError("batch", f"must be at most the number of training images ({len(train)}), "
-                                  f"got {cfg.batch}: no training step would be taken")
+                                  f"got {cfg.batch}: no training step would be taken; lower it or train on "
+                                  f"more images ({ref('max_train')}, {ref('val_size')})")
     chunks = method.reference_chunks() if cfg.step_structure == "reference" else 1
     if cfg.batch // world < chunks:
         raise FieldError("batch", f"must give each process at least {chunks} examples "
@@ -300,7 +301,7 @@ def train_augmentation(cfg: TrainConfig) -> CropFlip | bool:
     crops = isinstance(policy, CropFlip) and cfg.data_augment
     recipe = recipe_values(cfg.recipe).get("crop_padding") if cfg.recipe else None
     if not crops and cfg.crop_padding != "zeros" and cfg.crop_padding != recipe:
-        why = "with --no-data-augment" if isinstance(policy, CropFlip) else f"for {cfg.dataset}, which has none"
+        why = f"with {ref('data_augment', False)}" if isinstance(policy, CropFlip) else f"for {cfg.dataset}, which has none"
         raise FieldError("crop_padding", f"applies to the padded random crop of training images; there is "
                                          f"none {why}")
     if not isinstance(policy, CropFlip):

@@ -27,7 +27,7 @@ from robustmaxup.data.cache import Arrays, archive_key, cached, tree_key
 from robustmaxup.data.readers.common import need_root
 from robustmaxup.data.spec import DatasetSpec, Reader
 from robustmaxup.data.splits import SPLITS, ImageSplit
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _cifar_arrays(root: Path, name: str, split: str, fmt: CifarFormat, size: tup
 def _check_classes(classes: list[str], spec: DatasetSpec, fmt: CifarFormat, where: str) -> None:
     if len(classes) != spec.num_classes:
         raise UserError(f"{where} has {len(classes)} classes, {fmt.title} has "
-                        f"{spec.num_classes}; is --dataset right?")
+                        f"{spec.num_classes}; is {ref('dataset')} right?")
     if fmt.known_classes is not None and classes != list(fmt.known_classes):
         raise UserError(f"class folders in {where} ({', '.join(classes)}) are not {fmt.title}'s "
                         f"classes ({', '.join(fmt.known_classes)})")

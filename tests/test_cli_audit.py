@@ -1,0 +1,131 @@
+"""What a new user met on the command line (from a new-user audit, 2026-11-25), each now one
+clear line or the expected behaviour:
+
+* ``train --out DIR --resume`` alone continues the run from ``DIR/config.json``; a finished run
+  says it is complete; the resume line says after which epoch of how many it goes on;
+* a run that changes its recipe's values names them in the recipe line;
+* ``attack --resume`` of a missing output says it starts it; an unrelated file at ``--save-adv``
+  is not offered a resume; ``attack --version`` (the program's version to everyone) was renamed;
+* a ``--class-order`` that looks like a missing file, a bad ``--device``, a batch larger than
+  the training images: each names what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from robustmaxup.certify import bounds
+from robustmaxup.cli import attack as attack_cli
+from robustmaxup.cli import certify as certify_cli
+from robustmaxup.cli import train as train_cli
+from robustmaxup.train import recipes
+
+TINY = ["--dataset", "digits", "--arch", "digits_cnn", "--max-train", "200", "--max-eval", "20",
+        "--batch", "50", "--sigma", "0.25"]
+
+
+def _err(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def test_out_and_resume_alone_continue_a_run(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train_cli.main([*TINY, "--epochs", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert train_cli.main(["--out", out, "--resume", "--epochs", "2"]) == 0   # no --dataset needed
+    err = capsys.readouterr().err
+    assert f"resuming {out} after epoch 1 of 2" in err and "epoch 2/2" in err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["epochs"], saved["max_train"], saved["arch"]) == (2, 200, "digits_cnn")
+    assert train_cli.main(["--out", out, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{out} is complete (2 of 2 epochs); nothing to do" in err and "training digits_cnn" not in err
+    assert train_cli.main(["--out", out, "--resume", "--arch", "cifar_resnet20"]) == 2   # still checked
+    err = _err(capsys)
+    assert "cannot resume run directory" in err and "arch ('digits_cnn', now 'cifar_resnet20')" in err
+
+
+def test_a_changed_setting_under_resume_is_still_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train_cli.main([*TINY, "--epochs", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert train_cli.main(["--out", out, "--resume", "--lr", "0.5"]) == 2
+    assert "other settings: lr (0.1, now 0.5)" in _err(capsys)
+
+
+def test_out_without_resume_does_not_read_the_runs_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"dataset": "digits", "out": str(out)}))
+    assert train_cli.main(["--out", str(out)]) == 2
+    assert _err(capsys) == "robustmaxup train: error: --dataset is required"
+
+
+def test_the_recipe_line_names_the_values_given_over_it(tmp_path, capsys):
+    line = recipes.run_differences("cohen", bf16=False, held_out=0, changed=["epochs", "method"])
+    assert line == ("recipe cohen: the authors' set-up, except inputs normalised inside the model, "
+                    "the last short batch of an epoch dropped; given over the recipe: epochs, method")
+    assert train_cli.main(["--recipe", "cohen", *TINY, "--epochs", "1", "--out", str(tmp_path / "r")]) == 0
+    logged = [x for x in capsys.readouterr().err.splitlines() if x.startswith("recipe cohen:")]
+    assert logged == [next(iter(logged))] and logged[0].endswith(
+        "given over the recipe: --arch, --batch, --epochs")
+
+
+@pytest.fixture(scope="module")
+def ckpt(untrained_ckpt):
+    return untrained_ckpt
+
+
+def test_attack_resume_of_a_missing_output_says_it_starts_it(ckpt, tmp_path, capsys):
+    out = tmp_path / "typo.json"
+    assert attack_cli.main([ckpt, "--dataset", "digits", "--attack", "pgd", "--eps", "0.1", "--steps", "1",
+                            "--n-examples", "4", "--out", str(out), "--resume"]) == 0
+    assert f"--resume: {out} does not exist yet; starting it" in capsys.readouterr().err and out.exists()
+
+
+def test_an_unrelated_file_at_save_adv_is_not_offered_a_resume(ckpt, tmp_path, capsys):
+    other = tmp_path / "other.pt"
+    other.write_text("not ours")
+    assert attack_cli.main([ckpt, "--dataset", "digits", "--attack", "pgd", "--eps", "0.1", "--n-examples", "4",
+                            "--out", str(tmp_path / "a.json"), "--save-adv", str(other)]) == 2
+    assert _err(capsys) == (f"robustmaxup attack: error: {other} already exists and is never overwritten; "
+                            f"choose another output (--save-adv)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt"]
+
+
+def test_an_interrupted_attack_is_offered_its_resume(ckpt, tmp_path, capsys):
+    out = tmp_path / "a.json"
+    args = [ckpt, "--dataset", "digits", "--attack", "pgd", "--eps", "0.1", "--steps", "1", "--n-examples", "4",
+            "--out", str(out), "--quiet"]
+    assert attack_cli.main(args) == 0
+    capsys.readouterr()
+    assert attack_cli.main(args) == 2
+    assert _err(capsys).endswith("already exists; resume the run (--resume) to continue or re-check it, or "
+                                 "choose another output (--out)")
+
+
+def test_class_order_that_looks_like_a_missing_file_is_named(ckpt, tmp_path, capsys):
+    for value in ("classes.txt", str(tmp_path / "nope" / "names")):
+        assert certify_cli.main([ckpt, "--dataset", "digits", "--class-order", value, "--max", "1"]) == 2
+        assert f"no file {value!r} (give a file, one name per line, or names with commas)" in _err(capsys)
+
+
+def test_a_bad_device_names_the_choices(ckpt, capsys):
+    assert certify_cli.main([ckpt, "--dataset", "digits", "--device", "gpu", "--max", "1", "--n", "10"]) == 2
+    assert _err(capsys) == "robustmaxup certify: error: bad device 'gpu': use auto, cpu, cuda or cuda:N"
+
+
+def test_a_batch_larger_than_the_training_images_says_how_to_fix_it(tmp_path, capsys):
+    assert train_cli.main([*TINY[:-4], "--batch", "256", "--max-train", "100", "--out", str(tmp_path / "r")]) == 2
+    assert _err(capsys).endswith("no training step would be taken; lower it or train on more images "
+                                 "(--max-train, --val-size)")
+
+
+def test_a_hopeless_n_is_a_warning_line(caplog):
+    with caplog.at_level(logging.WARNING, logger="robustmaxup"):
+        assert not bounds.can_ever_certify(5, 0.001)
+    assert caplog.records[0].getMessage().startswith("warning: n=5 samples can never certify at alpha=0.001")
