@@ -260,7 +260,8 @@ def test_read_flat_replays_the_values_and_drops_the_record(tmp_path):
 
 def test_read_flat_upgrades_an_old_record(tmp_path):
     flat = read_flat(_write(tmp_path, {"dataset": "digits", "out": "r", "method": "maxup", "alpha": 1.0, "k": 16}))
-    assert flat["crop_padding"] == "zeros" and flat["alpha"] is None and flat["k"] is None
+    assert flat["crop_padding"] == "zeros" and flat["mix_alpha"] is None and flat["k"] is None
+    assert "alpha" not in flat   # renamed mix_alpha
 
 
 def test_read_flat_lets_a_former_name_through_to_be_refused_with_its_hint(tmp_path):
@@ -291,13 +292,15 @@ def test_read_flat_refuses_what_is_not_a_config(tmp_path, data, part):
 ])
 def test_upgrade_record_clears_maxups_unused_old_defaults(saved, alpha, k):
     out = upgrade_record({"method": "maxup", **saved})
-    assert out["alpha"] == alpha and out["k"] == k
+    assert out["mix_alpha"] == alpha and out["k"] == k and "alpha" not in out
 
 
 def test_upgrade_record_keeps_a_recorded_padding_and_other_methods():
     assert upgrade_record({"crop_padding": "reflect"})["crop_padding"] == "reflect"
     assert upgrade_record({"method": "kmixup", "alpha": 1.0, "k": 16}) == {
-        "method": "kmixup", "alpha": 1.0, "k": 16, "crop_padding": "zeros"}
+        "method": "kmixup", "mix_alpha": 1.0, "k": 16, "crop_padding": "zeros"}
+    assert upgrade_record({"method": "mixup", "mix_alpha": 0.2}) == {
+        "method": "mixup", "mix_alpha": 0.2, "crop_padding": "zeros"}
 
 
 # --------------------------------------------------------------------------------------------

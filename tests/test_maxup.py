@@ -105,17 +105,17 @@ def test_mixed_copies_get_no_noise_unless_sigma_is_given(augment):
 
 
 def test_mixing_alpha_defaults_to_the_augmentations_own():
-    assert build_method("maxup", augment="kmixup").hparams()["alpha"] == 10.0
-    assert build_method("maxup", augment="mixup").hparams()["alpha"] == 1.0
-    assert build_method("maxup", augment="mixup", alpha=0.4).hparams()["alpha"] == 0.4
+    assert build_method("maxup", augment="kmixup").hparams()["mix_alpha"] == 10.0
+    assert build_method("maxup", augment="mixup").hparams()["mix_alpha"] == 1.0
+    assert build_method("maxup", augment="mixup", mix_alpha=0.4).hparams()["mix_alpha"] == 0.4
     assert build_method("maxup", augment="kmixup").hparams()["k"] == 16
     assert build_method("maxup", augment="kmixup", k=4).hparams()["k"] == 4
 
 
-@pytest.mark.parametrize("augment, option", [("gaussian", "alpha"), ("gaussian", "k"), ("mixup", "k"),
+@pytest.mark.parametrize("augment, option", [("gaussian", "mix_alpha"), ("gaussian", "k"), ("mixup", "k"),
                                              ("cutmix", "k")])
 def test_an_option_the_augmentation_does_not_use_is_refused_not_recorded(augment, option):
-    """A user's ``--alpha`` with Gaussian copies did nothing yet was recorded as if it had."""
+    """A user's ``--mix-alpha`` with Gaussian copies did nothing yet was recorded as if it had."""
     with pytest.raises(FieldError, match=f"{option} is not used by the {augment} augmentation"):
         build_method("maxup", augment=augment, **{option: 4})
     assert build_method("maxup", augment=augment).hparams()[option] is None

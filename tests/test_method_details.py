@@ -385,7 +385,7 @@ def test_mixup_method_uses_its_alpha():
     """alpha = 1e4: λ ≈ 1/2, so every example mixed with another keeps about half its label."""
     x = torch.rand(8, 1, 2, 2, generator=_gen(0))
     y = torch.arange(8)
-    method = _method("mixup", alpha=1e4, num_classes=8)
+    method = _method("mixup", mix_alpha=1e4, num_classes=8)
     for seed in range(5):
         x_mix, target = method.prepare(None, x, y, generator=_gen(seed))
         own = target[torch.arange(8), y]

@@ -675,8 +675,8 @@ def test_cutmix_method_mixes_a_batch_with_probability_cutmix_prob(batch):
 
 def test_kmixup_alpha_default_is_the_reference_examples():
     """AnmingGu/kmixup-cifar10 README.md:35: --alpha=10.0 --mixupBatch=16."""
-    assert _method("kmixup").hparams() == {"alpha": 10.0, "k": 16}
-    assert AUGMENTATIONS.get("kmixup")().alpha == 10.0
+    assert _method("kmixup").hparams() == {"mix_alpha": 10.0, "k": 16}
+    assert AUGMENTATIONS.get("kmixup")().mix_alpha == 10.0
     g, x = _gen(0), torch.zeros(1)
     lams = torch.tensor([sample_beta(10.0, x, g) for _ in range(500)])
     assert abs(lams.mean() - 0.5) < 0.02 and lams.std() < 0.12   # Beta(10, 10), not uniform

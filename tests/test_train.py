@@ -50,7 +50,7 @@ def test_run_directory_describes_itself(tmp_path):
     assert config["score_batch"] == 0 and config["recipe"] is None and config["recipe_overrides"] == {}
     assert "git_dirty" in config["provenance"]
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert ckpt["hparams"] == {"sigma": 0.25, "copies": 2, "augment": "gaussian", "alpha": None, "k": None,
+    assert ckpt["hparams"] == {"sigma": 0.25, "copies": 2, "augment": "gaussian", "mix_alpha": None, "k": None,
                                "score_batch": 0}
     assert ckpt["epoch"] == 1 and ckpt["arch"] == "digits_cnn" and ckpt["method"] == "maxup"
     assert "scaler" not in ckpt and len(ckpt["history"]) == 1
@@ -140,7 +140,8 @@ ERRORS = [
     (["--method", "macer", "--beta", "4"], "--beta was renamed --trades-beta or --macer-beta"),
     (["--awp", "0.01"], "--awp was renamed --awp-gamma"),
     (["--amp", "0.5"], "--amp was renamed --amp-eps"),
-    (["--method", "maxup", "--alpha", "0.01"], "--alpha is not used by the gaussian augmentation"),
+    (["--method", "maxup", "--mix-alpha", "0.01"], "--mix-alpha is not used by the gaussian augmentation"),
+    (["--method", "mixup", "--alpha", "0.01"], "--alpha was renamed --mix-alpha"),
     (["--recipe", "nonesuch"], "--recipe"),
     (["--method", "smoothadv", "--copies", "8", "--batch", "4", "--max-train", "200"], "--batch"),
     (["--lr-milestones", "5", "3"], "--lr-milestones"),
@@ -561,11 +562,11 @@ def test_runs_recorded_by_earlier_versions_resume_and_replay(tmp_path):
     run = tmp_path / "old"
     cfg = _cfg(run, epochs=1, max_train=200, val_size=0, method="maxup", method_args={"copies": 2})
     train(cfg)
-    _make_old(run, alpha=1.0, k=16)
+    _make_old(run, drop=("crop_padding", "mix_alpha"), alpha=1.0, k=16)   # then named alpha
     assert train(dataclasses.replace(cfg, epochs=2, resume=True))["metrics"]["epoch"] == 2
     replay = config_from_args(build_parser().parse_args(["--config", str(run / "config.json"),
                                                          "--out", str(tmp_path / "again")]))
-    assert replay.crop_padding == "zeros" and replay.method_args.get("alpha") is None
+    assert replay.crop_padding == "zeros" and replay.method_args.get("mix_alpha") is None
 
 
 def test_an_earlier_zero_padded_run_is_not_silently_resumed_with_reflection(tmp_path, capsys):

@@ -14,7 +14,7 @@ its CIFAR command uses ``--cutmix_prob 0.5`` and its ImageNet command 1.0 (READM
 The method ``cutmix`` defaults to the CIFAR value, ``cutmix_prob = 0.5``; the augmentation (what
 ``--method maxup --augment cutmix`` draws its copies from) always mixes (``prob = 1``).
 
-Default ``alpha = 1.0`` (README.md:54, 69). Registered as augmentation and method ``cutmix``.
+Default ``alpha = 1.0`` (README.md:54, 69; the option ``mix_alpha``). Registered as augmentation and method ``cutmix``.
 """
 
 from __future__ import annotations
@@ -75,16 +75,16 @@ class CutMixAugmentation(Augmentation):
 
     name: ClassVar[str] = "cutmix"
     mixes_labels: ClassVar[bool] = True
-    alpha: float = 1.0
+    mix_alpha: float = 1.0
     prob: float = 1.0
 
     def __post_init__(self) -> None:
-        check_positive("alpha", self.alpha)
+        check_positive("mix_alpha", self.mix_alpha)
         check_range("cutmix_prob", self.prob, 0, 1)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mixed = cutmix_batch(x, y, num_classes=num_classes, alpha=self.alpha, prob=self.prob,
+        mixed = cutmix_batch(x, y, num_classes=num_classes, alpha=self.mix_alpha, prob=self.prob,
                              generator=generator)
         return mixed.x, mixed.target
 
@@ -93,15 +93,15 @@ class CutMixAugmentation(Augmentation):
 @dataclass
 class CutMix(MixingMethod):
     """Train on CutMix batches, each mixed with probability ``cutmix_prob``. Example:
-    ``build_method("cutmix", alpha=1.0, cutmix_prob=0.5)``."""
+    ``build_method("cutmix", mix_alpha=1.0, cutmix_prob=0.5)``."""
 
     name: ClassVar[str] = "cutmix"
-    alpha: float = 1.0
+    mix_alpha: float = 1.0
     cutmix_prob: float = 0.5
 
     def __post_init__(self) -> None:
-        check_positive("alpha", self.alpha)
+        check_positive("mix_alpha", self.mix_alpha)
         check_range("cutmix_prob", self.cutmix_prob, 0, 1)
 
     def augmentation(self) -> Augmentation:
-        return CutMixAugmentation(alpha=self.alpha, prob=self.cutmix_prob)
+        return CutMixAugmentation(mix_alpha=self.mix_alpha, prob=self.cutmix_prob)

@@ -15,7 +15,7 @@ mass per class is conserved. A last group smaller than k (batch size not a multi
 matched the same way. ``k = 1`` is plain mixup.
 
 Defaults: the authors' CIFAR-10 example, ``python train.py --lr=0.1 --alpha=10.0 --mixupBatch=16``
-(AnmingGu/kmixup-cifar10 README.md:35): ``k = 16``, ``alpha = 10.0`` (the paper sweeps α; the
+(AnmingGu/kmixup-cifar10 README.md:35): ``k = 16``, ``alpha = 10.0`` (option ``mix_alpha``) (the paper sweeps α; the
 script's own default is 1.0, train.py:39). Registered as augmentation and method ``kmixup``.
 (The reference matches points by Euclidean distance, scipy ``distance_matrix``, train.py:244;
 robustmaxup by squared distance, the W2 cost of the paper. The reference measures it between
@@ -90,31 +90,31 @@ class KMixupAugmentation(Augmentation):
 
     name: ClassVar[str] = "kmixup"
     mixes_labels: ClassVar[bool] = True
-    alpha: float = 10.0
+    mix_alpha: float = 10.0
     k: int = 16
 
     def __post_init__(self) -> None:
-        check_positive("alpha", self.alpha)
+        check_positive("mix_alpha", self.mix_alpha)
         check_count("k", self.k, 1)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mixed = kmixup_batch(x, y, num_classes=num_classes, alpha=self.alpha, k=self.k, generator=generator)
+        mixed = kmixup_batch(x, y, num_classes=num_classes, alpha=self.mix_alpha, k=self.k, generator=generator)
         return mixed.x, mixed.target
 
 
 @register_method
 @dataclass
 class KMixup(MixingMethod):
-    """Train on k-mixup batches. Example: ``build_method("kmixup", alpha=10.0, k=16)``."""
+    """Train on k-mixup batches. Example: ``build_method("kmixup", mix_alpha=10.0, k=16)``."""
 
     name: ClassVar[str] = "kmixup"
-    alpha: float = 10.0
+    mix_alpha: float = 10.0
     k: int = 16
 
     def __post_init__(self) -> None:
-        check_positive("alpha", self.alpha)
+        check_positive("mix_alpha", self.mix_alpha)
         check_count("k", self.k, 1)
 
     def augmentation(self) -> Augmentation:
-        return KMixupAugmentation(alpha=self.alpha, k=self.k)
+        return KMixupAugmentation(mix_alpha=self.mix_alpha, k=self.k)

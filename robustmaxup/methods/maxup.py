@@ -7,9 +7,9 @@ With Gaussian noise (the default, ``--augment gaussian``) the copies are ``x + Î
 augmentations (mixup, CutMix, k-mixup) are maximised over the same way, with no noise unless
 ``sigma`` is given: ``sigma > 0`` adds Gaussian noise on top of each mixed copy, so the result can
 still be smoothed. Defaults: ``copies = 4``; ``sigma = 0.25`` with ``--augment gaussian``, else 0;
-``alpha`` and ``k``: the augmentation's own defaults (``alpha``: mixup and CutMix 1.0, k-mixup
+``mix_alpha`` and ``k``: the augmentation's own defaults (``mix_alpha``: mixup and CutMix 1.0, k-mixup
 10.0; ``k``: 16, k-mixup only). An option the chosen augmentation does not use is refused when
-given (``alpha`` with Gaussian copies) and recorded as None otherwise. The resolved values are what
+given (``mix_alpha`` with Gaussian copies) and recorded as None otherwise. The resolved values are what
 ``hparams()`` records.
 
 Efficient gradient. The gradient of a max is the gradient of its argmax, so ``prepare`` scores
@@ -48,7 +48,7 @@ from robustmaxup.runtime.checks import FieldError
 DEFAULT_SIGMA = 0.25
 
 #: MaxUp fields that belong to some augmentations only (taken from the augmentation's defaults)
-AUGMENTATION_OPTIONS = ("alpha", "k")
+AUGMENTATION_OPTIONS = ("mix_alpha", "k")
 
 
 def augmentation_defaults(augment: str) -> dict[str, Any]:
@@ -72,8 +72,8 @@ class MaxUp(Method):
         "help": "none: 0.25 with --augment gaussian, else 0 (no noise on mixed copies)"})
     copies: int = 4
     augment: str = "gaussian"
-    alpha: float | None = field(default=None, metadata={
-        "help": "Beta(alpha, alpha) of mixed copies; none: the augmentation's default"})
+    mix_alpha: float | None = field(default=None, metadata={
+        "help": "Beta(a, a) of mixed copies (mixup, cutmix, kmixup); none: the augmentation's default"})
     k: int | None = field(default=None, metadata={
         "help": "k-mixup group size; none: the augmentation's default"})
     score_batch: int = 0  # max copies per scoring forward; 0 = all mÂ·B at once
@@ -89,7 +89,7 @@ class MaxUp(Method):
         self._augmentation = self._build_augmentation(cls)
 
     def _resolve_augmentation_options(self) -> None:
-        """``alpha`` and ``k`` take the augmentation's defaults; one it does not use must be unset."""
+        """``mix_alpha`` and ``k`` take the augmentation's defaults; one it does not use must be unset."""
         own = augmentation_defaults(self.augment)
         for name in AUGMENTATION_OPTIONS:
             if name in own:

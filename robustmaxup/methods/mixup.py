@@ -6,7 +6,8 @@ One ``λ ~ Beta(alpha, alpha)`` per batch and a random pairing (permutation) ``�
     x̃ = λ x + (1 - λ) x[π],     ỹ = λ onehot(y) + (1 - λ) onehot(y[π])
 
 Each row of ỹ sums to one, and since π is a permutation the batch's label mass per class is
-unchanged. Default ``alpha = 1.0``. Registered as the augmentation ``mixup`` (for
+unchanged. Default ``alpha = 1.0`` (the option ``mix_alpha``: ``--alpha`` is certification's
+failure probability). Registered as the augmentation ``mixup`` (for
 ``--method maxup --augment mixup``) and as the method ``mixup`` (soft cross-entropy on one mixed
 batch per step, validated by clean accuracy).
 
@@ -51,27 +52,27 @@ class MixupAugmentation(Augmentation):
 
     name: ClassVar[str] = "mixup"
     mixes_labels: ClassVar[bool] = True
-    alpha: float = 1.0
+    mix_alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        check_positive("alpha", self.alpha)
+        check_positive("mix_alpha", self.mix_alpha)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mixed = mixup_batch(x, y, num_classes=num_classes, alpha=self.alpha, generator=generator)
+        mixed = mixup_batch(x, y, num_classes=num_classes, alpha=self.mix_alpha, generator=generator)
         return mixed.x, mixed.target
 
 
 @register_method
 @dataclass
 class Mixup(MixingMethod):
-    """Train on mixup batches (see module docstring). Example: ``build_method("mixup", alpha=1.0)``."""
+    """Train on mixup batches (see module docstring). Example: ``build_method("mixup", mix_alpha=1.0)``."""
 
     name: ClassVar[str] = "mixup"
-    alpha: float = 1.0
+    mix_alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        check_positive("alpha", self.alpha)
+        check_positive("mix_alpha", self.mix_alpha)
 
     def augmentation(self) -> Augmentation:
-        return MixupAugmentation(alpha=self.alpha)
+        return MixupAugmentation(mix_alpha=self.mix_alpha)

@@ -75,6 +75,8 @@ RENAMED: dict[str, tuple[tuple[str, ...], str]] = {
     "gamma": (("macer_gamma",), "MACER's hinge; the learning-rate decay is lr_gamma"),
     "awp": (("awp_gamma",), "AWP's relative perturbation size"),
     "amp": (("amp_eps",), "AMP's perturbation radius; mixed precision is precision"),
+    "alpha": (("mix_alpha",), "the Beta(a, a) of mixup, CutMix and k-mixup; alpha means the failure "
+                              "probability in certify"),
 }
 
 
@@ -495,15 +497,18 @@ def upgrade_record(saved: Mapping[str, Any]) -> dict[str, Any]:
     and replaying it compare with and rebuild the same run:
 
     * no ``crop_padding`` (before the setting existed): ``"zeros"``, the only padding then;
-    * MaxUp's ``alpha``/``k`` for an augmentation that does not use them, then recorded as the
+    * ``alpha`` (before the mixing methods' option was renamed ``mix_alpha``): ``mix_alpha``;
+    * MaxUp's ``mix_alpha``/``k`` for an augmentation that does not use them, then recorded as the
       defaults 1.0/16: None, as recorded now (a value that was actually given stays, and is
       refused as unused)."""
     out = dict(saved)
     out.setdefault("crop_padding", "zeros")
+    if "alpha" in out and "mix_alpha" not in out:  # no method of a train config had another alpha
+        out["mix_alpha"] = out.pop("alpha")
     augment = out.get("augment", "gaussian")
     if out.get("method") == "maxup" and augment in AUGMENTATIONS.names():
         used = augmentation_defaults(augment)
-        for name, old in (("alpha", 1.0), ("k", 16)):
+        for name, old in (("mix_alpha", 1.0), ("k", 16)):
             if name not in used and out.get(name) == old:
                 out[name] = None
     return out

@@ -139,7 +139,7 @@ _add(Recipe(
                         "'code will be released soon'); Cohen's recipe with m = 4"),
         _s("augment", "gaussian", "OUR CHOICE: Gaussian copies, the randomized-smoothing use of MaxUp"),
     ),
-    defaults=(("alpha", "mixing copies only"), ("k", "k-mixup copies only"),
+    defaults=(("mix_alpha", "mixing copies only"), ("k", "k-mixup copies only"),
               ("score_batch", "memory knob, no effect on the result")),
     notes=("The MaxUp paper reports certification results but no released code or full set-up; "
            "every value is Cohen et al.'s except m = 4, all of it OUR CHOICE.",),
