@@ -129,3 +129,29 @@ def test_a_hopeless_n_is_a_warning_line(caplog):
     with caplog.at_level(logging.WARNING, logger="robustmaxup"):
         assert not bounds.can_ever_certify(5, 0.001)
     assert caplog.records[0].getMessage().startswith("warning: n=5 samples can never certify at alpha=0.001")
+
+
+def test_the_analysis_note_carries_the_sampling_settings():
+    import numpy as np
+
+    from robustmaxup.certify import analysis
+
+    col = np.zeros(3, dtype=np.int64)
+
+    def note(**meta):
+        return analysis.CertifyResults("a", "a", col, col, col, np.zeros(3), col,
+                                       meta={"split": "test", "split_size": 360, "skip": 20, **meta}).subset_note()
+
+    fixed = {"sigma": 0.25, "n0": 100, "n": 100000, "alpha": 0.001, "sequential": None}
+    assert note(**fixed) == "3 of 360 test images (skip 20); sigma 0.25, n0 100, n 100000, alpha 0.001"
+    seq = {**fixed, "sequential": {"n_max": 20000, "radii": [0.25]}}
+    assert note(**seq) == "3 of 360 test images (skip 20); sigma 0.25, n0 100, n_max 20000, alpha 0.001"
+    assert note(sigma=0.5, n=True) == "3 of 360 test images (skip 20); sigma 0.5"   # no bool as a number
+    assert note() == "3 of 360 test images (skip 20)"                              # no sidecar: no settings
+
+
+def test_a_zero_default_is_shown_and_a_switch_default_is_not(capsys):
+    assert certify_cli.main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED random seed (default: 0)" in text
+    assert "(default: False)" not in text and "(default: None)" not in text

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,8 +50,18 @@ class _Subset:
     def __len__(self) -> int:
         return len(self.idx)
 
+    def settings_note(self) -> str:
+        """The sidecar's sampling settings, e.g. ``"sigma 0.25, n0 100, n 100000, alpha 0.001"``
+        (sequential: ``n_max`` instead of ``n``); ``""`` without a sidecar."""
+        meta = self.meta or {}
+        seq = meta.get("sequential") if isinstance(meta.get("sequential"), Mapping) else None
+        keys = [("sigma", meta), ("n0", meta), ("n_max", seq) if seq else ("n", meta), ("alpha", meta)]
+        return ", ".join(f"{k} {src[k]:g}" for k, src in keys if isinstance(src.get(k), (int, float))
+                         and not isinstance(src.get(k), bool))
+
     def subset_note(self) -> str:
-        """E.g. ``"500 of 10000 test images (skip 20)"`` or ``"full test split (10000 images)"``."""
+        """E.g. ``"500 of 10000 test images (skip 20); sigma 0.25, n0 100, n 100000, alpha 0.001"``
+        or ``"full test split (10000 images)"``."""
         meta = self.meta or {}
         split, size = safe_text(meta.get("split")), meta.get("split_size")
         if meta.get("full_split") and len(self) == size:
@@ -64,6 +74,9 @@ class _Subset:
             note = f"{len(self)}{of} images{extra}"
         if self.n_used is not None and len(self):
             note += f"; sequential, mean {float(np.mean(self.n_used)):.0f} samples/image"
+        settings = self.settings_note()
+        if settings:
+            note += f"; {settings}"
         if meta.get("complete") is False:
             selected = meta.get("num_selected")
             of = f" of the {selected} selected" if selected else ""
