@@ -284,3 +284,19 @@ def test_a_run_is_evaluated_on_val_or_test_only(tmp_path):
         assert 0.0 <= loop.evaluate(run, "test") <= 1.0
     finally:
         run.close()
+
+
+@pytest.mark.parametrize("model_dtype, x_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_attacks_name_a_dtype_mismatch_instead_of_a_kernel_error(model_dtype, x_dtype):
+    from robustmaxup.attacks import pgd, smooth_pgd
+
+    model = build_model_for("digits_cnn", "digits").eval().to(model_dtype)
+    x, y = load_split("digits", "test").batch([0, 1])
+    x = x.to(x_dtype)
+    match = rf"x is {x_dtype} but the model {model_dtype}; convert one of them"
+    for call in (lambda: pgd(model, x, y, eps=0.1, steps=1),
+                 lambda: smooth_pgd(model, x, y, eps=0.1, sigma=0.25, m=2, steps=1),
+                 lambda: evaluate(model, x, y, AttackConfig(eps=0.1, attack="pgd", steps=1), seed=0)):
+        with pytest.raises(FieldError, match=match):
+            call()
+    assert pgd(model, x.to(model_dtype), y, eps=0.1, steps=1).dtype == model_dtype   # matching: fine

@@ -37,7 +37,7 @@ from robustmaxup.attacks.autoattack import check_aa_options, run_autoattack
 from robustmaxup.attacks.pgd import pgd
 from robustmaxup.attacks.result import AttackResult, predict, rescore
 from robustmaxup.attacks.smoothed import SoftSmoothed, per_example_noise
-from robustmaxup.models.state import model_state
+from robustmaxup.models.state import check_model_input, model_state
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
@@ -211,6 +211,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, se
         robust_accuracy = res.robust.float().mean().item()
     """
     check_config(config, tuple(x.shape[1:]))
+    check_model_input(model, x)
     seed = check_seed(seed)
     idx = list(range(len(x))) if indices is None else [int(i) for i in indices]
     if len(idx) != len(x):

@@ -12,6 +12,7 @@ from robustmaxup.attacks._core import (
     LOSSES, attack_mode, check_budget, check_norm, check_unit_range, pgd_loop, random_init, work_dtype,
 )
 from robustmaxup.errors import UserError
+from robustmaxup.models.state import check_model_input
 
 LossSpec = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -74,6 +75,7 @@ def pgd(
     _check_shapes(x, y, delta_init)
     if check_inputs:
         check_unit_range(x)
+        check_model_input(model, x, also=work_dtype(x))
     loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
     sign = -1.0 if targeted else 1.0
     x_work = x.detach().to(work_dtype(x))

@@ -11,6 +11,7 @@ from robustmaxup.attacks._core import (
 )
 from robustmaxup.attacks.smoothed import soft_smoothed_log_probs
 from robustmaxup.errors import UserError
+from robustmaxup.models.state import check_model_input
 
 
 def smooth_pgd(
@@ -70,6 +71,7 @@ def smooth_pgd(
     step_size = check_budget(eps, steps, step_size, default_ratio=2.0)
     if check_inputs:
         check_unit_range(x)
+        check_model_input(model, x, also=work_dtype(x))
     if int(m) != m or m < 1:
         raise UserError(f"m must be a positive integer, got {m}")
     if noise is None:

@@ -51,7 +51,7 @@ from robustmaxup.runtime.checks import (
     FieldError, check_choice, check_class_indices, check_int, check_pixels, check_positive,
 )
 from robustmaxup.models.fold import fold_batchnorm
-from robustmaxup.models.state import float_parameter, model_state
+from robustmaxup.models.state import check_model_input, model_state
 
 log = logging.getLogger(__name__)
 
@@ -599,12 +599,7 @@ class Smooth:
         for g in generators:
             if g is not None and g.device.type != xs.device.type:
                 raise FieldError("generators", f"live on {g.device} but the images on {xs.device}")
-        p = float_parameter(self.base_classifier)
-        if p is not None and p.device.type != xs.device.type:
-            raise FieldError("x", f"is on {xs.device} but the model on {p.device}; move one of them")
-        if p is not None and p.dtype != xs.dtype:
-            raise FieldError("x", f"is {xs.dtype} but the model {p.dtype}; convert one of them "
-                                  f"(x.to({p.dtype}) or model.to({xs.dtype}))")
+        check_model_input(self.base_classifier, xs)
 
     def _buffer(self, k: int, m: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A ``[k, m, *shape]`` contiguous view of one reused flat buffer."""

@@ -70,3 +70,20 @@ def input_dtype(model: nn.Module) -> torch.dtype:
     certifies and is attacked in float64."""
     p = float_parameter(model)
     return torch.float32 if p is None else p.dtype
+
+
+def check_model_input(model: nn.Module, x: torch.Tensor, field: str = "x", *,
+                      also: torch.dtype | None = None) -> None:
+    """FieldError unless ``x`` is on the device type and has the dtype (or ``also``: the one it
+    is computed in, e.g. an attack's fp32) of ``model``'s floating-point parameters (a model
+    without any takes anything): naming the fix, not a kernel's type error."""
+    from robustmaxup.runtime.checks import FieldError
+
+    p = float_parameter(model)
+    if p is None:
+        return
+    if p.device.type != x.device.type:
+        raise FieldError(field, f"is on {x.device} but the model on {p.device}; move one of them")
+    if p.dtype not in (x.dtype, also):
+        raise FieldError(field, f"is {x.dtype} but the model {p.dtype}; convert one of them "
+                                f"(x.to({p.dtype}) or model.to({x.dtype}))")
