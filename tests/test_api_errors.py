@@ -300,3 +300,21 @@ def test_attacks_name_a_dtype_mismatch_instead_of_a_kernel_error(model_dtype, x_
         with pytest.raises(FieldError, match=match):
             call()
     assert pgd(model, x.to(model_dtype), y, eps=0.1, steps=1).dtype == model_dtype   # matching: fine
+
+
+def test_a_refused_resume_names_the_settings_a_user_sets_as_arguments():
+    from robustmaxup.runtime.records import check_resume
+
+    saved = {"n": 1000, "model_sha256": "a", "attack_config": {"eps": 0.1, "rule": "x"}}
+    now = {"n": 100, "model_sha256": "b", "attack_config": {"eps": 0.2, "rule": "y"}}
+    keys, args = ["n", "model_sha256", "attack_config"], ("n", "eps")
+    with pytest.raises(UserError) as e:
+        check_resume(saved, now, keys, what="r", arguments=args)
+    detail = "model_sha256 ('a', now 'b'), attack_config.rule ('x', now 'y')"
+    assert str(e.value) == (f"cannot resume r: it was made with other settings: n (1000, now 100), "
+                            f"{detail.replace(', attack', ', eps (0.1, now 0.2), attack')}; use the same "
+                            "settings or another output")
+    with _cli(), pytest.raises(UserError) as e:
+        check_resume(saved, now, keys, what="r", arguments=args)
+    assert "settings: --n (1000, now 100), model_sha256 ('a', now 'b'), --eps (0.1, now 0.2), " \
+           "attack_config.rule ('x', now 'y');" in str(e.value)

@@ -130,7 +130,7 @@ def test_state_of_another_version_or_other_settings_is_refused(ckpt, tmp_path, m
     killed.disarm()
     assert state.exists() and not out.exists()
     other = AttackConfig(eps=0.1, attack="pgd", steps=3, batch_size=4)
-    with pytest.raises(UserError, match="attack_config"):
+    with pytest.raises(UserError, match=r"other settings: steps \(2, now 3\)"):
         evaluate_dataset(model, split, list(range(8)), other, seed=0, out=out, resume=True)
     done = evaluate_dataset(model, split, list(range(8)), config, seed=0, out=out, resume=True)
     fresh = evaluate_dataset(model, split, list(range(8)), config, seed=0, progress=False)
@@ -250,4 +250,4 @@ def test_a_run_recorded_by_an_earlier_version_still_resumes(ckpt, tmp_path, caps
     record["attack_config"]["steps"] = 4                      # a real difference is still refused
     out.write_text(json.dumps(record))
     assert main(args + ["--resume"]) == 2
-    assert "attack_config.steps (4, now 3)" in capsys.readouterr().err
+    assert "other settings: --steps (4, now 3)" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_a_changed_setting_under_resume_is_still_refused(tmp_path, capsys):
     assert train_cli.main([*TINY, "--epochs", "1", "--out", out]) == 0
     capsys.readouterr()
     assert train_cli.main(["--out", out, "--resume", "--lr", "0.5"]) == 2
-    assert "other settings: lr (0.1, now 0.5)" in _err(capsys)
+    assert "other settings: --lr (0.1, now 0.5)" in _err(capsys)
 
 
 def test_out_without_resume_does_not_read_the_runs_config(tmp_path, capsys):

@@ -135,4 +135,4 @@ def test_certify_cli_records_folding_and_resumes_only_with_it(digits_checkpoint,
     capsys.readouterr()
     assert main(["certify", *fast, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "fold_bn (True, now False)" in err and len(err.strip().splitlines()) == 1
+    assert "--fold-bn (True, now False)" in err and len(err.strip().splitlines()) == 1

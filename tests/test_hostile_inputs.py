@@ -211,7 +211,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("certify-resume-sidecar-dir", C + ["--out", "{d}/c.tsv", "--resume"],
      _both(_copy("tsv", "c.tsv", sidecar=False), _mkdir("c.tsv.json")), "directory"),
     ("certify-resume-other-settings", C + ["--out", "{d}/c.tsv", "--resume", "--alpha", "0.01"],
-     _copy("tsv", "c.tsv"), "other settings: alpha"),
+     _copy("tsv", "c.tsv"), "other settings: --alpha (0.001, now"),
     ("certify-resume-foreign-sidecar", C + ["--out", "{d}/c.tsv", "--resume"],
      _both(_copy("tsv", "c.tsv", sidecar=False), _write("c.tsv.json", "{}")), "not the sidecar"),
     ("certify-resume-predict-sidecar", C + ["--out", "{d}/c.tsv", "--resume"],
@@ -303,7 +303,7 @@ CASES: list[tuple[str, list[str], Callable | None, str]] = [
     ("attack-resume-certify-tsv", A + ["--out", "{d}/c.json", "--resume"], _copy("tsv", "c.tsv"), "c.tsv"),
     ("attack-resume-finished-other-seed", A + ["--out", "{d}/att.json", "--resume", "--seed", "1"],
      _both(_copy("att", "att.json"), lambda d, fx: (d / "att.tsv").write_bytes(
-         Path(fx["att"]).with_suffix(".tsv").read_bytes())), "other settings: seed"),
+         Path(fx["att"]).with_suffix(".tsv").read_bytes())), "other settings: --seed (0, now 1)"),
     ("attack-resume-finished-other-eps", A[:6] + ["--eps", "0.2"] + A[8:] + ["--out", "{d}/att.json", "--resume"],
      _copy("att", "att.json"), "other settings"),
     ("attack-exists-tsv", A + ["--out", "{d}/r.json"], _write("r.tsv", "x"), "already exists"),

@@ -67,7 +67,7 @@ def test_resume_and_settings_are_checked(digits_checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", digits_checkpoint, *FLAGS, "--sequential", "--n-max", "2000", "--out", str(out),
                  "--resume"]) == 2
-    assert "n_max" in capsys.readouterr().err
+    assert "other settings: --n-max (3000, now 2000)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -580,4 +580,4 @@ def test_an_earlier_zero_padded_run_is_not_silently_resumed_with_reflection(tmp_
     _make_old(run)
     capsys.readouterr()
     assert cli_main([*base[:base.index("--epochs") + 1], "2", *base[base.index("--epochs") + 2:], "--resume"]) == 2
-    assert "crop_padding ('zeros', now 'reflect')" in capsys.readouterr().err
+    assert "--crop-padding ('zeros', now 'reflect')" in capsys.readouterr().err

@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 #: is refused. ``checkpoint_sha256`` comes from the caller's ``extra_record``.
 RESUME_KEYS = ("checkpoint_sha256", "model_sha256", "dataset", "split", "n", "indices", "batch",
                "attack_config", "seed", "seed_rule", "save_adv")
+#: the recorded settings a user sets (the attack config's too), named as arguments in a refused resume
+ARGUMENTS = ("dataset", "split", "seed", "save_adv", "eps", "attack", "norm", "version", "attacks", "steps",
+             "step_size", "batch_size", "sigma", "m", "rescores")
 STATE_FORMAT = "robustmaxup.attack.state/2"
 SEED_RULE = ("per example: PGD start and smoothing noise from stream attack.example, re-scoring "
              "noise from stream attack.rescore, each runtime.seeds.stream_seed(seed, stream, dataset "
@@ -393,7 +396,7 @@ def _load_state(path: Path, header: Mapping[str, Any],
                 n_chunks: int) -> tuple[dict[int, ChunkRecord], list[dict[str, Any]]]:
     """The chunks done and the sessions that did them (none in state files of earlier versions)."""
     state = _read_state(path)
-    check_resume(_upgraded(state["header"]), header, RESUME_KEYS, what=shown(path))
+    check_resume(_upgraded(state["header"]), header, RESUME_KEYS, what=shown(path), arguments=ARGUMENTS)
     try:
         done = {int(c): ChunkRecord.from_state(d) for c, d in state["chunks"].items()}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
@@ -489,7 +492,8 @@ def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
         raise UserError(f"cannot read {shown(paths.json)} ({type(e).__name__}); remove it to start over") from None
     if not isinstance(record, dict):
         raise UserError(f"{paths.json} is not a result of robustmaxup attack; choose another output")
-    check_resume(_upgraded(record), header, RESUME_KEYS + ("command",), what=str(paths.json))
+    check_resume(_upgraded(record), header, RESUME_KEYS + ("command",), what=str(paths.json),
+                 arguments=ARGUMENTS)
     missing = [k for k in ("model_sha256", "seed_rule") if k not in record]
     if missing:  # made by an older version (other seeding) or not by this command
         raise UserError(f"cannot resume {paths.json}: it records no {', '.join(missing)}; it was made "

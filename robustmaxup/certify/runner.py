@@ -78,6 +78,9 @@ ETA_AFTER_IMAGES = 5
 #: result-defining settings: a resume refuses to continue a file made with other values
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "mode", "n0", "n", "alpha",
                "seed", "noise_chunk", "precision", "fold_bn", "indices", "sequential", "class_order")
+#: the recorded settings a user sets (sequential ones too), named as arguments in a refused resume
+ARGUMENTS = ("dataset", "split", "sigma", "n0", "n", "alpha", "seed", "precision", "fold_bn", "class_order",
+             "n_max", "radii", "radius_tol", "sequence", "futility")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -279,7 +282,7 @@ class Output:
             if saved.get("command") != record.get("command") or saved.get("mode") != record.get("mode"):
                 raise UserError(f"{shown(self.sidecar)} is not the sidecar of a {self.fmt.name} output; "
                                 "cannot resume; choose another output")
-            check_resume(saved, record, RESUME_KEYS, what=shown(self.final))
+            check_resume(saved, record, RESUME_KEYS, what=shown(self.final), arguments=ARGUMENTS)
         elif rows:
             raise UserError(f"{shown(self.final)} has no sidecar {shown(self.sidecar.name)}; its settings "
                             "are unknown, so it cannot be resumed; choose another output")

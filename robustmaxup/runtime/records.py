@@ -25,12 +25,12 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 import torch
 
 import robustmaxup
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, ref
 
 _VERSIONED = ("numpy", "scipy", "statsmodels", "pyautoattack", "torchvision")
 
@@ -146,22 +146,25 @@ def _show(value: Any) -> str:
 
 
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str], *,
-                 what: str) -> None:
+                 what: str, arguments: Collection[str] = ()) -> None:
     """UserError unless ``saved`` and ``current`` agree on every key of ``keys`` that ``saved``
-    records: a run is continued only under the settings that made it."""
+    records: a run is continued only under the settings that made it. A key (or a dict's entry)
+    in ``arguments`` is one the user sets, named with :func:`~robustmaxup.errors.ref` (its flag
+    on the command line)."""
     diff = [k for k in keys if k in saved and saved[k] != current.get(k)]
     if diff:
-        detail = ", ".join(_difference(k, saved[k], current.get(k)) for k in diff)
+        detail = ", ".join(_difference(k, saved[k], current.get(k), arguments) for k in diff)
         raise UserError(f"cannot resume {what}: it was made with other settings: {detail}; use the "
                         "same settings or another output")
 
 
-def _difference(key: str, was: Any, now: Any) -> str:
+def _difference(key: str, was: Any, now: Any, arguments: Collection[str] = ()) -> str:
     """``key (was, now now)``; for two dicts only the entries that differ (``key.sub (...)``)."""
     if key == "indices":
         return "the image/example selection"
     if isinstance(was, Mapping) and isinstance(now, Mapping):
         subs = [k for k in {**was, **now} if was.get(k) != now.get(k)]
         if subs:
-            return ", ".join(f"{key}.{k} ({_show(was.get(k))}, now {_show(now.get(k))})" for k in subs)
-    return f"{key} ({_show(was)}, now {_show(now)})"
+            return ", ".join(f"{ref(k) if k in arguments else f'{key}.{k}'} ({_show(was.get(k))}, now "
+                             f"{_show(now.get(k))})" for k in subs)
+    return f"{ref(key) if key in arguments else key} ({_show(was)}, now {_show(now)})"

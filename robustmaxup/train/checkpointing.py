@@ -72,7 +72,7 @@ def load_for_resume(cfg: TrainConfig, out: Path, record: Mapping[str, Any], dist
                         f"more than the {cfg.epochs} asked for; ask for {ckpt['epoch']} epochs or more")
     saved = upgrade_record(ckpt.get("config") or {})
     keys = sorted((set(saved) | set(record)) - RESUMABLE_CHANGES)
-    check_resume(saved, record, keys, what=f"run directory {out}")
+    check_resume(saved, record, keys, what=f"run directory {out}", arguments=keys)  # flat names: flags
     made_with = len(ckpt["rng"]["generators"])
     if made_with != dist.world:
         raise UserError(f"cannot resume run directory {out}: it was made with {made_with} process(es), "
