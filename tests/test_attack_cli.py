@@ -76,7 +76,8 @@ def test_errors_are_one_line_exit_2_and_write_nothing(ckpt, tmp_path, capsys):
         (["--eps", "0.1", "--batch", "0"], "--batch must be"),
         (["--eps", "0.1", "--attack", "pgd", "--step-size", "0"], "--step-size must be"),
         (["--eps", "0.1", "--rescores", "0"], "--rescores must be"),
-        (["--eps", "0.1", "--smoothed", "--m", "0"], "--m must be"),
+        (["--eps", "0.1", "--smoothed", "--copies", "0"], "--copies must be"),
+        (["--eps", "0.1", "--smoothed", "--m", "4"], "--m was renamed --copies"),
         (["--eps", "0.1", "--attack", "pgd", "--steps", "0"], "--steps must be"),
         (["--eps", "0.1", "--attack", "cw"], "--attack must be"),
     ]
@@ -164,7 +165,7 @@ def test_resume_equals_uninterrupted_run(ckpt, tmp_path, capsys, monkeypatch):
     import robustmaxup.attacks.runner as runner
 
     args = [str(ckpt), "--dataset", "digits", "--attack", "pgd", "--norm", "L2", "--eps", "0.5",
-            "--steps", "3", "--smoothed", "--m", "4", "--n-examples", "24", "--batch", "8",
+            "--steps", "3", "--smoothed", "--copies", "4", "--n-examples", "24", "--batch", "8",
             "--quiet", "--seed", "3"]
     full, part = tmp_path / "full.json", tmp_path / "part.json"
     assert main(args + ["--out", str(full), "--save-adv", str(tmp_path / "full.pt")]) == 0

@@ -36,7 +36,7 @@ def _cli(ckpt: Path, out: Path, *extra: str) -> list[str]:
 
 
 PGD = ["--attack", "pgd", "--eps", "0.1", "--steps", "3", "--n-examples", "30", "--seed", "5"]
-SMOOTHED = ["--attack", "pgd", "--norm", "L2", "--eps", "0.5", "--steps", "3", "--smoothed", "--m", "4",
+SMOOTHED = ["--attack", "pgd", "--norm", "L2", "--eps", "0.5", "--steps", "3", "--smoothed", "--copies", "4",
             "--n-examples", "14", "--seed", "2"]
 
 
@@ -232,7 +232,7 @@ def test_the_recorded_attack_config_is_the_one_used():
     assert smoothed_pgd["version"] is None and smoothed_pgd["attacks"] is None
     aa = AttackConfig(eps=0.1, attacks=("apgd-ce",), version="custom", rescores=2).as_used()
     assert aa["rescores"] == 2 and aa["attacks"] == ["apgd-ce"] and aa["version"] == "custom"
-    assert aa["steps"] is None and aa["step_size"] is None and aa["m"] is None and smoothed_pgd["m"] == 32
+    assert aa["steps"] is None and aa["step_size"] is None and aa["copies"] is None and smoothed_pgd["copies"] == 32
 
 
 def test_a_run_recorded_by_an_earlier_version_still_resumes(ckpt, tmp_path, capsys):
@@ -242,6 +242,7 @@ def test_a_run_recorded_by_an_earlier_version_still_resumes(ckpt, tmp_path, caps
     args = _cli(ckpt, out, *PGD, "--batch", "10")
     assert main(args) == 0
     record = json.loads(out.read_text())
+    record["attack_config"].pop("copies")   # as an earlier version recorded it: m, unresolved
     record["attack_config"].update(rescores=None, version="standard", m=32)
     out.write_text(json.dumps(record))
     capsys.readouterr()

@@ -303,7 +303,7 @@ def _smoothed_problem():
     x = torch.rand(24, 1, 4, 4, dtype=torch.float64)
     y = model(x).argmax(1)
     return model, x, y, AttackConfig(eps=0.2, attack="pgd", norm="L2", steps=1, batch_size=24, sigma=1.0,
-                                     m=1, rescores=3)
+                                     copies=1, rescores=3)
 
 
 def test_smoothed_pgd_verdicts_do_not_depend_on_the_batch():
@@ -341,7 +341,7 @@ def test_smoothed_model_gets_sigma_m_and_the_batch_stream(monkeypatch):
 
     monkeypatch.setattr(evaluation, "SoftSmoothed", spy)
     model, x, y, _ = _smoothed_problem()
-    config = AttackConfig(eps=0.2, attack="pgd", norm="L2", steps=1, batch_size=8, sigma=0.5, m=3)
+    config = AttackConfig(eps=0.2, attack="pgd", norm="L2", steps=1, batch_size=8, sigma=0.5, copies=3)
     evaluate(model, x[:2], y[:2], config, seed=6, indices=[42, 7])
     assert seen == [(0.5, 3, stream_seed(6, "attack.batch", 42, 1) % 2**63)]
 
@@ -390,7 +390,7 @@ SHAPE = (1, 8, 8)  # d = 64: L2 radius of [0, 1]^d is 8, L1 is 64
     {"eps": 1.0, "attack": "pgd"},
     {"eps": 8.0, "attack": "pgd", "norm": "L2"},
     {"eps": 64.0, "norm": "L1"},
-    {"eps": 0.1, "attack": "pgd", "m": MAX_NOISE_DRAWS, "steps": MAX_STEPS, "rescores": MAX_RESCORES},
+    {"eps": 0.1, "attack": "pgd", "copies": MAX_NOISE_DRAWS, "steps": MAX_STEPS, "rescores": MAX_RESCORES},
 ], ids=["linf-1", "l2-sqrt-d", "l1-d", "caps"])
 def test_check_config_accepts_the_limits(kw):
     check_config(AttackConfig(**kw), SHAPE)
@@ -401,7 +401,7 @@ def test_check_config_accepts_the_limits(kw):
     ({"eps": 8.01, "attack": "pgd", "norm": "L2"}, "eps"),
     ({"eps": 64.5, "norm": "L1"}, "eps"),
     ({"eps": 0.1, "attack": "pgd", "sigma": 0.0}, "sigma"),
-    ({"eps": 0.1, "attack": "pgd", "m": MAX_NOISE_DRAWS + 1}, "m"),
+    ({"eps": 0.1, "attack": "pgd", "copies": MAX_NOISE_DRAWS + 1}, "copies"),
     ({"eps": 0.1, "attack": "pgd", "steps": MAX_STEPS + 1}, "steps"),
     ({"eps": 0.1, "attack": "pgd", "rescores": MAX_RESCORES + 1}, "rescores"),
 ], ids=["eps-0", "l2-over", "l1-over", "sigma-0", "m-cap", "steps-cap", "rescores-cap"])

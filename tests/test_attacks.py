@@ -231,7 +231,7 @@ def test_evaluate_draws_every_random_number_per_example(digits_model, test_batch
 
     x, y = test_batch[0][:12], test_batch[1][:12]
     idx = list(range(100, 112))
-    for cfg in ({"eps": 0.1}, {"eps": 0.5, "norm": "L2", "sigma": 0.25, "m": 4}):
+    for cfg in ({"eps": 0.1}, {"eps": 0.5, "norm": "L2", "sigma": 0.25, "copies": 4}):
         whole = evaluate(digits_model, x, y, AttackConfig(attack="pgd", steps=3, batch_size=12, **cfg),
                          seed=3, indices=idx)
         small = AttackConfig(attack="pgd", steps=3, batch_size=4, **cfg)
@@ -430,7 +430,7 @@ def test_evaluate_pgd_and_smoothed(digits_model, test_batch):
     assert a.robust.float().mean() <= a.clean.float().mean()
     assert torch.equal(a.robust, a.stages["pgd"])
 
-    sm = AttackConfig(eps=0.5, attack="autoattack", norm="L2", version="rand", sigma=0.25, m=4,
+    sm = AttackConfig(eps=0.5, attack="autoattack", norm="L2", version="rand", sigma=0.25, copies=4,
                       batch_size=32)
     from robustmaxup.attacks import run_autoattack
 

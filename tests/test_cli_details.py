@@ -172,7 +172,7 @@ def test_attack_flags_reach_the_config():
 @pytest.mark.parametrize("extra, needle", [
     (["--attack", "pgd", "--attacks", "apgd-ce"], "--aa-version/--attacks apply to --attack autoattack"),
     (["--steps", "5"], "--steps/--step-size apply to --attack pgd"),
-    (["--sigma", "0.5"], "--sigma/--m only apply with --smoothed"),
+    (["--sigma", "0.5"], "--sigma/--copies only apply with --smoothed"),
 ])
 def test_attack_flags_that_need_another_are_refused(extra, needle):
     from robustmaxup.cli.attack import attack_config
@@ -216,7 +216,7 @@ def test_attack_run_defaults_and_the_checkpoints_sigma(untrained_ckpt, tmp_path,
     monkeypatch.chdir(tmp_path)
     indices, cfg, kw = _evaluate(monkeypatch, [untrained_ckpt, "--dataset", "digits", "--eps", "0.5", "--smoothed",
                                                "--device", "cpu"])
-    assert len(indices) == 360 and (cfg.version, cfg.sigma, cfg.m, cfg.norm) == ("rand", 0.25, 32, "Linf")
+    assert len(indices) == 360 and (cfg.version, cfg.sigma, cfg.copies, cfg.norm) == ("rand", 0.25, 32, "Linf")
     assert (kw["seed"], kw["resume"], kw["progress"]) == (0, False, True)
     assert kw["out"] == Path("attack_digits_autoattack_Linf_eps0.5_smoothed.json")
 

@@ -518,12 +518,12 @@ def test_attack_flags_to_config():
 
     p = build_parser()
     args = p.parse_args(["m.pt", "--dataset", "digits", "--eps", "0.5", "--smoothed", "--norm", "L2"])
-    assert (args.n_examples, args.m, args.batch) == (1000, 32, 500)
+    assert (args.n_examples, args.copies, args.batch) == (1000, 32, 500)
     cfg = attack_config(args, 0.5, 0.25)
-    assert (cfg.version, cfg.m, cfg.sigma, cfg.batch_size) == ("rand", 32, 0.25, 500)
+    assert (cfg.version, cfg.copies, cfg.sigma, cfg.batch_size) == ("rand", 32, 0.25, 500)
     args = p.parse_args(["m.pt", "--dataset", "digits", "--eps", "0.5", "--smoothed", "--sigma", "0.5"])
     assert attack_out(args, 0.5) == Path("attack_m_autoattack_Linf_eps0.5_smoothed_sigma0.5.json")
-    for bad, needle in ((["--m", "16"], "--sigma/--m only apply with --smoothed"),
+    for bad, needle in ((["--copies", "16"], "--sigma/--copies only apply with --smoothed"),
                         (["--step-size", "0.1"], "--steps/--step-size apply to --attack pgd")):
         with pytest.raises(UserError, match=needle):
             attack_config(p.parse_args(["m.pt", "--dataset", "digits", "--eps", "0.5", *bad]), 0.5, None)

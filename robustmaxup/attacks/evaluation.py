@@ -59,8 +59,9 @@ class AttackConfig:
         version, attacks: AutoAttack version and custom attack list.
         steps, step_size: PGD settings (step size default ``2.5*eps/steps``).
         batch_size: examples per forward/attack batch.
-        sigma, m: if ``sigma`` is set, attack the soft smoothed classifier
-            :class:`SoftSmoothed` (``m`` noise draws per forward).
+        sigma, copies: if ``sigma`` is set, attack the soft smoothed classifier
+            :class:`SoftSmoothed` (``copies`` noise draws per forward: Salman et al.'s m;
+            ``--copies``, as in training).
         rescores: re-scorings of ``x_adv``; default 5 for randomized models, else 1.
     """
 
@@ -73,7 +74,7 @@ class AttackConfig:
     step_size: float | None = None
     batch_size: int = 250
     sigma: float | None = None
-    m: int = 32
+    copies: int = 32
     rescores: int | None = None
 
     @property
@@ -89,12 +90,12 @@ class AttackConfig:
     def as_used(self) -> dict[str, Any]:
         """The settings as the run uses them, for records: ``rescores`` resolved, and the fields
         it does not use None (``steps``/``step_size`` are PGD's, ``version``/``attacks``
-        AutoAttack's, ``m`` the smoothed model's)."""
+        AutoAttack's, ``copies`` the smoothed model's)."""
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
         d["rescores"] = self.n_rescores
         unused = ("steps", "step_size") if self.attack == "autoattack" else ("version", "attacks")
         if not self.randomized:
-            unused += ("m",)      # noise draws of the smoothed model only
+            unused += ("copies",)      # noise draws of the smoothed model only
         return {**d, **dict.fromkeys(unused)}
 
 
@@ -157,7 +158,7 @@ def _evaluate_pgd(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, 
 
 def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
     """FieldError (naming the config field) for an unknown attack/norm/version, a count below
-    one or above its cap (:mod:`robustmaxup.runtime.limits`: ``steps``, ``m``, ``rescores``), or
+    one or above its cap (:mod:`robustmaxup.runtime.limits`: ``steps``, ``copies``, ``rescores``), or
     an eps that is absurd for the norm."""
     check_choice("attack", config.attack, EVALUATORS.names())
     if isinstance(config.attacks, str):
@@ -179,7 +180,7 @@ def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
         check_positive("sigma", config.sigma)
     check_int("batch_size", config.batch_size, minimum=1)
     check_int("steps", config.steps, minimum=1, maximum=MAX_STEPS)
-    check_int("m", config.m, minimum=1, maximum=MAX_NOISE_DRAWS)
+    check_int("copies", config.copies, minimum=1, maximum=MAX_NOISE_DRAWS)
     if config.rescores is not None:
         check_int("rescores", config.rescores, minimum=1, maximum=MAX_RESCORES)
     if config.step_size is not None:
@@ -219,7 +220,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, config: AttackConfig, *, se
     target = model
     if config.randomized:
         gen = make_generator(batch_seed(seed, idx, 1), x.device)
-        target = SoftSmoothed(model, config.sigma, config.m, generator=gen)
+        target = SoftSmoothed(model, config.sigma, config.copies, generator=gen)
         if config.attack == "autoattack" and config.version != "rand":
             warn_once(log, f"attacking a randomized (smoothed) model with AutoAttack version "
                            f"{config.version!r}; version 'rand' (EOT) is meant for randomized models")

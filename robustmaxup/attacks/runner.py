@@ -29,7 +29,7 @@ Output safety: the files are checked before anything runs (writable, distinct, a
 CLI -- never the checkpoint or the data root); a run holds ``OUT.lock`` (an ``flock``, released
 with the process) so two runs on one output never interleave; ``resume`` continues only files
 this command wrote (:meth:`AttackPaths.check_ours`), touching nothing otherwise. Each write
-boundary is a named fault point (:mod:`robustmaxup.runtime.faults`). ``steps``, ``m`` and
+boundary is a named fault point (:mod:`robustmaxup.runtime.faults`). ``steps``, ``copies`` and
 ``rescores`` are capped and a batch that cannot fit in memory is refused
 (:func:`check_memory_for`).
 
@@ -90,7 +90,7 @@ RESUME_KEYS = ("checkpoint_sha256", "model_sha256", "dataset", "split", "n", "in
                "attack_config", "seed", "seed_rule", "save_adv")
 #: the recorded settings a user sets (the attack config's too), named as arguments in a refused resume
 ARGUMENTS = ("dataset", "split", "seed", "save_adv", "eps", "attack", "norm", "version", "attacks", "steps",
-             "step_size", "batch_size", "sigma", "m", "rescores")
+             "step_size", "batch_size", "sigma", "copies", "rescores")
 STATE_FORMAT = "robustmaxup.attack.state/2"
 SEED_RULE = ("per example: PGD start and smoothing noise from stream attack.example, re-scoring "
              "noise from stream attack.rescore, each runtime.seeds.stream_seed(seed, stream, dataset "
@@ -216,8 +216,8 @@ def check_memory_for(config: AttackConfig, image_shape: Sequence[int], examples:
     inputs (times ``m`` noise draws for a smoothed model) go through the network with
     gradients, so their activations are kept (a lower bound, checked before allocating)."""
     b = max(1, min(config.batch_size, examples))
-    draws = config.m if config.randomized else 1
-    field = "m" if draws > b else "batch_size"
+    draws = config.copies if config.randomized else 1
+    field = "copies" if draws > b else "batch_size"
     need = batch_bytes(b * draws, image_shape, factor=1 + 2 * ACTIVATION_FACTOR)
     check_memory(field, need, device, what=f"{b} examples x {draws} noise draws with gradients")
 
@@ -355,7 +355,7 @@ def _header(model: nn.Module, split: Any, idx: list[int], config: AttackConfig, 
         "attack_config": config.as_used(),
         "attack": config.attack, "eps": config.eps, "norm": config.norm,
         "version": config.version if config.attack == "autoattack" else None,
-        "smoothed": {"sigma": config.sigma, "m": config.m} if config.randomized else None,
+        "smoothed": {"sigma": config.sigma, "copies": config.copies} if config.randomized else None,
         "randomized": config.randomized,
         "rescores": config.n_rescores,
         "seed_rule": SEED_RULE,
@@ -380,11 +380,13 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def _upgraded(saved: Mapping[str, Any]) -> Mapping[str, Any]:
     """``saved`` with its ``attack_config`` as this version records it (:meth:`AttackConfig.as_used`:
-    earlier versions recorded the fields unresolved), so an earlier run resumes; unchanged if
-    it does not parse."""
+    earlier versions recorded the fields unresolved, and ``copies`` as ``m``), so an earlier run
+    resumes; unchanged if it does not parse."""
     recorded = saved.get("attack_config")
     if not isinstance(recorded, Mapping):
         return saved
+    if "m" in recorded and "copies" not in recorded:  # before the field was renamed copies
+        recorded = {("copies" if k == "m" else k): v for k, v in recorded.items()}
     try:
         config = AttackConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     except TypeError:
@@ -639,7 +641,7 @@ def evaluate_dataset(
         if lock is not None:
             lock.release()
     after = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["robust_accuracy_after"].items())
-    which = f"the smoothed model (sigma={config.sigma:g}, m={config.m}): " if config.randomized else ""
+    which = f"the smoothed model (sigma={config.sigma:g}, copies={config.copies}): " if config.randomized else ""
     log.info("n=%d  %sclean accuracy %.1f%%  robust accuracy %.1f%% (%s %s eps=%.6g; after: %s)",
              len(idx), which, 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"],
              config.attack, config.norm, config.eps, after)

@@ -5,7 +5,7 @@ Example::
     robustmaxup attack runs/c10/best.pt --dataset cifar10 --data-root data/cifar10 \\
         --norm Linf --eps 8/255 --n-examples 1000 --batch 500 --out aa_linf.json
     robustmaxup attack runs/c10/best.pt --dataset cifar10 --data-root data/cifar10 \\
-        --norm L2 --eps 0.5 --smoothed --m 32            # soft smoothed model, version rand (EOT)
+        --norm L2 --eps 0.5 --smoothed --copies 32       # soft smoothed model, version rand (EOT)
     robustmaxup attack ckpt.pt --dataset digits --attack pgd --eps 0.1 --steps 20
 
 This module only parses: the run, its files (JSON, per-example TSV, ``--save-adv`` tensors,
@@ -29,11 +29,13 @@ log = logging.getLogger("robustmaxup")
 
 #: library field -> flag, where they differ from ``--field-name``
 FLAGS = {"batch_size": "--batch", "version": "--aa-version"}
+RENAMED = {"--version": "--aa-version (--version prints robustmaxup's version)",
+           "--m": "--copies (one name for noise copies, as in train)"}
 
 
 class _Renamed(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.error("--version was renamed --aa-version (--version prints robustmaxup's version)")
+        parser.error(f"{option_string} was renamed {RENAMED[option_string]}")
 INDEX_RULE = "n evenly spaced examples of the split (data.spread_indices); all when n >= its size"
 
 
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attack to run: {', '.join(EVALUATORS.names())}")
     p.add_argument("--norm", default="Linf", help="threat model: Linf, L2 (or L1 for AutoAttack)")
     p.add_argument("--eps", required=True, help="budget in [0,1] pixel units; fractions like 8/255 work")
-    p.add_argument("--version", nargs="?", action=_Renamed, help=argparse.SUPPRESS)
+    for old in RENAMED:
+        p.add_argument(old, nargs="?", action=_Renamed, help=argparse.SUPPRESS)
     p.add_argument("--aa-version", dest="version", default=None,
                    help=f"AutoAttack version: {', '.join(AA_VERSIONS)} (default: standard; rand "
                         "with --smoothed; custom with --attacks)")
@@ -63,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=500,
                    help="examples per chunk (attack batch and unit of --resume)")
     p.add_argument("--smoothed", action="store_true",
-                   help="attack the soft smoothed classifier (mean softmax over --m noise draws)")
+                   help="attack the soft smoothed classifier (mean softmax over --copies noise draws)")
     p.add_argument("--sigma", type=float, default=None,
                    help="smoothing noise level (default: the checkpoint's training sigma)")
-    p.add_argument("--m", type=int, default=32, help="noise draws per forward of the smoothed model")
+    p.add_argument("--copies", type=int, default=32, help="noise draws per forward of the smoothed model")
     p.add_argument("--rescores", type=int, default=None,
                    help="re-scorings of x_adv (default: 5 for --smoothed, else 1)")
     p.add_argument("--out", default=None,
@@ -90,16 +93,14 @@ def attack_config(args: argparse.Namespace, eps: float, sigma: float | None):
     if args.attack == "autoattack" and (args.steps is not None or args.step_size is not None):
         raise UserError("--steps/--step-size apply to --attack pgd; AutoAttack sets its own "
                         "iterations (choose its attacks with --aa-version or --attacks)")
-    if (args.sigma is not None or args.m != 32) and not args.smoothed:
-        raise UserError("--sigma/--m only apply with --smoothed")
+    if (args.sigma is not None or args.copies != 32) and not args.smoothed:
+        raise UserError("--sigma/--copies only apply with --smoothed")
     version = args.version or ("custom" if args.attacks else "rand" if args.smoothed else "standard")
     step_size = parse_fraction(args.step_size, "step_size") if args.step_size is not None else None
-    return AttackConfig(
-        eps=eps, attack=args.attack, norm=args.norm, version=version,
-        attacks=tuple(args.attacks) if args.attacks else None,
-        steps=AttackConfig.steps if args.steps is None else args.steps,
-        step_size=step_size, batch_size=args.batch, sigma=sigma, m=args.m, rescores=args.rescores,
-    )
+    return AttackConfig(eps=eps, attack=args.attack, norm=args.norm, version=version,
+                        attacks=tuple(args.attacks) if args.attacks else None,
+                        steps=AttackConfig.steps if args.steps is None else args.steps, step_size=step_size,
+                        batch_size=args.batch, sigma=sigma, copies=args.copies, rescores=args.rescores)
 
 
 def default_out(args: argparse.Namespace, eps: float) -> Path:
@@ -126,8 +127,7 @@ def _body(args: argparse.Namespace) -> None:
     check_config(attack_config(args, eps, early_sigma), info.image_shape)
     out = Path(args.out) if args.out else default_out(args, eps)
     paths = AttackPaths.for_output(out, args.save_adv)
-    check_not_inputs(paths.named(), [("the checkpoint", args.checkpoint),
-                                     ("the data root (--data-root)", args.data_root)])
+    check_not_inputs(paths.named(), [("the checkpoint", args.checkpoint), ("the data root (--data-root)", args.data_root)])
     paths.check_fresh(args.resume)
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, dataset=args.dataset, num_classes=info.num_classes,

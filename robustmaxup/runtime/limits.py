@@ -32,7 +32,7 @@ MAX_SAMPLES = 10**9
 MAX_RESCORES = 1000
 #: most PGD iterations
 MAX_STEPS = 100_000
-#: most noise draws per forward of a smoothed model (``--m``)
+#: most noise draws per forward of a smoothed model (``--copies``)
 MAX_NOISE_DRAWS = 100_000
 #: the allowance for activations, as a multiple of a batch's input bytes (a lower bound: real
 #: networks use more, so only a batch that cannot fit is refused)
