@@ -318,3 +318,27 @@ def test_a_refused_resume_names_the_settings_a_user_sets_as_arguments():
         check_resume(saved, now, keys, what="r", arguments=args)
     assert "settings: --n (1000, now 100), model_sha256 ('a', now 'b'), --eps (0.1, now 0.2), " \
            "attack_config.rule ('x', now 'y');" in str(e.value)
+
+
+def test_own_tensors_take_numpy_a_dataset_spec_and_one_label_per_image():
+    x, y = load_split("digits", "test").batch([0, 1, 2])
+    split = ImageSplit.from_tensors(x.numpy(), y.numpy(), get_info("digits"))
+    assert torch.equal(split.batch([0, 1, 2])[0], x) and split.info == get_info("digits")
+    with pytest.raises(FieldError, match=r"labels must be one per image: 3 images but labels of shape \(2,\)"):
+        ImageSplit.from_tensors(x, y[:2], get_info("digits"))
+    with pytest.raises(FieldError, match=r"info must be a dataset's DatasetSpec, e\.g\. get_info\('digits'\)"):
+        ImageSplit.from_tensors(x, y, "digits")
+
+
+def test_rows_in_memory_give_the_same_analysis_as_their_tsv(untrained_ckpt, tmp_path):
+    model, _ = load_model(untrained_ckpt, dataset="digits")
+    out = tmp_path / "c.tsv"
+    rows = certify_dataset(Smooth(model, 10, 0.25), load_split("digits", "test"), [0, 5, 9], n0=10, n=50,
+                           out=out, progress=False)
+    mine, theirs = analysis.CertifyResults.from_rows(rows), analysis.read_certify_tsv(out)
+    for field in ("idx", "label", "predict", "correct"):
+        assert np.array_equal(getattr(mine, field), getattr(theirs, field)), field
+    assert np.allclose(mine.radius, theirs.radius, atol=1e-6) and mine.n_used is None
+    assert analysis.certified_accuracy(mine, [0.0, 0.1]).tolist() == \
+        analysis.certified_accuracy(theirs, [0.0, 0.1]).tolist()
+    assert len(analysis.CertifyResults.from_rows([])) == 0

@@ -155,3 +155,19 @@ def test_a_zero_default_is_shown_and_a_switch_default_is_not(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--seed SEED random seed (default: 0)" in text
     assert "(default: False)" not in text and "(default: None)" not in text
+
+
+def test_the_sidecar_records_no_autocast_as_null(ckpt, tmp_path):
+    out = tmp_path / "c.tsv"
+    assert certify_cli.main([ckpt, "--dataset", "digits", "--max", "1", "--n", "20", "--out", str(out),
+                             "--quiet"]) == 0
+    assert json.loads((tmp_path / "c.tsv.json").read_text())["autocast"] is None   # CPU: fp32
+
+
+def test_a_smoothed_attack_says_how_robust_accuracy_meets_the_rescorings(ckpt, tmp_path, capsys):
+    assert attack_cli.main([ckpt, "--dataset", "digits", "--attack", "pgd", "--norm", "L2", "--eps", "0.5",
+                            "--steps", "1", "--smoothed", "--copies", "2", "--n-examples", "4",
+                            "--out", str(tmp_path / "s.json")]) == 0
+    err = capsys.readouterr().err
+    assert "(correct after every attack and all 5 re-scorings; pgd L2 eps=0.5; after: pgd" in err
+    assert "each of 5 re-scorings of x_adv alone: accuracy" in err

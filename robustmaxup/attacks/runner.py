@@ -642,12 +642,13 @@ def evaluate_dataset(
             lock.release()
     after = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["robust_accuracy_after"].items())
     which = f"the smoothed model (sigma={config.sigma:g}, copies={config.copies}): " if config.randomized else ""
-    log.info("n=%d  %sclean accuracy %.1f%%  robust accuracy %.1f%% (%s %s eps=%.6g; after: %s)",
+    rule = f"correct after every attack and all {config.n_rescores} re-scorings; " if config.randomized else ""
+    log.info("n=%d  %sclean accuracy %.1f%%  robust accuracy %.1f%% (%s%s %s eps=%.6g; after: %s)",
              len(idx), which, 100 * summary["clean_accuracy"], 100 * summary["robust_accuracy"],
-             config.attack, config.norm, config.eps, after)
+             rule, config.attack, config.norm, config.eps, after)
     if config.randomized:
         rs = summary["rescoring"]
-        log.info("re-scoring x_adv %d times: accuracy %.1f%% +- %.1f%% (min %.1f%%, max %.1f%%)",
+        log.info("each of %d re-scorings of x_adv alone: accuracy %.1f%% +- %.1f%% (min %.1f%%, max %.1f%%)",
                  rs["repeats"], 100 * rs["accuracy_mean"], 100 * rs["accuracy_std"],
                  100 * rs["accuracy_min"], 100 * rs["accuracy_max"])
     if paths is not None:

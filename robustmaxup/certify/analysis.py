@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from robustmaxup.certify.smooth import ABSTAIN
-from robustmaxup.certify.tsv import read_any, read_certify, read_sidecar, sidecar_path
+from robustmaxup.certify.tsv import CertifyRow, read_any, read_certify, read_sidecar, sidecar_path
 from robustmaxup.errors import UserError, ref
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError, check_positive
@@ -101,6 +101,19 @@ class CertifyResults(_Subset):
     correct: np.ndarray
     meta: dict | None = None
     n_used: np.ndarray | None = None
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[CertifyRow], name: str = "rows",
+                  meta: dict | None = None) -> "CertifyResults":
+        """The results of :func:`~robustmaxup.certify.runner.certify_dataset`'s rows, in memory
+        (no TSV needed): ``certified_accuracy(CertifyResults.from_rows(rows), [0.25])``."""
+        def col(field: str, dtype: type) -> np.ndarray:
+            return np.array([getattr(r, field) for r in rows], dtype=dtype)
+
+        sequential = bool(rows) and all(r.n_used is not None for r in rows)
+        return cls(name, name, col("idx", np.int64), col("label", np.int64), col("predict", np.int64),
+                   col("radius", np.float64), col("correct", np.int64), meta,
+                   col("n_used", np.int64) if sequential else None)
 
 
 @dataclass(frozen=True)

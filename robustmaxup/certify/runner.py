@@ -438,6 +438,11 @@ def _device_of(smooth: Smooth) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    """``"torch.bfloat16"`` for a record; None (JSON null) for no autocast."""
+    return None if dtype is None else str(dtype)
+
+
 def _class_order(smooth: Smooth) -> list[int] | None:
     """The base classifier's output reordering (``NormalizedModel.output_order``), if any."""
     order = getattr(smooth.base_classifier, "output_order", None)
@@ -469,7 +474,7 @@ def _settings_record(command: str, smooth: Smooth, split: Any, indices: list[int
         "batch_size": s.batch_size, "images_per_batch": s.images_per_batch,
         **_sequential_record(mode, s),
         "noise_chunk": smooth.noise_chunk, "precision": smooth.precision, "fold_bn": smooth.fold_bn,
-        "autocast": str(smooth.autocast_dtype(device)), "class_order": _class_order(smooth),
+        "autocast": _dtype_name(smooth.autocast_dtype(device)), "class_order": _class_order(smooth),
         "noise_seed_rule": "runtime.seeds.stream_generator(seed, 'certify.noise', idx, device)",
         "world_size": dist.world,
         "columns": list(mode.fmt.columns),

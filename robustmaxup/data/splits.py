@@ -75,13 +75,17 @@ class ImageSplit:
                      classes: Sequence[str] | None = None, split: str = "custom") -> "ImageSplit":
         """Your own images as a split, for the dataset runners (``certify_dataset``,
         ``evaluate_dataset``): uint8 ``[N, C, H, W]``, or floats in [0, 1] (rounded to uint8, as
-        every split here is stored), of ``info``'s kind (e.g. ``get_info("cifar10")``).
+        every split here is stored), of ``info``'s kind (e.g. ``get_info("cifar10")``); tensors or
+        numpy arrays, labels one per image.
 
         Example::
 
             split = ImageSplit.from_tensors(x, y, get_info("cifar10"))   # x [N,3,32,32] in [0,1]
             rows = certify_dataset(smooth, split, range(len(split)), n=10_000)
         """
+        if not isinstance(info, DatasetSpec):
+            raise FieldError("info", f"must be a dataset's DatasetSpec, e.g. get_info({info!r}), got {info!r}")
+        images = torch.as_tensor(images)
         if images.is_floating_point():
             if images.numel() and not 0 <= float(images.min()) <= float(images.max()) <= 1:
                 raise UserError("images must lie in [0, 1] (pixels; normalisation is inside the model)")
@@ -90,6 +94,9 @@ class ImageSplit:
             raise UserError(f"images must be [N, {', '.join(map(str, info.image_shape))}] for "
                             f"{info.name}, got {tuple(images.shape)}")
         labels = torch.as_tensor(labels).to(torch.int64).cpu()
+        if labels.shape != (len(images),):
+            raise FieldError("labels", f"must be one per image: {len(images)} images but labels of shape "
+                                       f"{tuple(labels.shape)}")
         check_class_indices("labels", labels, info.num_classes)
         names = list(classes) if classes is not None else [str(i) for i in range(info.num_classes)]
         if len(names) != info.num_classes:
