@@ -342,3 +342,36 @@ def test_rows_in_memory_give_the_same_analysis_as_their_tsv(untrained_ckpt, tmp_
     assert analysis.certified_accuracy(mine, [0.0, 0.1]).tolist() == \
         analysis.certified_accuracy(theirs, [0.0, 0.1]).tolist()
     assert len(analysis.CertifyResults.from_rows([])) == 0
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda s, x: Smooth("model", 10, 0.25), "base_classifier"),
+    (lambda s, x: s.certify(x.numpy(), 10, 100, 1e-3, 100), "x"),
+    (lambda s, x: s.certify(x, 10, 100, 1e-3, 100, generator=0), "generators"),
+    (lambda s, x: s.certify_batch(x[None], 10, 100, 1e-3, 100, None), "generators"),
+])
+def test_smooth_names_an_argument_of_the_wrong_type(call, field):
+    with pytest.raises(FieldError) as e:
+        call(Smooth(Constant(3), 10, 0.25), torch.rand(1, 4, 4))
+    assert e.value.field == field
+
+
+def test_prediction_helpers_check_their_counts():
+    from robustmaxup.attacks.result import predict, rescore
+
+    model, x, y = Constant(3), torch.rand(4, 1, 4, 4), torch.full((4,), 3)
+    with pytest.raises(FieldError, match="batch_size must be an integer >= 1"):
+        predict(model, x, 0)
+    with pytest.raises(FieldError, match="repeats must be an integer >= 1"):
+        rescore(model, x, y, repeats=0)
+    with pytest.raises(FieldError, match="generators must be one per example: 4 examples but 1"):
+        predict(model, x, 2, [torch.Generator()])
+    assert rescore(model, x, y, repeats=2, batch_size=3).all()
+
+
+def test_radii_must_be_a_list():
+    col = np.ones(2, dtype=np.int64)
+    res = analysis.CertifyResults("a", "a", col, col, col, np.array([0.1, 0.3]), col)
+    with pytest.raises(FieldError, match=r"radii must be a list of radii, e\.g\. \[0\.5\]"):
+        analysis.certified_accuracy(res, 0.5)
+    assert analysis.certified_accuracy(res, np.array([0.2])).tolist() == [0.5]

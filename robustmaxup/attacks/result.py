@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from robustmaxup.attacks.smoothed import per_example_noise
 from robustmaxup.models.state import model_state
+from robustmaxup.runtime.checks import FieldError, check_int
 
 
 @dataclass
@@ -65,8 +66,9 @@ def predict(model: nn.Module, x: Tensor, batch_size: int,
     ``generators``: one per row of ``x``; a randomized model that supports it draws row ``j``'s
     noise from ``generators[j]`` (ignored by deterministic models).
     """
+    check_int("batch_size", batch_size, minimum=1)
     if generators is not None and len(generators) != len(x):
-        raise ValueError(f"{len(x)} examples but {len(generators)} generators")
+        raise FieldError("generators", f"must be one per example: {len(x)} examples but {len(generators)}")
     out = []
     for i in range(0, len(x), batch_size):
         with per_example_noise(model, None if generators is None else generators[i:i + batch_size]):
@@ -84,6 +86,7 @@ def rescore(model: nn.Module, x_adv: Tensor, y: Tensor, *, repeats: int = 1,
     ``generators`` (one per example), example ``j``'s noise in every repeat comes from
     ``generators[j]`` alone, so its verdicts do not depend on the batch it is scored in.
     """
+    check_int("repeats", repeats, minimum=1)
     with model_state(model, train=False):
         return torch.stack([predict(model, x_adv, batch_size, generators) == y
                             for _ in range(repeats)])

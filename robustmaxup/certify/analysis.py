@@ -237,6 +237,8 @@ def _certified(res: CertifyResults) -> np.ndarray:
 def certified_accuracy(res: CertifyResults, radii: Sequence[float]) -> np.ndarray:
     """Approximate certified accuracy at each radius: fraction of **all** rows that are correct,
     not abstained, and have radius ``>= r``. Shape ``[len(radii)]``."""
+    if not isinstance(radii, Sequence) and not isinstance(radii, np.ndarray):
+        raise FieldError("radii", f"must be a list of radii, e.g. [{radii!r}]")
     for r in radii:
         check_positive("radii", r, allow_zero=True)
     if len(res) == 0:

@@ -146,6 +146,8 @@ class Smooth:
         precision: str = "auto", channels_last: bool | None = None, compile: bool | str = False,
         fold_bn: bool = False, noise_chunk: int = 100,
     ) -> None:
+        if not isinstance(base_classifier, nn.Module):
+            raise FieldError("base_classifier", f"must be a torch.nn.Module, got {type(base_classifier).__name__}")
         check_positive("sigma", sigma)
         check_int("num_classes", num_classes, minimum=2)
         if precision != "auto" and precision not in PRECISIONS:
@@ -583,6 +585,10 @@ class Smooth:
 
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
                     batch_size: int, n0: int | None = None, n_name: str = "n") -> None:
+        if not isinstance(xs, torch.Tensor):
+            raise FieldError("x", f"must be a torch.Tensor of pixels, got {type(xs).__name__}")
+        if generators is None or not all(g is None or isinstance(g, torch.Generator) for g in generators):
+            raise FieldError("generators", "must be one torch.Generator (or None) per image")
         if xs.dim() != 4:
             raise FieldError("x", f"must be images [k, C, H, W] (one image: [C, H, W]), got shape "
                                   f"{tuple(xs.shape)}")
