@@ -171,3 +171,12 @@ def test_a_smoothed_attack_says_how_robust_accuracy_meets_the_rescorings(ckpt, t
     err = capsys.readouterr().err
     assert "(correct after every attack and all 5 re-scorings; pgd L2 eps=0.5; after: pgd" in err
     assert "each of 5 re-scorings of x_adv alone: accuracy" in err
+
+
+def test_a_step_structure_that_changes_nothing_is_refused(tmp_path, capsys):
+    assert train_cli.main([*TINY, "--step-structure", "joint", "--epochs", "1", "--out", str(tmp_path / "g")]) == 2
+    assert _err(capsys) == ("robustmaxup train: error: --step-structure joint changes nothing for gaussian as "
+                            "configured: its reference takes one step per loader batch; drop it")
+    assert not (tmp_path / "g").exists()
+    assert train_cli.main([*TINY, "--method", "smoothadv", "--copies", "2", "--attack-steps", "1",
+                           "--step-structure", "joint", "--epochs", "1", "--out", str(tmp_path / "s")]) == 0

@@ -243,8 +243,12 @@ def load_splits(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _check_steps(cfg: TrainConfig, train: Any, method: Method, world: int) -> None:
-    """Refuse a run that would take no optimiser step (the last short batch is dropped), or
-    whose reference chunks would hold no example."""
+    """Refuse a run that would take no optimiser step (the last short batch is dropped), whose
+    reference chunks would hold no example, or that asks for a step structure its method cannot
+    tell apart (one reference step per batch: ``joint`` would change nothing)."""
+    if cfg.step_structure == "joint" and method.reference_chunks() == 1:
+        raise FieldError("step_structure", f"joint changes nothing for {method.name} as configured: its "
+                                           "reference takes one step per loader batch; drop it")
     if cfg.batch > len(train):
         raise FieldError("batch", f"must be at most the number of training images ({len(train)}), "
                                   f"got {cfg.batch}: no training step would be taken; lower it or train on "
