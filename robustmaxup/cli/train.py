@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("train", "Train a classifier; writes config.json, metrics.jsonl, last.pt and "
                              "best.pt to --out.")
     p.add_argument("--config", default=_GIVEN_ONLY, metavar="CONFIG_JSON",
-                   help="replay a run: its config.json gives the values, flags given here override them")
+                   help="replay a run: its config.json gives the values; --recipe and flags given here override them")
     p.add_argument("--list-recipes", action="store_true", default=_GIVEN_ONLY,
                    help="print every recipe (values and sources) and exit")
     for old in RENAMED:

@@ -223,7 +223,8 @@ class TrainConfig:
     arch: str = field(default="cifar_resnet110", metadata=_meta("architecture (robustmaxup.models.MODELS)", _DATA))
     method: str = field(default="gaussian", metadata=_meta("training method", _DATA))
     recipe: str | None = field(default=None, metadata=_meta(
-        "a paper's published set-up as the base layer; flags given override it (--list-recipes)",
+        "a paper's published set-up as the base layer (over --config's file); flags given override it "
+        "(--list-recipes)",
         _DATA, choices=tuple(RECIPES.names())))
     method_args: dict[str, Any] = field(default_factory=dict)
     perturbation: PerturbationSpec | None = None
