@@ -147,6 +147,7 @@ def test_the_analysis_note_carries_the_sampling_settings():
     seq = {**fixed, "sequential": {"n_max": 20000, "radii": [0.25]}}
     assert note(**seq) == "3 of 360 test images (skip 20); sigma 0.25, n0 100, n_max 20000, alpha 0.001"
     assert note(sigma=0.5, n=True) == "3 of 360 test images (skip 20); sigma 0.5"   # no bool as a number
+    assert note(n=2_000_000, alpha=1e-5) == "3 of 360 test images (skip 20); n 2000000, alpha 1e-05"
     assert note() == "3 of 360 test images (skip 20)"                              # no sidecar: no settings
 
 

@@ -56,8 +56,9 @@ class _Subset:
         meta = self.meta or {}
         seq = meta.get("sequential") if isinstance(meta.get("sequential"), Mapping) else None
         keys = [("sigma", meta), ("n0", meta), ("n_max", seq) if seq else ("n", meta), ("alpha", meta)]
-        return ", ".join(f"{k} {src[k]:g}" for k, src in keys if isinstance(src.get(k), (int, float))
-                         and not isinstance(src.get(k), bool))
+        values = [(k, src[k]) for k, src in keys if isinstance(src.get(k), (int, float))
+                  and not isinstance(src.get(k), bool)]
+        return ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:g}" for k, v in values)
 
     def subset_note(self) -> str:
         """E.g. ``"500 of 10000 test images (skip 20); sigma 0.25, n0 100, n 100000, alpha 0.001"``

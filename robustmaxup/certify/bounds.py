@@ -29,7 +29,7 @@ from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
 from robustmaxup.errors import UserError
-from robustmaxup.runtime import checks
+from robustmaxup.runtime.checks import check_alpha  # re-exported: the one failure-probability check
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ __all__ = [
     "look_schedule", "staged_schedule", "ConfidenceSequence", "CONFIDENCE_SEQUENCES", "DEFAULT_SEQUENCE",
     "MIXTURE_PRIOR", "CP_SHARE", "PROJECTION_Z", "projected_successes", "confidence_sequence", "radius_thresholds", "sequential_done",
 ]
-
-
-def check_alpha(alpha: float) -> None:
-    """FieldError (a UserError) unless ``alpha`` is a number with ``0 < alpha < 1``."""
-    checks.check_alpha(alpha)
 
 
 def _check_counts(k: int, n: int) -> None:

@@ -26,7 +26,7 @@ from robustmaxup.runtime.checks import check_int, parse_fraction
 from robustmaxup.runtime.io import check_not_inputs, file_label
 
 log = logging.getLogger("robustmaxup")
-
+INDEX_RULE = "n evenly spaced examples of the split (data.spread_indices); all when n >= its size"
 #: library field -> flag, where they differ from ``--field-name``
 FLAGS = {"batch_size": "--batch", "version": "--aa-version"}
 RENAMED = {"--version": "--aa-version (--version prints robustmaxup's version)",
@@ -36,7 +36,6 @@ RENAMED = {"--version": "--aa-version (--version prints robustmaxup's version)",
 class _Renamed(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         parser.error(f"{option_string} was renamed {RENAMED[option_string]}")
-INDEX_RULE = "n evenly spaced examples of the split (data.spread_indices); all when n >= its size"
 
 
 def build_parser() -> argparse.ArgumentParser:

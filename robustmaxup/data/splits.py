@@ -23,7 +23,7 @@ import torch
 
 from robustmaxup.data.spec import DatasetSpec
 from robustmaxup.errors import UserError
-from robustmaxup.runtime.checks import FieldError, check_class_indices
+from robustmaxup.runtime.checks import FieldError, check_class_indices, check_pixels
 
 __all__ = ["ImageSplit", "FolderSplit", "Split", "Indices", "SPLITS", "as_index", "check_indices", "check_split",
            "folder_transform"]
@@ -87,8 +87,7 @@ class ImageSplit:
             raise FieldError("info", f"must be a dataset's DatasetSpec, e.g. get_info({info!r}), got {info!r}")
         images = torch.as_tensor(images)
         if images.is_floating_point():
-            if images.numel() and not 0 <= float(images.min()) <= float(images.max()) <= 1:
-                raise UserError("images must lie in [0, 1] (pixels; normalisation is inside the model)")
+            check_pixels(images, "images")
             images = images.mul(255).round().to(torch.uint8)
         if images.dim() != 4 or tuple(images.shape[1:]) != tuple(info.image_shape):
             raise UserError(f"images must be [N, {', '.join(map(str, info.image_shape))}] for "

@@ -8,6 +8,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from robustmaxup.runtime.checks import FieldError
+
 
 @contextlib.contextmanager
 def model_state(
@@ -77,8 +79,6 @@ def check_model_input(model: nn.Module, x: torch.Tensor, field: str = "x", *,
     """FieldError unless ``x`` is on the device type and has the dtype (or ``also``: the one it
     is computed in, e.g. an attack's fp32) of ``model``'s floating-point parameters (a model
     without any takes anything): naming the fix, not a kernel's type error."""
-    from robustmaxup.runtime.checks import FieldError
-
     p = float_parameter(model)
     if p is None:
         return
