@@ -181,3 +181,26 @@ def test_a_step_structure_that_changes_nothing_is_refused(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
     assert train_cli.main([*TINY, "--method", "smoothadv", "--copies", "2", "--attack-steps", "1",
                            "--step-structure", "joint", "--epochs", "1", "--out", str(tmp_path / "s")]) == 0
+
+
+@pytest.mark.parametrize("name, text", [("config.json", '{"foo": 1}'), ("metrics.jsonl", "mine\n"),
+                                        ("best.pt", "not a checkpoint")])
+def test_resume_never_writes_over_files_that_are_not_a_runs(tmp_path, capsys, name, text):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / name).write_text(text)
+    assert train_cli.main([*TINY, "--epochs", "1", "--out", str(out), "--resume"]) == 2
+    assert _err(capsys).endswith("holds run files but neither a last.pt nor a config.json of robustmaxup "
+                                 "train; it is not a run directory to resume (its files are never written over)")
+    assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_text() == text
+
+
+def test_a_run_killed_before_its_first_checkpoint_still_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli.main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    for name in ("last.pt", "best.pt"):   # as a SIGKILL before the first checkpoint leaves it
+        (out / name).unlink()
+    capsys.readouterr()
+    assert train_cli.main(["--out", str(out), "--resume"]) == 0
+    assert "holds no last.pt yet; starting the run from epoch 1" in capsys.readouterr().err
+    assert (out / "last.pt").exists()

@@ -33,7 +33,7 @@ from robustmaxup.runtime.faults import fault_point
 from robustmaxup.runtime.io import FileLock, check_not_inputs, check_output_path, shown
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS
 from robustmaxup.runtime.seeds import seed_everything, stream_generator, stream_seed
-from robustmaxup.train.config import TrainConfig
+from robustmaxup.train.config import TrainConfig, read_flat
 from robustmaxup.train.recipes import recipe_values
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,9 @@ LOCK_FILE = ".robustmaxup.lock"
 def check_out_dir(cfg: TrainConfig) -> Path:
     """The run directory; a FieldError if it cannot be one (a file, a name too long, under
     ``/proc``), is the data root, is non-empty without ``resume``, or (with ``resume``) holds
-    a run file that is not a regular file. Nothing is created here.
+    a run file that is not a regular file, or run files without ``last.pt`` beside something
+    other than a robustmaxup ``config.json`` (what an unstarted run of ours leaves; anything else
+    is not ours to write over). Nothing is created here.
 
     ``--config DIR/config.json --out DIR`` is allowed only with ``resume``: the resume guard
     then ensures the config.json the run rewrites records the same run.
@@ -181,6 +183,13 @@ def check_out_dir(cfg: TrainConfig) -> Path:
             if os.path.lexists(path) and not (path.is_file() and not path.is_symlink()):
                 raise FieldError("out", f"{shown(out)} holds a {name} that is not a regular file; "
                                         "it is not a run directory of robustmaxup train")
+        if not (out / "last.pt").exists() and any((out / name).exists() for name in RUN_FILES):
+            try:
+                read_flat(out / "config.json")
+            except UserError:
+                raise FieldError("out", f"{shown(out)} holds run files but neither a last.pt nor a config.json "
+                                        "of robustmaxup train; it is not a run directory to resume (its "
+                                        "files are never written over)") from None
     return out
 
 
