@@ -14,8 +14,9 @@ command line, which runs its commands inside :func:`flags_named`, reads ``pass -
 from __future__ import annotations
 
 import contextlib
+import difflib
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 _FLAG: ContextVar[Callable[[str], str] | None] = ContextVar("robustmaxup_flag", default=None)
 _NO_VALUE: Any = object()
@@ -52,6 +53,27 @@ def flags_named(flag: Callable[[str], str]) -> Iterator[None]:
         yield
     finally:
         _FLAG.reset(token)
+
+
+def did_you_mean(value: Any, options: Iterable[Any], *, show: Callable[[Any], str] = repr) -> str:
+    """``"; did you mean X?"`` naming the option closest to a refused ``value``, or ``""``.
+
+    An option equal but for case wins (``'linf'`` -> ``'Linf'``); otherwise the closest spelling
+    (difflib), if any is close. ``show`` writes the option (``repr``; :func:`ref` for a setting).
+
+    >>> did_you_mean("linf", ["Linf", "L2"])
+    "; did you mean 'Linf'?"
+    >>> did_you_mean("cifar01", ["cifar10", "cifar100", "digits"])
+    "; did you mean 'cifar10'?"
+    >>> did_you_mean("zzz", ["Linf", "L2"])
+    ''
+    """
+    if not isinstance(value, str):
+        return ""
+    names = {str(o): o for o in options}
+    same_case = [o for n, o in names.items() if n.lower() == value.lower()]
+    close = same_case or [names[n] for n in difflib.get_close_matches(value, list(names), n=1)]
+    return f"; did you mean {show(close[0])}?" if close else ""
 
 
 class UserError(ValueError):

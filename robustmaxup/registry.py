@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, did_you_mean
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise UserError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}{did_you_mean(name, self.names())}"
             ) from None
 
     def names(self) -> list[str]:

@@ -62,7 +62,7 @@ def test_version_prints_the_version_and_exits_0(flag, capsys):
 def test_unknown_command_is_one_line_naming_the_choices(capsys):
     assert main(["certfy"]) == 2
     assert _one_line(capsys) == ("robustmaxup: error: unknown command 'certfy'; choose from train, "
-                                 "certify, predict, analyze, attack, export")
+                                 "certify, predict, analyze, attack, export; did you mean 'certify'?")
 
 
 # ----------------------------------------------------------------------------- common
@@ -102,7 +102,8 @@ def test_certify_field_errors_name_the_flag(monkeypatch, capsys, field, flag):
 
 
 def test_quiet_reaches_the_logging_set_up_before_the_body_runs():
-    from robustmaxup.cli.common import add_runtime_args, make_parser, run
+    from robustmaxup.cli.args import add_runtime_args, make_parser
+    from robustmaxup.cli.common import run
 
     levels = []
     p = make_parser("x", "")

@@ -452,7 +452,8 @@ def _raise(exc):
     (KeyboardInterrupt(), 130, "interrupted"),
 ])
 def test_run_turns_failures_into_one_line(capsys, exc, code, needle):
-    from robustmaxup.cli.common import make_parser, run
+    from robustmaxup.cli.args import make_parser
+    from robustmaxup.cli.common import run
 
     assert run("certify", _raise(exc), make_parser("certify", ""), [], {"batch_size": "--batch"}) == code
     err = capsys.readouterr().err.strip().splitlines()
@@ -460,7 +461,8 @@ def test_run_turns_failures_into_one_line(capsys, exc, code, needle):
 
 
 def test_sigterm_exits_143(capsys):
-    from robustmaxup.cli.common import make_parser, run
+    from robustmaxup.cli.args import make_parser
+    from robustmaxup.cli.common import run
     from robustmaxup.runtime.interrupts import Terminated
 
     assert run("train", _raise(Terminated()), make_parser("train", ""), []) == 143
@@ -488,7 +490,7 @@ def test_quiet_logs_warnings_only():
 def test_class_names_from_a_list_or_a_file(tmp_path):
     import argparse
 
-    from robustmaxup.cli.common import class_names
+    from robustmaxup.cli.args import class_names
 
     assert class_names("cat, dog,,bird") == ("cat", "dog", "bird")
     f = tmp_path / "names.txt"

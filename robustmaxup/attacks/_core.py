@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, did_you_mean
 from robustmaxup.runtime.checks import check_pixels
 from robustmaxup.models.state import frozen_bn_stats, model_state
 from robustmaxup.registry import Registry
@@ -54,7 +54,7 @@ def work_dtype(x: Tensor) -> torch.dtype:
 
 def check_norm(norm: str) -> str:
     if norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
+        raise UserError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}{did_you_mean(norm, NORMS)}")
     return norm
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Sequence
 
+from robustmaxup.errors import did_you_mean
+
 SUBCOMMANDS: dict[str, str] = {
     "train": "train a classifier (Gaussian, MaxUp and the baselines)",
     "certify": "certify L2 radii of a smoothed classifier (Cohen et al. CERTIFY)",
@@ -51,7 +53,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
-        print(f"robustmaxup: error: unknown command {command!r}; choose from {', '.join(SUBCOMMANDS)}",
+        print(f"robustmaxup: error: unknown command {command!r}; choose from {', '.join(SUBCOMMANDS)}"
+              f"{did_you_mean(command, SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
     module = importlib.import_module(f"robustmaxup.cli.{command}")

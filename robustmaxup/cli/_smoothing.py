@@ -11,7 +11,8 @@ from typing import Sequence
 from robustmaxup.certify.runner import SequentialSettings, SmoothingJob, run_job
 from robustmaxup.certify.smooth import FUTILITY_RULES, PRECISIONS
 from robustmaxup.cli._cohen import cohen_positional_error
-from robustmaxup.cli.common import add_class_order_arg, add_data_args, add_runtime_args, run
+from robustmaxup.cli.args import add_class_order_arg, add_data_args, add_runtime_args
+from robustmaxup.cli.common import run
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.text import safe_text
 

@@ -26,7 +26,8 @@ import logging
 from typing import Sequence
 
 from robustmaxup.certify import analysis
-from robustmaxup.cli.common import make_parser, run
+from robustmaxup.cli.args import make_parser
+from robustmaxup.cli.common import run
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.io import (
     atomic_write_text, check_distinct, check_not_inputs, check_output_path, shown,

@@ -20,7 +20,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from robustmaxup.cli.common import add_class_order_arg, add_data_args, add_runtime_args, make_parser, run
+from robustmaxup.cli.args import add_class_order_arg, add_data_args, add_renamed, add_runtime_args, make_parser
+from robustmaxup.cli.common import run
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import check_int, parse_fraction
 from robustmaxup.runtime.io import check_not_inputs, file_label
@@ -32,10 +33,6 @@ FLAGS = {"batch_size": "--batch", "version": "--aa-version"}
 RENAMED = {"--version": "--aa-version (--version prints robustmaxup's version)",
            "--m": "--copies (one name for noise copies, as in train)"}
 
-
-class _Renamed(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} was renamed {RENAMED[option_string]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attack to run: {', '.join(EVALUATORS.names())}")
     p.add_argument("--norm", default="Linf", help="threat model: Linf, L2 (or L1 for AutoAttack)")
     p.add_argument("--eps", required=True, help="budget in [0,1] pixel units; fractions like 8/255 work")
-    for old in RENAMED:
-        p.add_argument(old, nargs="?", action=_Renamed, help=argparse.SUPPRESS)
+    add_renamed(p, RENAMED)
     p.add_argument("--aa-version", dest="version", default=None,
                    help=f"AutoAttack version: {', '.join(AA_VERSIONS)} (default: standard; rand "
                         "with --smoothed; custom with --attacks)")

@@ -21,7 +21,7 @@ import argparse
 from typing import Sequence
 
 from robustmaxup.cli._smoothing import add_sequential_args, add_smoothing_args, run_smoothing
-from robustmaxup.cli.common import make_parser
+from robustmaxup.cli.args import make_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

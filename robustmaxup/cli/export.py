@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from robustmaxup.cli.common import make_parser, run
+from robustmaxup.cli.args import make_parser
+from robustmaxup.cli.common import run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Mapping, Sequence
 
-from robustmaxup.cli.common import make_parser, run, setup_logging
+from robustmaxup.cli.args import add_renamed, make_parser
+from robustmaxup.cli.common import run, setup_logging
 from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import parse_fraction
 from robustmaxup.train import TrainConfig, base_layers, merge_flat, options, train
-from robustmaxup.train.config import RENAMED, SCHEDULE_PARAMS, renamed_message
+from robustmaxup.train.config import RENAMED, SCHEDULE_PARAMS, replaced_by
 from robustmaxup.train.recipes import recipe_table
 
 _GIVEN_ONLY = argparse.SUPPRESS  # a flag not given is absent from the parsed values
@@ -60,13 +61,6 @@ def _dashes(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-class _Renamed(argparse.Action):
-    """A former flag: refused in one line naming the flag that replaced it."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} {renamed_message(self.dest, _dashes)}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("train", "Train a classifier; writes config.json, metrics.jsonl, last.pt and "
                              "best.pt to --out.")
@@ -74,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay a run: its config.json gives the values; --recipe and flags given here override them")
     p.add_argument("--list-recipes", action="store_true", default=_GIVEN_ONLY,
                    help="print every recipe (values and sources) and exit")
-    for old in RENAMED:
-        p.add_argument(_dashes(old), dest=old, action=_Renamed, nargs="?", default=_GIVEN_ONLY,
-                       help=argparse.SUPPRESS)
+    add_renamed(p, {_dashes(old): replaced_by(old, _dashes) for old in RENAMED})
     groups: dict[str, Any] = {}
     for opt in options():
         group = groups.get(opt.group) or groups.setdefault(opt.group, p.add_argument_group(opt.group))

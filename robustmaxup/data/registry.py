@@ -22,7 +22,7 @@ from robustmaxup.data.readers import cifar_reader, read_digits, read_imagenet
 from robustmaxup.data.readers.cifar import CIFAR10_FORMAT, CIFAR100_FORMAT
 from robustmaxup.data.spec import DatasetSpec
 from robustmaxup.data.splits import SPLITS, Split
-from robustmaxup.errors import UserError
+from robustmaxup.errors import UserError, did_you_mean
 from robustmaxup.registry import Registry
 from robustmaxup.runtime.checks import FieldError
 
@@ -97,7 +97,8 @@ def load_split(name: str, split: str, root: str | os.PathLike | None = None,
     spec = get_info(name)
     split = spec.resolve_split(split)
     if split not in SPLITS:
-        raise UserError(f"unknown split {split!r} for {name}; use one of {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r} for {name}; use one of {', '.join(SPLITS)}"
+                        f"{did_you_mean(split, SPLITS)}")
     for field, given in (("data_root", root), ("cache_dir", cache_dir)):
         if spec.bundled and given is not None:
             raise FieldError(field, f"is not used by {name} (bundled with the code); drop it")

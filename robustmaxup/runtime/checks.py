@@ -18,7 +18,7 @@ import numbers
 from fractions import Fraction
 from typing import Any, Iterable
 
-from robustmaxup.errors import UserError, ref
+from robustmaxup.errors import UserError, did_you_mean, ref
 
 
 class FieldError(UserError):
@@ -87,7 +87,8 @@ def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices``, else FieldError listing them."""
     options = list(choices)
     if value not in options:
-        raise FieldError(field, f"must be one of {', '.join(map(str, options))}, got {value!r}")
+        raise FieldError(field, f"must be one of {', '.join(map(str, options))}, got {value!r}"
+                                f"{did_you_mean(value, options)}")
     return value
 
 

@@ -21,6 +21,9 @@ import torch
 
 from robustmaxup.errors import UserError
 
+#: Whether this process has joined a process group (see :attr:`Dist.owns_its_errors`).
+_joined = False
+
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
@@ -57,6 +60,13 @@ class Dist:
         return self.rank == 0
 
     @property
+    def owns_its_errors(self) -> bool:
+        """Whether an error here may be this rank's own, so it should be reported: always on rank
+        0; on another rank once it has joined the process group. Before that, every rank checks
+        the same arguments and files, and rank 0's report speaks for all of them."""
+        return self.main or _joined
+
+    @property
     def distributed(self) -> bool:
         return self.world > 1
 
@@ -87,6 +97,8 @@ class Dist:
             backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"timeout": datetime.timedelta(days=7)} if long_wait else {}
         dist.init_process_group(backend, **kwargs)
+        global _joined
+        _joined = True
         return True
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -36,6 +37,8 @@ import torch
 from robustmaxup.errors import UserError, ref
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.text import safe_text
+
+log = logging.getLogger("robustmaxup")
 
 #: pseudo file systems no output may go to (``/dev/shm`` is ordinary memory and allowed)
 SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
@@ -237,7 +240,7 @@ def atomic_path(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
@@ -291,11 +294,23 @@ def create_exclusive(path: str | os.PathLike, *, what: str = "output") -> IO[str
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
+def make_dirs(path: Path) -> None:
+    """``mkdir -p path``, saying so in the log when it creates the directory (a typo in an output
+    path should not pass unseen)."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    log.info("created directory %s", shown(path))
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check it is a writable directory; UserError otherwise."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
     except OSError as e:
         raise UserError(f"cannot create directory {shown(path)}: {e.strerror}") from None
     if not os.access(path, os.W_OK):

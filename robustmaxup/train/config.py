@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from robustmaxup.data.augment import PADDINGS
-from robustmaxup.errors import UserError, ref
+from robustmaxup.errors import UserError, did_you_mean, ref
 from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS
 from robustmaxup.methods.maxup import augmentation_defaults
 from robustmaxup.models import MODELS
@@ -80,10 +79,15 @@ RENAMED: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def renamed_message(old: str, flag: Callable[[str], str] = lambda name: name) -> str:
-    """``"was renamed <new> (<why>)"`` for a former name, new names written by ``flag``."""
+def replaced_by(old: str, flag: Callable[[str], str] = lambda name: name) -> str:
+    """``"<new> (<why>)"`` for a former name, new names written by ``flag``."""
     new, why = RENAMED[old]
-    return f"was renamed {' or '.join(flag(n) for n in new)} ({why})"
+    return f"{' or '.join(flag(n) for n in new)} ({why})"
+
+
+def renamed_message(old: str, flag: Callable[[str], str] = lambda name: name) -> str:
+    """``"was renamed <new> (<why>)"`` for a former name."""
+    return f"was renamed {replaced_by(old, flag)}"
 
 #: How a loader batch becomes optimiser steps (:meth:`Method.reference_chunks`).
 STEP_STRUCTURES = ("reference", "joint")
@@ -115,7 +119,8 @@ class PerturbationSpec:
         unknown = sorted(set(self.args) - set(names))
         if unknown:
             raise FieldError(f"{self.name}_{unknown[0]}",
-                             f"is not an option of {self.name} (its options: {', '.join(names)})")
+                             f"is not an option of {self.name} (its options: {', '.join(names)})"
+                             f"{did_you_mean(unknown[0], names)}")
         full = {f.name: self.args[f.name] if f.name in self.args else f.default for f in fields}
         object.__setattr__(self, "args", full)
 
@@ -193,8 +198,7 @@ def _not_an_option(key: str, method: str, options: list[str]) -> str:
     listed = f"its options: {', '.join(map(ref, options)) or 'none'}"
     if any(key in METHODS.get(m).hparam_names() for m in METHODS):
         return f"is not an option of method {method} ({listed})"
-    close = difflib.get_close_matches(key, [*_core_names(), *options], n=1)
-    hint = f"; did you mean {ref(close[0])}?" if close else ""
+    hint = did_you_mean(key, [*_core_names(), *options], show=ref)
     return f"is neither a training setting nor an option of method {method} ({listed}){hint}"
 
 
@@ -241,7 +245,8 @@ class TrainConfig:
         "3/4, then lr/100)", _OPT, choices=tuple(SCHEDULES)))
     lr_step: int = field(default=30, metadata=_meta("step schedule: epochs between decays", _OPT))
     lr_milestones: tuple[int, ...] = field(default=(), metadata=_meta(
-        "multistep schedule: 0-based epochs from which the lr is multiplied by --lr-gamma", _OPT,
+        "multistep schedule: epoch counts after which the lr is multiplied by --lr-gamma (as "
+        "MultiStepLR's milestones: 100 decays it from the logged epoch 101 on)", _OPT,
         metavar="EPOCH"))
     lr_gamma: float = field(default=0.1, metadata=_meta("step/multistep schedule: decay factor", _OPT))
     step_structure: str = field(default="reference", metadata=_meta(
@@ -413,7 +418,7 @@ def _expand(layers: tuple[Mapping[str, Any], ...]) -> Iterator[Mapping[str, Any]
         name = layer.get("recipe")
         if name is not None:
             if name not in RECIPES:
-                raise FieldError("recipe", f"must be one of {', '.join(RECIPES.names())}, got {name!r}")
+                check_choice("recipe", name, RECIPES.names())
             yield recipe_values(name)
         yield layer
 
