@@ -310,14 +310,28 @@ def test_a_refused_resume_names_the_settings_a_user_sets_as_arguments():
     keys, args = ["n", "model_sha256", "attack_config"], ("n", "eps")
     with pytest.raises(UserError) as e:
         check_resume(saved, now, keys, what="r", arguments=args)
-    detail = "model_sha256 ('a', now 'b'), attack_config.rule ('x', now 'y')"
+    detail = "the model's weights (sha256 a, now sha256 b), attack_config.rule ('x', now 'y')"
     assert str(e.value) == (f"cannot resume r: it was made with other settings: n (1000, now 100), "
                             f"{detail.replace(', attack', ', eps (0.1, now 0.2), attack')}; use the same "
                             "settings or another output")
     with _cli(), pytest.raises(UserError) as e:
         check_resume(saved, now, keys, what="r", arguments=args)
-    assert "settings: --n (1000, now 100), model_sha256 ('a', now 'b'), --eps (0.1, now 0.2), " \
-           "attack_config.rule ('x', now 'y');" in str(e.value)
+    assert "settings: --n (1000, now 100), the model's weights (sha256 a, now sha256 b), --eps (0.1, now " \
+           "0.2), attack_config.rule ('x', now 'y');" in str(e.value)
+
+
+def test_a_refused_resume_names_a_record_key_by_its_argument_and_shortens_hashes():
+    from robustmaxup.runtime.records import check_resume
+
+    saved = {"batch": 500, "checkpoint_sha256": "0123456789abcdef" * 4, "n": 10}
+    now = {"batch": 250, "checkpoint_sha256": "fedcba9876543210" * 4, "n": 20}
+    with _cli(), pytest.raises(UserError) as e:
+        check_resume(saved, now, ["batch", "checkpoint_sha256", "n"], what="r",
+                     arguments={"batch": "batch_size"})
+    assert str(e.value) == (
+        "cannot resume r: it was made with other settings: --batch-size (500, now 250), the checkpoint "
+        "file's contents (sha256 0123456789ab, now sha256 fedcba987654), n (10, "
+        "now 20); use the same settings or another output")
 
 
 def test_own_tensors_take_numpy_a_dataset_spec_and_one_label_per_image():

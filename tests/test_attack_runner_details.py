@@ -148,7 +148,7 @@ def test_partial_run_resumes_only_under_the_same_model_seed_and_examples(split, 
     state = tmp_path / "r.json.state.pt"
     before = state.read_bytes()
     other_model = _linear(split, seed=1)
-    for kw, what in [({"seed": 1}, "seed"), ({"model": other_model}, "model_sha256"),
+    for kw, what in [({"seed": 1}, "seed"), ({"model": other_model}, "the model's weights (sha256 "),
                      ({"indices": list(range(1, 9))}, "selection"),
                      ({"save_adv": tmp_path / "adv.pt"}, "save_adv")]:
         args = {"model": model, "indices": list(range(8)), "seed": 0, "save_adv": None, **kw}
@@ -212,7 +212,7 @@ def test_finished_run_rechecks_model_and_selection_and_its_files(split, tmp_path
     assert s.record["model_sha256"] != "x"
     same = dict(seed=5, out=out, resume=True, progress=False, extra_record=extra)
     assert evaluate_dataset(model, split, list(range(6)), CONFIG, **same).already_complete
-    with pytest.raises(UserError, match="model_sha256"):
+    with pytest.raises(UserError, match=r"the model's weights \(sha256 "):
         evaluate_dataset(_linear(split, seed=1), split, list(range(6)), CONFIG, **same)
     with pytest.raises(UserError, match="selection"):
         evaluate_dataset(model, split, list(range(1, 7)), CONFIG, **same)

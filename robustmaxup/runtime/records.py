@@ -140,17 +140,31 @@ def checkpoint_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[
             "checkpoint_meta": dict(meta)}
 
 
-def _show(value: Any) -> str:
+#: recorded values a user does not set directly, as a refused resume describes them
+_DESCRIBED = {
+    "checkpoint_sha256": "the checkpoint file's contents",
+    "model_sha256": "the model's weights",
+    "mode": "the command", "command": "the command",
+    "noise_chunk": "Smooth's noise_chunk",
+    "seed_rule": "the seeding rule (an earlier robustmaxup's)",
+}
+
+
+def _show(key: str, value: Any) -> str:
+    if key.endswith("_sha256") and isinstance(value, str):
+        return f"sha256 {value[:12]}"  # enough to tell two hashes apart
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str], *,
-                 what: str, arguments: Collection[str] = ()) -> None:
+                 what: str, arguments: Collection[str] | Mapping[str, str] = ()) -> None:
     """UserError unless ``saved`` and ``current`` agree on every key of ``keys`` that ``saved``
     records: a run is continued only under the settings that made it. A key (or a dict's entry)
     in ``arguments`` is one the user sets, named with :func:`~robustmaxup.errors.ref` (its flag
-    on the command line)."""
+    on the command line); a mapping gives the argument's name where the record's differs
+    (``{"batch": "batch_size"}``). Other keys are described in words where they have a
+    description, else shown by their record name."""
     diff = [k for k in keys if k in saved and saved[k] != current.get(k)]
     if diff:
         detail = ", ".join(_difference(k, saved[k], current.get(k), arguments) for k in diff)
@@ -158,13 +172,20 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Ite
                         "same settings or another output")
 
 
-def _difference(key: str, was: Any, now: Any, arguments: Collection[str] = ()) -> str:
+def _named(key: str, arguments: Collection[str] | Mapping[str, str], parent: str = "") -> str:
+    """How a refused resume names ``key``: as an argument, in words, or by its record name."""
+    if key in arguments:
+        return ref(arguments[key] if isinstance(arguments, Mapping) else key)
+    return _DESCRIBED.get(key, f"{parent}.{key}" if parent else key)
+
+
+def _difference(key: str, was: Any, now: Any, arguments: Collection[str] | Mapping[str, str] = ()) -> str:
     """``key (was, now now)``; for two dicts only the entries that differ (``key.sub (...)``)."""
     if key == "indices":
         return "the image/example selection"
     if isinstance(was, Mapping) and isinstance(now, Mapping):
         subs = [k for k in {**was, **now} if was.get(k) != now.get(k)]
         if subs:
-            return ", ".join(f"{ref(k) if k in arguments else f'{key}.{k}'} ({_show(was.get(k))}, now "
-                             f"{_show(now.get(k))})" for k in subs)
-    return f"{ref(key) if key in arguments else key} ({_show(was)}, now {_show(now)})"
+            return ", ".join(f"{_named(k, arguments, key)} ({_show(k, was.get(k))}, now {_show(k, now.get(k))})"
+                             for k in subs)
+    return f"{_named(key, arguments)} ({_show(key, was)}, now {_show(key, now)})"
