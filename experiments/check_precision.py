@@ -61,6 +61,7 @@ import torch
 
 from robustmaxup.certify import Smooth
 from robustmaxup.certify.runner import certify_dataset
+from robustmaxup.certify.tsv import radius_as_written
 from robustmaxup.checkpoints import build_model_for, load_model, resolve_sigma
 from robustmaxup.data import get_info, load_split, select_indices
 from robustmaxup.errors import UserError
@@ -95,7 +96,7 @@ def certify_mode(model, num_classes, sigma, split, indices, *, precision, pack, 
                            batch_size=s["batch"], seed=s["seed"], images_per_batch=pack, progress=False)
     elapsed, certs = time.perf_counter() - t0, smooth.certs
     if [r.idx for r in rows] != list(indices) or [(r.predict, r.radius) for r in rows] != \
-            [(c.prediction, c.radius) for c in certs]:
+            [(c.prediction, radius_as_written(c.radius)) for c in certs]:
         raise RuntimeError("recorded certificates do not line up with certify_dataset's rows")
     certified = [r.radius for r in rows if r.predict >= 0]
     return {"certs": certs, "rows": rows, "summary": {

@@ -137,7 +137,7 @@ def test_cohens_form_needs_four_plain_positionals_and_quotes_the_rest():
 
     assert cohen("certify", ["digits", "m.pt", "0.25", "-v"]) is None
     assert cohen("predict", ["digits", "m.pt", "0.25", "o.tsv", "--class-order", "a b"]).endswith(
-        "robustmaxup predict m.pt --dataset digits --data-root DIR --sigma 0.25 --out o.tsv "
+        "robustmaxup predict m.pt --dataset digits --sigma 0.25 --out o.tsv "
         "--class-order 'a b'")
 
 

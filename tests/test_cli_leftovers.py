@@ -1,7 +1,10 @@
-"""The eleventh session's fixes to what earlier audits left over: a refused choice names the
-closest one, an error under torchrun is reported once (by rank 0) unless it may be a rank's own,
-a former flag has one shared action, an output directory that did not exist is logged when
-created, and ``--lr-milestones`` means what its help says. Expected lines are written by hand."""
+"""The eleventh session's fixes: what earlier audits left over (a refused choice names the
+closest one; an error under torchrun is reported once, by rank 0, unless it may be a rank's own;
+one shared action for former flags; a created output directory is logged; ``--lr-milestones``
+means what its help says; each dataset's default architecture) and what a Cohen et al. user's
+audit found (whole floats as counts, radii rounded up in the TSV, the positional form with
+options first, other tools' flag spellings, a Certificate that unpacks as Cohen's tuple).
+Expected lines are written by hand."""
 
 from __future__ import annotations
 
@@ -201,3 +204,169 @@ def test_a_milestone_decays_the_lr_from_the_next_logged_epoch_as_the_help_says()
                       epochs=200)
     logged = {e + 1: lr_at(cfg, e) for e in range(200)}  # the loop logs 0-based epoch e as e + 1
     assert logged[100] == pytest.approx(0.1) and logged[101] == pytest.approx(0.01)
+
+
+# ----------------------------------------------------------------------------- default architecture
+@pytest.mark.parametrize("dataset", ["digits", "cifar10", "cifar100", "imagenet"])
+def test_each_dataset_trains_its_own_default_architecture(dataset):
+    import torch
+
+    from robustmaxup.data import DATASETS, get_info
+    from robustmaxup.models import build_model
+    from robustmaxup.train import TrainConfig
+
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "imagenet"}  # a new one is listed here
+    want = {"digits": "digits_cnn", "cifar10": "cifar_resnet110", "cifar100": "cifar_resnet110",
+            "imagenet": "resnet50"}[dataset]
+    cfg = TrainConfig(dataset=dataset, out="r")
+    cfg.validate()
+    assert cfg.arch == want and cfg.flat()["arch"] == want  # recorded as the name, never as "default"
+    assert TrainConfig(dataset=dataset, out="r", arch="preact_resnet18").arch == "preact_resnet18"
+    info = get_info(dataset)
+    model = build_model(want, info.num_classes, in_channels=info.in_channels).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, *info.image_shape)).shape == (1, info.num_classes)
+
+
+def test_a_dataset_without_a_default_architecture_needs_one(monkeypatch):
+    import dataclasses
+
+    from robustmaxup.data import DATASETS, get_info
+    from robustmaxup.runtime.checks import FieldError
+    from robustmaxup.train import TrainConfig
+
+    monkeypatch.setitem(DATASETS._items, "mine", dataclasses.replace(get_info("digits"), name="mine",
+                                                                      default_arch=None))
+    cfg = TrainConfig(dataset="mine", out="r")
+    with pytest.raises(FieldError, match="arch is required: dataset mine has no default architecture"):
+        cfg.validate()
+    TrainConfig(dataset="mine", out="r", arch="digits_cnn").validate()
+
+
+def test_train_without_arch_uses_and_records_the_datasets(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "digits", "--sigma", "0.25", "--epochs", "1", "--max-train", "64",
+                 "--val-size", "32", "--batch", "32", "--out", "r"]) == 0
+    assert "training digits_cnn with gaussian on digits" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["arch"] == "digits_cnn"
+
+
+# ----------------------------------------------------------------------------- a Cohen user's audit
+def test_a_whole_float_count_is_one_field_error_naming_the_integer():
+    from robustmaxup.runtime.checks import FieldError, check_int
+
+    np = pytest.importorskip("numpy")
+    assert check_int("n", np.int64(7)) == 7 and type(check_int("n", np.int64(7))) is int
+    for value, message in [(1e5, "n must be an integer, got the float 100000.0; write 100000"),
+                           (2.5, "n must be an integer, got 2.5"), (True, "n must be an integer, got True")]:
+        with pytest.raises(FieldError) as e:
+            check_int("n", value)
+        assert str(e.value) == message
+
+
+def test_smooth_refuses_float_counts_in_one_line_and_takes_numpy_ints():
+    import numpy as np
+    import torch
+
+    from robustmaxup.certify import Smooth
+    from robustmaxup.runtime.checks import FieldError
+    from classifiers import Constant
+
+    smooth = Smooth(Constant(3), 10, 0.25)
+    x = torch.rand(1, 4, 4)
+    for kwargs, field in [(dict(n0=10, n=1e3, batch_size=100), "n"), (dict(n0=1e1, n=100, batch_size=100), "n0"),
+                          (dict(n0=10, n=100, batch_size=100.0), "batch_size")]:
+        with pytest.raises(FieldError, match=f"^{field} must be an integer, got the float"):
+            smooth.certify(x, alpha=0.001, generator=torch.Generator().manual_seed(0), **kwargs)
+    with pytest.raises(FieldError, match="^n must be an integer, got the float"):
+        smooth.predict(x, 1e3, 0.001, 100)
+    cert = smooth.certify(x, np.int64(10), np.int64(1000), 0.001, np.int64(100), torch.Generator().manual_seed(0))
+    assert cert.prediction == 3 and cert.n_used == 1000
+
+
+def test_certify_dataset_refuses_a_float_n_before_writing_anything(tmp_path):
+    from robustmaxup.certify import Smooth
+    from robustmaxup.certify.runner import certify_dataset
+    from robustmaxup.data import load_split
+    from robustmaxup.runtime.checks import FieldError
+    from classifiers import Constant
+
+    split = load_split("digits", "test")
+    smooth = Smooth(Constant(3), 10, 0.25)
+    with pytest.raises(FieldError, match="^n must be an integer, got the float 1000.0; write 1000"):
+        certify_dataset(smooth, split, [0, 1], n0=10, n=1e3, out=tmp_path / "c.tsv", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_certificate_unpacks_as_cohens_tuple():
+    from robustmaxup.certify import ABSTAIN, Certificate
+
+    prediction, radius = Certificate(4, 0.5, 0.9, (1, 9))
+    assert (prediction, radius) == (4, 0.5)
+    assert tuple(Certificate(ABSTAIN, 0.0, 0.4, (5, 5))) == (ABSTAIN, 0.0)
+
+
+@pytest.mark.parametrize("radius, written", [(0.2499996, 0.249999), (0.29, 0.29), (0.51, 0.51), (0.0, 0.0),
+                                             (1.9057282816949572, 1.905728), (0.1234565, 0.123456),
+                                             (3e-7, 0.0), (0.9999999, 0.999999)])
+def test_a_radius_is_kept_as_written_rounded_down(radius, written):
+    from robustmaxup.certify.tsv import CERTIFY, CertifyRow, radius_as_written
+
+    assert radius_as_written(radius) == written and written <= radius
+    row = CertifyRow(0, 1, 1, radius, 1)
+    assert row.radius == written
+    assert CertifyRow.from_line(row.to_line(), CERTIFY) == row  # the file gives the row back exactly
+
+
+def test_a_radius_just_below_a_threshold_is_not_certified_there_in_memory_or_from_the_file(tmp_path):
+    from robustmaxup.certify.analysis import CertifyResults, certified_accuracy, read_certify_tsv
+    from robustmaxup.certify.tsv import CERTIFY, CertifyRow
+
+    rows = [CertifyRow(0, 1, 1, 0.2499996, 1), CertifyRow(1, 2, 2, 0.75, 1)]
+    path = tmp_path / "c.tsv"
+    path.write_text("\n".join([CERTIFY.header, *(r.to_line() for r in rows)]) + "\n")
+    for res in (CertifyResults.from_rows(rows), read_certify_tsv(path)):
+        assert list(certified_accuracy(res, [0.25])) == [0.5]
+
+
+def test_cohens_and_smoothadvs_flag_spellings_are_answered_with_ours(capsys):
+    cases = [(["train", "--dataset", "digits", "--noise_sd", "0.25", "--out", "r"], "--noise_sd 0.25; did you mean --sigma?"),
+             (["train", "--dataset", "digits", "--sigma", "0.25", "--outdir", "r"], "--outdir r; did you mean --out?"),
+             (["certify", "m.pt", "--dataset", "digits", "--batch_size", "10"], "--batch_size 10; did you mean --batch?"),
+             (["certify", "m.pt", "--dataset", "digits", "--sequentail"], "--sequentail; did you mean --sequential?"),
+             (["attack", "m.pt", "--dataset", "digits", "--eps", "1", "--epsilon", "2"], "--epsilon 2; did you mean --eps?"),
+             (["certify", "m.pt", "--dataset", "digits", "--zzzz"], "--zzzz (see --help)")]
+    for argv, tail in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"robustmaxup {argv[0]}: error: unrecognized arguments: "), err
+        assert err[0].endswith(tail if tail.endswith("(see --help)") else tail + " (see --help)"), err[0]
+
+
+def test_a_former_flag_is_never_offered_as_the_closest(capsys):
+    assert main(["train", "--dataset", "digits", "--sigma", "0.25", "--out", "r", "--alphaa", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean --alpha?" not in err
+
+
+def test_a_run_directory_given_as_a_checkpoint_names_its_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        (run / name).write_text("")
+    assert main(["certify", str(run), "--dataset", "digits"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"robustmaxup certify: error: checkpoint {run} is a directory, not a file; did you mean "
+        f"{run / 'best.pt'} or {run / 'last.pt'}?")
+
+
+def test_max_says_which_images_it_spreads_over(digits_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["certify", digits_checkpoint, "--dataset", "digits", "--n0", "10", "--n", "50", "--batch", "50"]
+    assert main([*base, "--skip", "2", "--max", "5", "--out", "a.tsv"]) == 0
+    assert ("--max 5: 5 images spread evenly over the test split, indices 0, 72, 144, ..., 288 (Cohen "
+            "et al.'s certify.py stops at that index instead)") in capsys.readouterr().err
+    assert main([*base, "--skip", "100", "--max", "5", "--out", "b.tsv"]) == 0  # 4 images: --max changes nothing
+    assert "--max" not in capsys.readouterr().err

@@ -29,11 +29,11 @@ from robustmaxup.runtime.progress import Progress, format_duration
 
 
 def test_certify_row_line_rounds_radius_and_time_and_keeps_a_zero_n_used():
-    # 3725.0456 s = 3725046 ms = 1 h, 2 min, 5 s, 46 ms; radius to 6 decimals; n_used 0 is a value
+    # 3725.0456 s = 3725046 ms = 1 h, 2 min, 5 s, 46 ms; radius down to 6 decimals; n_used 0 is a value
     row = CertifyRow(idx=7, label=3, predict=3, radius=0.5123456, correct=1, time=3725.0456, n_used=0)
-    assert row.to_line() == "7\t3\t3\t0.512346\t1\t1:02:05.046\t0"
+    assert row.to_line() == "7\t3\t3\t0.512345\t1\t1:02:05.046\t0"
     back = CERTIFY_SEQUENTIAL.parse(row.to_line())
-    assert back.n_used == 0 and back.radius == 0.512346 and back.time == 3725.046
+    assert back.n_used == 0 and back.radius == 0.512345 and back.time == 3725.046
 
 
 def test_predict_row_line_keeps_column_order_and_a_zero_n_used():

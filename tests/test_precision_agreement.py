@@ -16,6 +16,7 @@ import torch
 
 from robustmaxup.certify import Smooth
 from robustmaxup.certify.runner import certify_dataset
+from robustmaxup.certify.tsv import radius_as_written
 from robustmaxup.checkpoints import load_model
 from robustmaxup.data import load_split, select_indices
 from robustmaxup.runtime.seeds import stream_generator
@@ -97,7 +98,7 @@ def test_packing_through_certify_dataset(digits):
         batch_size=250, images_per_batch=k, progress=False)] for k in (1, 7)}
     assert rows[1] == rows[7]
     certs = _certify(model, split, indices, "fp32", 1)  # the runner's seeding, image by image
-    assert [(p, r) for _, p, r in rows[1]] == [(c.prediction, c.radius) for c in certs]
+    assert [(p, r) for _, p, r in rows[1]] == [(c.prediction, radius_as_written(c.radius)) for c in certs]
 
 
 def test_check_precision_script_quick(digits_checkpoint, tmp_path, capsys, monkeypatch):

@@ -425,11 +425,23 @@ def test_cohens_positional_form_only_when_it_is_one():
     from robustmaxup.cli._cohen import cohen_positional_error as cohen
 
     assert cohen("certify", ["digits", "m.pt", "0.25", "o.tsv", "--skip", "2"]).endswith(
-        "robustmaxup certify m.pt --dataset digits --data-root DIR --sigma 0.25 --out o.tsv --skip 2")
+        "robustmaxup certify m.pt --dataset digits --sigma 0.25 --out o.tsv --skip 2")
     assert cohen("certify", ["digits", "m.pt", "0.25"]) is None                 # three positionals
     assert cohen("certify", ["mnist9", "m.pt", "0.25", "o.tsv"]) is None        # no such dataset
     assert cohen("certify", ["digits", "m.pt", "x", "o.tsv"]) is None           # sigma not a number
     assert cohen("certify", ["digits", "m.pt", "0.25", "o.tsv", "--dataset", "digits"]) is None
+    assert cohen("certify", ["digits", "m.pt", "0.25", "o.tsv", "--dataset=digits"]) is None
+
+
+def test_cohens_positional_form_with_options_anywhere_and_a_root_only_where_one_is_read():
+    from robustmaxup.cli._cohen import cohen_positional_error as cohen
+
+    # every option of Cohen's certify.py takes a value, so "--skip 20" is one option, not a positional
+    assert cohen("certify", ["--skip", "20", "digits", "m.pt", "0.25", "o.tsv"]).endswith(
+        "robustmaxup certify m.pt --dataset digits --sigma 0.25 --out o.tsv --skip 20")
+    assert cohen("predict", ["--N0=100", "cifar10", "m.pt", "--N", "1000", "0.5", "o.tsv"]).endswith(
+        "robustmaxup predict m.pt --dataset cifar10 --data-root DIR --sigma 0.5 --out o.tsv --N0=100 --N 1000")
+    assert cohen("certify", ["--skip", "digits", "m.pt", "0.25", "o.tsv"]) is None  # "digits" is --skip's
 
 
 def test_cohens_form_is_one_line_before_argparse(capsys):

@@ -25,8 +25,10 @@ def test_check_int_refuses_fractional_floats(value):
         check_int("n0", value)
 
 
-def test_check_int_accepts_integral_float_as_int():
-    assert check_int("n0", 3.0) == 3 and type(check_int("n0", 3.0)) is int
+def test_check_int_refuses_a_whole_float_naming_the_int():
+    # accepted once, it reached range() and shapes unconverted where a caller dropped the result
+    with pytest.raises(FieldError, match=r"^n0 must be an integer, got the float 3.0; write 3$"):
+        check_int("n0", 3.0)
 
 
 def test_check_range_open_lower_bound_excludes_the_bound():

@@ -181,10 +181,11 @@ def test_resume_reader_refuses_garbled_rows_and_still_drops_a_torn_last_line(tmp
 
 # --- found missing by a mutation audit (2026-11-24) ----------------------------------------
 def test_radius_has_six_decimals_and_round_trips():
+    # rounded down: a file never claims a radius larger than was certified
     row = CertifyRow(idx=7, label=3, predict=3, radius=0.1234567, correct=1, time=1.25)
-    assert row.to_line() == "7\t3\t3\t0.123457\t1\t0:00:01.250"
+    assert row.to_line() == "7\t3\t3\t0.123456\t1\t0:00:01.250"
     back = CERTIFY.parse(row.to_line())
-    assert abs(back.radius - 0.1234567) < 1e-6
+    assert back.radius == row.radius == 0.123456
 
 
 def test_merge_rows_later_file_wins_on_the_same_idx(tmp_path):

@@ -95,13 +95,15 @@ class SequentialSettings:
     sequence: str = bounds.DEFAULT_SEQUENCE
     futility: str = "projected"
 
-    def check(self) -> None:
-        check_int("n_max", self.n_max, minimum=1, maximum=MAX_SAMPLES)
+    def check(self) -> "SequentialSettings":
+        """FieldError for the first bad value; else these settings, ``n_max`` an int."""
+        n_max = check_int("n_max", self.n_max, minimum=1, maximum=MAX_SAMPLES)
         check_choice("sequence", self.sequence, list(bounds.CONFIDENCE_SEQUENCES))
         check_choice("futility", self.futility, FUTILITY_RULES)
         for r in self.radii or ():
             check_positive("radii", r, allow_zero=True)
         check_positive("radius_tol", self.radius_tol)
+        return dataclasses.replace(self, n_max=n_max)
 
 
 @dataclass(frozen=True)
@@ -116,16 +118,18 @@ class Settings:
     images_per_batch: int = 1
     sequential: SequentialSettings | None = None
 
-    def check(self) -> None:
-        if self.n0 is not None:
-            check_int("n0", self.n0, minimum=1, maximum=MAX_SAMPLES)
-        check_int("n", self.n, minimum=1, maximum=MAX_SAMPLES)
+    def check(self) -> "Settings":
+        """FieldError for the first bad value; else these settings with every count a Python int
+        (a numpy integer is recorded as a plain one)."""
+        n0 = None if self.n0 is None else check_int("n0", self.n0, minimum=1, maximum=MAX_SAMPLES)
+        n = check_int("n", self.n, minimum=1, maximum=MAX_SAMPLES)
         check_alpha(self.alpha)
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_int("images_per_batch", self.images_per_batch, minimum=1)
-        check_seed(self.seed)
-        if self.sequential is not None:
-            self.sequential.check()
+        batch_size = check_int("batch_size", self.batch_size, minimum=1)
+        images_per_batch = check_int("images_per_batch", self.images_per_batch, minimum=1)
+        seed = check_seed(self.seed)
+        sequential = None if self.sequential is None else self.sequential.check()
+        return dataclasses.replace(self, n0=n0, n=n, batch_size=batch_size, seed=seed,
+                                   images_per_batch=images_per_batch, sequential=sequential)
 
     def check_memory(self, image_shape: Sequence[int], images: int, device: torch.device,
                      noise_chunk: int = 100) -> None:
@@ -352,7 +356,7 @@ def _compute(mode: Mode, smooth: Smooth, split: Any, todo: Sequence[int], s: Set
 def _run(command: str, smooth: Smooth, split: Any, indices: Sequence[int], s: Settings, *,
          out: str | Path | None, resume: bool, record: dict[str, Any] | None, progress: bool,
          dist: Dist | None) -> list[Row]:
-    s.check()
+    s = s.check()
     check_split(split)
     mode = mode_of(command, s)
     indices = check_indices(indices, len(split))
@@ -628,6 +632,12 @@ def _check_out(job: SmoothingJob, out: Path, s: Settings, dist: Dist) -> None:
         output.check_absent()
 
 
+def _shown_indices(indices: Sequence[int]) -> str:
+    """``0, 45, 90, ..., 9990``: the first three and the last of a selection."""
+    head = ", ".join(map(str, indices[:3]))
+    return head if len(indices) <= 4 else f"{head}, ..., {indices[-1]}"
+
+
 def run_job(job: SmoothingJob) -> list[Row]:
     """Validate ``job``, load model and data, check them, then certify or predict (see module
     docstring); no output file is touched before every check has passed."""
@@ -655,6 +665,10 @@ def run_job(job: SmoothingJob) -> list[Row]:
     if not indices:
         raise UserError(f"no images selected from the {len(split)}-image {job.split} split; "
                         f"check {ref('skip')} and {ref('max_images')}")
+    if dist.main and 0 <= job.max_images < len(range(0, len(split), job.skip)):
+        log.info("%s: %d images spread evenly over the %s split, indices %s (Cohen et al.'s "
+                 "certify.py stops at that index instead)", ref("max_images", job.max_images), len(indices), job.split,
+                 _shown_indices(indices))
     s.check_memory(info.image_shape, len(indices[dist.rank::dist.world]), device)
     classes = map_classes(model, meta, split.classes, job.class_order, quiet=not dist.main)
     smooth = Smooth(model, info.num_classes, sigma, precision=job.precision, compile=job.compile,

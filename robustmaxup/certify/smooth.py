@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -76,6 +76,8 @@ class Certificate:
         counts: votes per class among the ``n_used`` estimation samples.
         n_used: estimation samples drawn (``n`` for fixed-n CERTIFY; the stopping time for
             sequential CERTIFY). Optional when constructing: defaults to ``sum(counts)``.
+
+    It unpacks as Cohen et al.'s ``certify`` returns: ``prediction, radius = smooth.certify(...)``.
     """
 
     prediction: int
@@ -91,6 +93,10 @@ class Certificate:
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
+
+    def __iter__(self) -> Iterator[Any]:
+        """``(prediction, radius)``, so code written for Cohen et al.'s tuple keeps working."""
+        return iter((self.prediction, self.radius))
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,7 @@ class Smooth:
             gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
             a, b = smooth.certify_batch(torch.stack([x0, x1]), 100, 10_000, 0.001, 1000, gens)
         """
-        self._check_args(xs, generators, n, alpha, batch_size, n0=n0)
+        n0, n, batch_size = self._check_args(xs, generators, n, alpha, batch_size, n0=n0)
         self.warn_if_too_few(n, alpha)
         picks = self._select(xs, n0, batch_size, generators)
         counts = self.sample_counts(xs, n, batch_size, generators)
@@ -299,7 +305,7 @@ class Smooth:
             certs = smooth.certify_sequential_batch(xs, 100, 100_000, 0.001, 4000, gens,
                                                     radii=[0.25, 0.5, 0.75, 1.0])
         """
-        self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0, n_name="n_max")
+        n0, n_max, batch_size = self._check_args(xs, generators, n_max, alpha, batch_size, n0=n0, n_name="n_max")
         if not radius_tol > 0:
             raise FieldError("radius_tol", f"must be > 0, got {radius_tol}")
         check_choice("futility", futility, FUTILITY_RULES)
@@ -346,7 +352,7 @@ class Smooth:
         generators: Sequence[torch.Generator | None],
     ) -> list[int]:
         """PREDICT for ``k`` images ``[k, C, H, W]``, one generator each (see :meth:`predict`)."""
-        self._check_args(xs, generators, n, alpha, batch_size)
+        _, n, batch_size = self._check_args(xs, generators, n, alpha, batch_size)
         out = []
         for row in self.sample_counts(xs, n, batch_size, generators):
             c_a, c_b = top_two(row)
@@ -381,7 +387,7 @@ class Smooth:
                                           generators=[g] * len(y))
             certified_accuracy = ok.mean()
         """
-        self._check_args(xs, generators, n, alpha, batch_size)
+        _, n, batch_size = self._check_args(xs, generators, n, alpha, batch_size)
         if labels.shape != (xs.shape[0],):
             raise FieldError("labels", f"must have shape [{xs.shape[0]}], got {tuple(labels.shape)}")
         check_class_indices("labels", labels, self.num_classes)
@@ -442,7 +448,7 @@ class Smooth:
         generators: Sequence[torch.Generator | None], *, futility: str = "projected",
     ) -> list[Prediction]:
         """:meth:`predict_sequential_batch`, with the samples each image drew (its stopping time)."""
-        self._check_args(xs, generators, n_max, alpha, batch_size, n_name="n_max")
+        _, n_max, batch_size = self._check_args(xs, generators, n_max, alpha, batch_size, n_name="n_max")
         check_choice("futility", futility, FUTILITY_RULES)
         looks = bounds.look_schedule(int(n_max), self.noise_chunk)
         threshold = bounds.predict_sequential_log_threshold(alpha, self.num_classes)
@@ -584,7 +590,9 @@ class Smooth:
         return self._sequence_ok[key]
 
     def _check_args(self, xs: torch.Tensor, generators: Sequence, n: int, alpha: float,
-                    batch_size: int, n0: int | None = None, n_name: str = "n") -> None:
+                    batch_size: int, n0: int | None = None, n_name: str = "n") -> tuple[int | None, int, int]:
+        """FieldError for the first bad argument; else ``(n0, n, batch_size)`` as Python ints
+        (numpy's become Python's)."""
         if not isinstance(xs, torch.Tensor):
             raise FieldError("x", f"must be a torch.Tensor of pixels, got {type(xs).__name__}")
         if generators is None or not all(g is None or isinstance(g, torch.Generator) for g in generators):
@@ -599,13 +607,13 @@ class Smooth:
                                            f"{len(generators)} generators")
         bounds.check_alpha(alpha)
         check_pixels(xs)
-        for name, value in (("n0", n0), (n_name, n), ("batch_size", batch_size)):
-            if value is not None:
-                check_int(name, value, minimum=1)
+        n0, n, batch_size = (None if value is None else check_int(name, value, minimum=1)
+                             for name, value in (("n0", n0), (n_name, n), ("batch_size", batch_size)))
         for g in generators:
             if g is not None and g.device.type != xs.device.type:
                 raise FieldError("generators", f"live on {g.device} but the images on {xs.device}")
         check_model_input(self.base_classifier, xs)
+        return n0, n, batch_size
 
     def _buffer(self, k: int, m: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A ``[k, m, *shape]`` contiguous view of one reused flat buffer."""

@@ -7,7 +7,9 @@ Cohen et al.'s format, so existing analysis scripts read our files::
     predict:             idx  label  predict  correct  time
     predict (sequential): idx  label  predict  correct  time  n_used
 
-``predict`` is -1 (:data:`ABSTAIN`) for an abstention, ``radius`` has 6 decimals, ``time`` is the
+``predict`` is -1 (:data:`ABSTAIN`) for an abstention, ``radius`` has 6 decimals, rounded down
+(:func:`radius_as_written`: a row, in memory or in a file, never claims more than was certified,
+and the two hold the same value), ``time`` is the
 wall time spent on the image as ``H:MM:SS.mmm`` and ``n_used`` the number of (estimation) samples
 a sequential run drew. Files are written one flushed row per image; a kill can leave a torn last
 line without newline, which every reader here ignores. This module is the only place that knows
@@ -135,9 +137,17 @@ def _check_outcome(label: int, predict: int, correct: int, radius: float | None)
                                   "correct is 1 exactly when predict == label")
 
 
+def radius_as_written(radius: float) -> float:
+    """``radius`` rounded *down* to the 6 decimals a TSV holds (0.2499996 -> 0.249999, never
+    0.25): what a row keeps, so reading a file back gives exactly the rows that wrote it."""
+    shown = float(f"{radius:.6f}")
+    return shown if shown <= radius else float(f"{shown - 1e-6:.6f}")
+
+
 @dataclass(frozen=True)
 class CertifyRow:
-    """One image's CERTIFY result; ``n_used`` is set by sequential runs only."""
+    """One image's CERTIFY result; ``n_used`` is set by sequential runs only. ``radius`` is kept
+    as the file writes it (:func:`radius_as_written`)."""
 
     idx: int
     label: int
@@ -146,6 +156,10 @@ class CertifyRow:
     correct: int
     time: float = 0.0
     n_used: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.radius, float) and math.isfinite(self.radius):
+            object.__setattr__(self, "radius", radius_as_written(self.radius))
 
     @property
     def abstained(self) -> bool:

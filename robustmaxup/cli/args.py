@@ -17,13 +17,38 @@ from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.text import safe_text
 
 
+#: the reference code's spellings of our flags (locuslab/smoothing, smoothing-adversarial,
+#: smoothmix): an unknown flag among them is answered with ours, where the command has it
+FOREIGN_FLAGS = {
+    "--noise_sd": "--sigma", "--noise-sd": "--sigma", "--outdir": "--out", "--outfile": "--out",
+    "--batch_size": "--batch", "--batch-size": "--batch", "--lr_step_size": "--lr-step",
+    "--num-noise-vec": "--copies", "--num_noise_vec": "--copies", "--m_train": "--copies",
+    "--weight_decay": "--weight-decay", "--gpu": "--device",
+    "--num_steps": "--steps", "--num-steps": "--steps", "--epsilon": "--eps",
+}
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit status 2 (no usage dump), and a
-    choice that is not one suggests the closest."""
+    """argparse, but a usage error is one line on stderr and exit status 2 (no usage dump); a
+    choice that is not one, or an unknown flag, is answered with the closest one."""
 
     def error(self, message: str) -> NoReturn:
+        message += self._closest_flag(message)
         # under torchrun every rank parses the same argv: rank 0's line speaks for all
         self.exit(2, f"{self.prog}: error: {safe_text(message)} (see --help)\n" if Dist.from_env().main else None)
+
+    def _closest_flag(self, message: str) -> str:
+        """``"; did you mean --sigma?"`` for the first unknown flag of an "unrecognized arguments"
+        message: our name for another tool's spelling, else the closest of this command's flags."""
+        prefix = "unrecognized arguments: "
+        flags = [w.split("=")[0] for w in message.removeprefix(prefix).split() if w.startswith("--")]
+        if not message.startswith(prefix) or not flags:
+            return ""
+        ours = [f for f in self._option_string_actions if f.startswith("--")
+                and self._option_string_actions[f].help != argparse.SUPPRESS]
+        if FOREIGN_FLAGS.get(flags[0]) in ours:
+            return f"; did you mean {FOREIGN_FLAGS[flags[0]]}?"
+        return did_you_mean(flags[0].replace("_", "-"), ours, show=str)
 
     def _check_value(self, action: argparse.Action, value: object) -> None:  # a choice, with a hint
         try:

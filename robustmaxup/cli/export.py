@@ -24,8 +24,8 @@ from robustmaxup.cli.common import run
 def build_parser() -> argparse.ArgumentParser:
     from robustmaxup.checkpoints import EXPORT_FORMATS
 
-    p = make_parser("export", "Write a robustmaxup checkpoint in a format other tools load.")
-    p.add_argument("checkpoint", help="robustmaxup checkpoint (.pt)")
+    p = make_parser("export", "Write a checkpoint in a format other tools load.")
+    p.add_argument("checkpoint", help="robustmaxup or Cohen-format checkpoint (.pt/.pth.tar)")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS.names(), help="output format")
     p.add_argument("--out", required=True, help="output file (must not exist)")
     p.add_argument("--quiet", action="store_true", help="no info logging")

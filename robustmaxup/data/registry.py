@@ -41,6 +41,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 register_dataset(DatasetSpec(
     "digits", 10, (1, 8, 8), (0.3053,), (0.3760,), read_digits,
     augment=CropFlip(pad=1, flip=False), foreign_archs=("digits_cnn",), bundled=True,
+    default_arch="digits_cnn",
 ))
 # CIFAR-10 constants as in Cohen et al.'s released code, so their checkpoints load unchanged.
 register_dataset(DatasetSpec(
@@ -48,15 +49,17 @@ register_dataset(DatasetSpec(
     cifar_reader(CIFAR10_FORMAT), augment=CropFlip(pad=4, flip=True),
     foreign_archs=("cifar_resnet20", "cifar_resnet110", "preact_resnet18", "amp_preact_resnet18", "wrn_28_10",
                    "wrn_34_10"),
+    default_arch="cifar_resnet110",
 ))
 register_dataset(DatasetSpec(
     "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-    cifar_reader(CIFAR100_FORMAT), augment=CropFlip(pad=4, flip=True),
+    cifar_reader(CIFAR100_FORMAT), augment=CropFlip(pad=4, flip=True), default_arch="cifar_resnet110",
 ))
 # ImageNet: read lazily from disk; its random crops run in the loader's workers, not here.
 register_dataset(DatasetSpec(
     "imagenet", 1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), read_imagenet,
     device_resident=False, foreign_archs=("resnet50",), split_aliases=(("val", "test"),),
+    default_arch="resnet50",
 ))
 
 

@@ -34,6 +34,7 @@ class DatasetSpec:
         foreign_archs: architectures whose foreign-format checkpoints (Cohen et al.'s
             ``{'arch', 'state_dict'}`` files, which do not record a dataset) default to this one.
         split_aliases: other names accepted for a split, e.g. ImageNet's ``("val", "test")``.
+        default_arch: the architecture a run trains when it names none (None: it must name one).
         bundled: shipped with a dependency (digits, in scikit-learn): it takes no root and no
             cache, and :func:`~robustmaxup.data.load_split` refuses either.
     """
@@ -49,6 +50,7 @@ class DatasetSpec:
     foreign_archs: tuple[str, ...] = ()
     split_aliases: tuple[tuple[str, str], ...] = ()
     bundled: bool = False
+    default_arch: str | None = None
 
     @property
     def in_channels(self) -> int:

@@ -67,8 +67,13 @@ def check_positive(field: str, value: float, *, allow_zero: bool = False) -> flo
 
 
 def check_int(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an int if it is an integer within bounds, else FieldError."""
-    if not _is_finite(value) or int(value) != value:
+    """``value`` as an int if it is an integer (Python's or numpy's) within bounds, else
+    FieldError. A float is refused even when whole (``1e5``): counts are never silently rounded,
+    and a float reaching ``range`` or a shape would fail later with a traceback."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)) and \
+            math.isfinite(value) and value == int(value):
+        raise FieldError(field, f"must be an integer, got the float {value!r}; write {int(value)}")
+    if not (_is_finite(value) and isinstance(value, numbers.Integral)):
         raise FieldError(field, f"must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise FieldError(field, f"must be an integer >= {minimum}, got {value}")

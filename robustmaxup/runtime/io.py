@@ -135,6 +135,16 @@ def check_output_path(path: str | os.PathLike, field: str = "out", *, kind: str 
     return p
 
 
+def _checkpoints_in(directory: Path) -> str:
+    """``"; did you mean runs/x/best.pt or runs/x/last.pt?"`` when a directory given for a file
+    holds checkpoints (a training run's directory), else ``""``."""
+    try:
+        found = sorted(f.name for f in directory.iterdir() if f.name.endswith((".pt", ".pth.tar")) and f.is_file())
+    except OSError:
+        return ""
+    return f"; did you mean {' or '.join(shown(directory / f) for f in found[:3])}?" if found else ""
+
+
 def check_input_path(path: str | os.PathLike, what: str, *, kind: str = "file") -> Path:
     """``Path(path)`` if it names an existing ``kind`` (``"file"``, ``"dir"`` or ``"any"``);
     else a one-line UserError starting with ``what`` (e.g. ``"checkpoint"``)."""
@@ -146,7 +156,7 @@ def check_input_path(path: str | os.PathLike, what: str, *, kind: str = "file") 
     except OSError as e:
         raise UserError(f"cannot read {what} {shown(p)}: {e.strerror}") from None
     if kind == "file" and stat.S_ISDIR(st.st_mode):
-        raise UserError(f"{what} {shown(p)} is a directory, not a file")
+        raise UserError(f"{what} {shown(p)} is a directory, not a file{_checkpoints_in(p)}")
     if kind == "file" and not stat.S_ISREG(st.st_mode):
         raise UserError(f"{what} {shown(p)} is not a regular file (a device, pipe or socket)")
     if kind == "dir" and not stat.S_ISDIR(st.st_mode):

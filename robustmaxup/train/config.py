@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from robustmaxup.data.augment import PADDINGS
+from robustmaxup.data.registry import DATASETS
 from robustmaxup.errors import UserError, did_you_mean, ref
 from robustmaxup.methods import AUGMENTATIONS, METHODS, PERTURBATIONS
 from robustmaxup.methods.maxup import augmentation_defaults
@@ -224,7 +225,10 @@ class TrainConfig:
     data_root: str | None = field(default=None, metadata=_meta(
         "local dataset folder or .tar.gz (digits is built in and takes none)", _DATA))
     cache_dir: str | None = field(default=None, metadata=_meta("cache for decoded archives", _DATA))
-    arch: str = field(default="cifar_resnet110", metadata=_meta("architecture (robustmaxup.models.MODELS)", _DATA))
+    arch: str | None = field(default=None, metadata=_meta(
+        "architecture (robustmaxup.models.MODELS; default: the dataset's, "
+        + ", ".join(f"{DATASETS.get(name).default_arch} for {name}" for name in DATASETS
+                    if DATASETS.get(name).default_arch) + ")", _DATA))
     method: str = field(default="gaussian", metadata=_meta("training method", _DATA))
     recipe: str | None = field(default=None, metadata=_meta(
         "a paper's published set-up as the base layer (over --config's file); flags given override it "
@@ -279,6 +283,8 @@ class TrainConfig:
     quiet: bool = field(default=False, metadata=_meta("no progress bars or per-epoch logging", _RUN))
 
     def __post_init__(self) -> None:
+        if self.arch is None and isinstance(self.dataset, str) and self.dataset in DATASETS:
+            self.arch = DATASETS.get(self.dataset).default_arch  # recorded as the name it resolved to
         if isinstance(self.method_args, Mapping):  # anything else: validate() names the field
             self.method_args = dict(self.method_args)
         if isinstance(self.perturbation, str):
@@ -342,6 +348,9 @@ class TrainConfig:
                 raise FieldError(name, "is required")
             if not getattr(self, name).strip():
                 raise FieldError(name, "is empty")
+        DATASETS.get(self.dataset)  # an unknown name: UserError listing the known ones
+        if self.arch is None:
+            raise FieldError("arch", f"is required: dataset {self.dataset} has no default architecture")
         for name in ("arch", "method", "device"):
             if not isinstance(getattr(self, name), str):
                 raise FieldError(name, f"must be a name, got {getattr(self, name)!r}")
