@@ -260,23 +260,42 @@ def test_analyze_cli_table_and_plot(tmp_path, capsys):
     ("--out", "attack.tsv", b"idx\tlabel\tclean_correct\trobust_correct\n"),
     ("--plot", "last.png", b"PK\x03\x04checkpoint bytes"),
     ("--out", "config.json", b'{"method": "gaussian", "provenance": {"torch": "2"}}'),
+    # found by the resume/odd-output audit: anything that is not analyze's own report
+    ("--out", "notes.txt", b"some notes\nline2\n"),
+    ("--out", "metrics.jsonl", b'{"epoch": 1, "loss": 2.3}\n{"epoch": 2, "loss": 2.1}\n'),
+    ("--out", "data.tar.gz", b"\x1f\x8b\x08\x00 not a report"),
+    ("--out", "README.md", b"# My results\n\n| radius (>= r) | mine |\n"),  # a table, but not first
+    ("--plot", "paper_fig.png", b"\x89PNG\r\n\x1a\n a figure made elsewhere"),
 ])
-def test_analyze_never_replaces_results_a_mistyped_path_names(tmp_path, capsys, flag, name, content):
+def test_analyze_never_replaces_a_file_that_is_not_its_report(tmp_path, capsys, flag, name, content):
     a = _write_tsv(tmp_path / "a.tsv", [(0, 1, 1, 0.3)])
     target = tmp_path / name
     target.write_bytes(content)
     assert main(["analyze", str(a), flag, str(target)]) == 2
     err = capsys.readouterr().err
-    assert f"{flag} {target} exists and is " in err and "never replaces results" in err
+    assert f"{flag} {target} exists and is not a report of analyze" in err
     assert err.count("\n") == 1 and target.read_bytes() == content
 
 
-def test_analyze_replaces_its_own_report(tmp_path, capsys):
+@pytest.mark.parametrize("table, plot", [("markdown", "curve.png"), ("csv", "curve.pdf"), ("latex", "curve.svg"),
+                                         ("markdown", "curve.svgz"), ("csv", "curve.jpg"), ("latex", "curve.tiff"),
+                                         ("markdown", "curve.webp"), ("csv", "curve.eps")])
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_analyze_replaces_its_own_report(tmp_path, capsys, table, plot, quiet):
     a = _write_tsv(tmp_path / "a.tsv", [(0, 1, 1, 0.3)])
-    out, plot = tmp_path / "table.md", tmp_path / "curve.png"
+    out, plot = tmp_path / f"table.{table}", tmp_path / plot
     for radii in (["0"], ["0", "0.25"]):
-        assert main(["analyze", str(a), "--radii", *radii, "--out", str(out), "--plot", str(plot)]) == 0
-    assert "| 0.25 |" in out.read_text() and plot.read_bytes()[:4] == b"\x89PNG"
+        assert main(["analyze", str(a), "--radii", *radii, "--format", table, "--out", str(out),
+                     "--plot", str(plot), *quiet]) == 0, capsys.readouterr().err
+    assert "0.25" in out.read_text() and plot.stat().st_size > 0
+    capsys.readouterr()
+
+
+def test_analyze_fills_an_empty_file(tmp_path, capsys):
+    a = _write_tsv(tmp_path / "a.tsv", [(0, 1, 1, 0.3)])
+    (tmp_path / "t.md").touch()
+    assert main(["analyze", str(a), "--out", str(tmp_path / "t.md")]) == 0
+    assert "| radius (>= r) |" in (tmp_path / "t.md").read_text()
     capsys.readouterr()
 
 

@@ -16,14 +16,15 @@ Example::
 from __future__ import annotations
 
 import csv
+import gzip
 import io
-import json
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -337,42 +338,47 @@ def format_table(results: Sequence[CertifyResults] | Sequence[PredictResults], r
     return TABLE_FORMATS.get(fmt)(header, body)
 
 
-#: first bytes of files a report never replaces: torch checkpoints and tensors (zip, pickle)
-_DATA_MAGIC = {b"PK\x03\x04": "a torch file (checkpoint or tensors)", b"\x80": "a pickle file"}
+#: what every plot ``analyze`` writes carries in its metadata, so a later run knows it may replace it
+REPORT_TAG = "robustmaxup analyze"
+#: how each plot format carries :data:`REPORT_TAG` (matplotlib's ``metadata``, or Pillow's keywords)
+_PLOT_TAGGING: dict[str, dict[str, Any]] = {
+    "png": {"metadata": {"Software": REPORT_TAG}},
+    **{f: {"metadata": {"Creator": REPORT_TAG}} for f in ("pdf", "svg", "svgz", "eps", "ps")},
+    **{f: {"pil_kwargs": {"comment": REPORT_TAG.encode()}} for f in ("jpg", "jpeg")},
+    **{f: {"pil_kwargs": {"description": REPORT_TAG}} for f in ("tif", "tiff")},
+    "webp": {"pil_kwargs": {"xmp": REPORT_TAG.encode()}},
+}
+#: the first table line of each report ``format_table`` writes (after any ``# `` note lines)
+_TABLE_STARTS = ("| radius (>= r) |", "| predict |", "radius (>= r),", "predict,", "\\begin{tabular}")
 
 
-def _is_record(path: Path) -> bool:
-    """A JSON object with the keys robustmaxup's records carry (a run's config.json, a sidecar,
-    an attack or benchmark result)."""
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` holds a report ``analyze`` wrote: a table (its first line after the
+    ``# `` notes is one of :data:`_TABLE_STARTS`) or a plot tagged with :data:`REPORT_TAG`."""
     try:
         if path.stat().st_size > 64 << 20:
             return False
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        data = path.read_bytes()
+        if data.startswith(b"\x1f\x8b"):  # svgz
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
         return False
-    return isinstance(record, dict) and bool({"command", "provenance", "robustmaxup"} & record.keys())
+    if not data.strip() or REPORT_TAG.encode() in data:  # an empty file holds nothing to lose
+        return True
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    first = next((line for line in lines if not line.startswith("# ")), "")
+    return first.startswith(_TABLE_STARTS)
 
 
 def check_report_target(path: str | os.PathLike, field: str) -> None:
-    """FieldError if ``path`` exists and holds results rather than a report: a TSV of certify,
-    predict or attack (a first line starting ``idx<TAB>``), a torch or pickle file, or a JSON
-    record of a robustmaxup command. A report (``--out``, ``--plot``) replaces an earlier report
-    atomically, never the data a mistyped path points at."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    """FieldError if ``path`` exists and is not a report ``analyze`` wrote: a report (``--out``,
+    ``--plot``) replaces an earlier report atomically, never another file (results, a run's
+    records, notes, a figure made elsewhere) that a mistyped path points at."""
+    path = Path(path)
+    if not path.is_file() or _is_report(path):
         return
-    except OSError:
-        return  # unreadable: check_output_path has already judged the path
-    what = next((w for magic, w in _DATA_MAGIC.items() if head.startswith(magic)), None)
-    if what is None and head.startswith(b"idx\t"):
-        what = "a per-image TSV of results"
-    if what is None and head.lstrip().startswith(b"{") and _is_record(Path(path)):
-        what = "a JSON record of a robustmaxup run"
-    if what is not None:
-        raise FieldError(field, f"{shown(path)} exists and is {what}; a report never replaces results; "
-                                "choose another path")
+    raise FieldError(field, f"{shown(path)} exists and is not a report of analyze (it replaces only "
+                            "its own tables and plots); choose another path or remove that file")
 
 
 #: image formats written without outside tools (pgf would need LaTeX)
@@ -420,6 +426,6 @@ def plot_certified_accuracy(results: Sequence[CertifyResults], path: str | os.Pa
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150)
+            fig.savefig(tmp, format=fmt, dpi=150, **_PLOT_TAGGING.get(fmt, {}))
     finally:
         plt.close(fig)

@@ -49,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="markdown", choices=analysis.TABLE_FORMATS.names(), help="table format")
     p.add_argument("--plot", default=None,
                    help="write certified accuracy vs radius to this image (.png, .pdf, .svg, ...; a "
-                        "report: replaces an earlier report atomically, never a file of results)")
+                        "report: replaces an earlier report atomically, never any other file)")
     p.add_argument("--out", default=None,
                    help="also write the notes and table to this file (never one of the inputs; a "
-                        "report: replaces an earlier report atomically, never a file of results)")
+                        "report: replaces an earlier report atomically, never any other file)")
     p.add_argument("--quiet", action="store_true", help="only the table")
     return p
 
