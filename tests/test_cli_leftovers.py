@@ -370,3 +370,46 @@ def test_max_says_which_images_it_spreads_over(digits_checkpoint, tmp_path, caps
             "et al.'s certify.py stops at that index instead)") in capsys.readouterr().err
     assert main([*base, "--skip", "100", "--max", "5", "--out", "b.tsv"]) == 0  # 4 images: --max changes nothing
     assert "--max" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a resume audit
+@pytest.mark.parametrize("command", ["certify", "predict"])
+@pytest.mark.parametrize("failure, code", [(KeyboardInterrupt, 130), ("disk full", 2)])
+def test_an_output_that_failed_before_its_first_row_is_removed(command, failure, code, digits_checkpoint,
+                                                                tmp_path, capsys, monkeypatch):
+    import robustmaxup.certify.runner as runner
+
+    argv = [command, digits_checkpoint, "--dataset", "digits", "--n", "50", "--batch", "50", "--max", "3",
+            "--out", str(tmp_path / "o.tsv"), *(["--n0", "10"] if command == "certify" else [])]
+    real = runner.atomic_write_json
+
+    def fail_at_the_first_sidecar(path, obj):
+        if failure == "disk full":
+            raise UserError(f"cannot write {path}: No space left on device")
+        real(path, obj)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "atomic_write_json", fail_at_the_first_sidecar)
+    assert main(argv) == code
+    assert not list(tmp_path.iterdir())  # neither a header-only TSV nor a sidecar is left
+    assert "removed " in capsys.readouterr().err
+    monkeypatch.setattr(runner, "atomic_write_json", real)
+    assert main(argv) == 0  # the same command simply runs again
+    assert len((tmp_path / "o.tsv").read_text().splitlines()) == 4
+
+
+def test_an_output_with_rows_is_kept_for_resume(digits_checkpoint, tmp_path, capsys, monkeypatch):
+    import robustmaxup.certify.runner as runner
+
+    argv = ["certify", digits_checkpoint, "--dataset", "digits", "--n0", "10", "--n", "50", "--batch", "50",
+            "--max", "3", "--out", str(tmp_path / "o.tsv")]
+
+    def stop_after_the_first_row(name):
+        if name == "certify.row":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "fault_point", stop_after_the_first_row)
+    assert main(argv) == 130
+    assert len((tmp_path / "o.tsv").read_text().splitlines()) == 2 and (tmp_path / "o.tsv.json").exists()
+    monkeypatch.setattr(runner, "fault_point", lambda name: None)
+    assert main([*argv, "--resume"]) == 0
+    assert len((tmp_path / "o.tsv").read_text().splitlines()) == 4
+    capsys.readouterr()

@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -406,18 +407,27 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
         todo = [i for i in mine if i not in done]
         if len(todo) < len(mine):
             log.info("resuming: %d of this process's %d images already done", len(mine) - len(todo), len(mine))
-        with output.open() as f:
-            fault_point(f"{command}.header")
-            if dist.main:
-                atomic_write_json(output.sidecar, {**sidecar, "complete": False})
-                fault_point(f"{command}.sidecar_started")
+        new = [p for p in (output.mine, output.sidecar if dist.main else None) if p and not p.exists()]
+        written = 0
+        try:
+            with output.open() as f:
+                fault_point(f"{command}.header")
+                if dist.main:
+                    atomic_write_json(output.sidecar, {**sidecar, "complete": False})
+                    fault_point(f"{command}.sidecar_started")
 
-            def write(rows: list[Row]) -> None:
-                f.write("".join(r.to_line() + "\n" for r in rows))
-                f.flush()
-                fault_point(f"{command}.row")
+                def write(rows: list[Row]) -> None:
+                    nonlocal written
+                    f.write("".join(r.to_line() + "\n" for r in rows))
+                    f.flush()
+                    written += len(rows)
+                    fault_point(f"{command}.row")
 
-            _compute(mode, smooth, split, todo, s, device, write, progress and dist.main)
+                _compute(mode, smooth, split, todo, s, device, write, progress and dist.main)
+        except BaseException:
+            if written == 0:
+                _discard_unstarted(new)
+            raise
         dist.barrier()
         if dist.main:
             fault_point(f"{command}.merge")
@@ -435,6 +445,19 @@ def _run_to_file(mode: Mode, smooth: Smooth, split: Any, indices: list[int], s: 
                      format_time(total), format_time(elapsed))
         dist.barrier()
     return list(rows.values())  # rank 0 only; the other ranks' rows are in the file
+
+
+def _discard_unstarted(created: Sequence[Path]) -> None:
+    """After a failure (a full disk, Ctrl-C, SIGTERM) before this call wrote its first row: remove
+    the files it created (a header-only TSV, its sidecar), so the same command can simply be run
+    again. An output with rows is kept: ``resume`` continues it."""
+    removed = []
+    for path in created:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(shown(path))
+    if removed:
+        log.info("removed %s (no row was written)", " and ".join(removed))
 
 
 def _device_of(smooth: Smooth) -> torch.device:
