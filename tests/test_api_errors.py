@@ -320,18 +320,17 @@ def test_a_refused_resume_names_the_settings_a_user_sets_as_arguments():
            "0.2), attack_config.rule ('x', now 'y');" in str(e.value)
 
 
-def test_a_refused_resume_names_a_record_key_by_its_argument_and_shortens_hashes():
+def test_a_refused_resume_describes_a_record_key_in_words_and_shortens_hashes():
     from robustmaxup.runtime.records import check_resume
 
-    saved = {"batch": 500, "checkpoint_sha256": "0123456789abcdef" * 4, "n": 10}
-    now = {"batch": 250, "checkpoint_sha256": "fedcba9876543210" * 4, "n": 20}
+    saved = {"mode": "certify", "checkpoint_sha256": "0123456789abcdef" * 4, "n": 10}
+    now = {"mode": "predict", "checkpoint_sha256": "fedcba9876543210" * 4, "n": 20}
     with _cli(), pytest.raises(UserError) as e:
-        check_resume(saved, now, ["batch", "checkpoint_sha256", "n"], what="r",
-                     arguments={"batch": "batch_size"})
+        check_resume(saved, now, ["mode", "checkpoint_sha256", "n"], what="r", arguments=("n",))
     assert str(e.value) == (
-        "cannot resume r: it was made with other settings: --batch-size (500, now 250), the checkpoint "
-        "file's contents (sha256 0123456789ab, now sha256 fedcba987654), n (10, "
-        "now 20); use the same settings or another output")
+        "cannot resume r: it was made with other settings: the command ('certify', now 'predict'), the "
+        "checkpoint file's contents (sha256 0123456789ab, now sha256 fedcba987654), --n (10, now 20); use "
+        "the same settings or another output")
 
 
 def test_own_tensors_take_numpy_a_dataset_spec_and_one_label_per_image():

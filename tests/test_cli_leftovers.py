@@ -413,3 +413,21 @@ def test_an_output_with_rows_is_kept_for_resume(digits_checkpoint, tmp_path, cap
     assert main([*argv, "--resume"]) == 0
     assert len((tmp_path / "o.tsv").read_text().splitlines()) == 4
     capsys.readouterr()
+
+
+def test_an_attack_resumes_with_its_default_step_size_given_and_names_a_changed_batch_once(
+        digits_checkpoint, tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["attack", digits_checkpoint, "--dataset", "digits", "--attack", "pgd", "--eps", "0.1",
+            "--steps", "20", "--n-examples", "6", "--batch", "3", "--out", "a.json"]
+    assert main(argv) == 0
+    recorded = json.loads((tmp_path / "a.json").read_text())["attack_config"]
+    assert recorded["step_size"] == pytest.approx(2.5 * 0.1 / 20)  # recorded as used, not null
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--step-size", "0.0125"]) == 0  # the default, given: the same run
+    assert "is already complete" in capsys.readouterr().err
+    assert main([*[a if a != "3" else "2" for a in argv], "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--batch (3, now 2)") == 1 and "batch (3" not in err.replace("--batch (3", ""), err

@@ -23,6 +23,7 @@ Seeding (``seed`` and each example's ``index``, see :data:`robustmaxup.runtime.s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from robustmaxup.attacks._core import NORMS, check_unit_range, random_init, work_dtype
 from robustmaxup.attacks.autoattack import check_aa_options, run_autoattack
-from robustmaxup.attacks.pgd import pgd
+from robustmaxup.attacks.pgd import STEP_RATIO, pgd
 from robustmaxup.attacks.result import AttackResult, predict, rescore
 from robustmaxup.attacks.smoothed import SoftSmoothed, per_example_noise
 from robustmaxup.models.state import check_model_input, model_state
@@ -88,11 +89,15 @@ class AttackConfig:
         return RANDOMIZED_RESCORES if self.randomized else 1
 
     def as_used(self) -> dict[str, Any]:
-        """The settings as the run uses them, for records: ``rescores`` resolved, and the fields
+        """The settings as the run uses them, for records: ``rescores`` and PGD's default
+        ``step_size`` resolved (passing the default explicitly is the same run), and the fields
         it does not use None (``steps``/``step_size`` are PGD's, ``version``/``attacks``
         AutoAttack's, ``copies`` the smoothed model's)."""
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
         d["rescores"] = self.n_rescores
+        if self.step_size is None:  # an unchecked record with odd values keeps its None
+            with contextlib.suppress(TypeError, ZeroDivisionError):
+                d["step_size"] = STEP_RATIO * self.eps / self.steps
         unused = ("steps", "step_size") if self.attack == "autoattack" else ("version", "attacks")
         if not self.randomized:
             unused += ("copies",)      # noise draws of the smoothed model only

@@ -17,6 +17,10 @@ from robustmaxup.models.state import check_model_input
 LossSpec = str | Callable[[Tensor, Tensor], Tensor]
 
 
+#: the default step size is ``STEP_RATIO * eps / steps`` (Madry et al.'s 2.5)
+STEP_RATIO = 2.5
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -71,7 +75,7 @@ def pgd(
         x_adv = pgd(model, x, y, eps=0.5, norm="L2", loss="margin")
     """
     check_norm(norm)
-    step_size = check_budget(eps, steps, step_size, default_ratio=2.5)
+    step_size = check_budget(eps, steps, step_size, default_ratio=STEP_RATIO)
     _check_shapes(x, y, delta_init)
     if check_inputs:
         check_unit_range(x)

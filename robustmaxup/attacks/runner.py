@@ -85,14 +85,13 @@ from robustmaxup.runtime.seeds import check_seed
 log = logging.getLogger(__name__)
 
 #: settings that define the results: a resume (of a partial or a finished run) with other values
-#: is refused. ``checkpoint_sha256`` comes from the caller's ``extra_record``.
-RESUME_KEYS = ("checkpoint_sha256", "model_sha256", "dataset", "split", "n", "indices", "batch",
-               "attack_config", "seed", "seed_rule", "save_adv")
-#: the recorded settings a user sets (the attack config's too), named as arguments in a refused
-#: resume: record name -> argument name
-ARGUMENTS = {**{name: name for name in (
-    "dataset", "split", "seed", "save_adv", "eps", "attack", "norm", "version", "attacks", "steps",
-    "step_size", "batch_size", "sigma", "copies", "rescores")}, "batch": "batch_size"}
+#: is refused. ``checkpoint_sha256`` comes from the caller's ``extra_record``. (The record's ``n``
+#: and ``batch`` are not compared: ``indices`` and ``attack_config.batch_size`` say the same.)
+RESUME_KEYS = ("checkpoint_sha256", "model_sha256", "dataset", "split", "indices", "attack_config",
+               "seed", "seed_rule", "save_adv")
+#: the recorded settings a user sets (the attack config's too), named as arguments in a refused resume
+ARGUMENTS = ("dataset", "split", "seed", "save_adv", "eps", "attack", "norm", "version", "attacks", "steps",
+             "step_size", "batch_size", "sigma", "copies", "rescores")
 STATE_FORMAT = "robustmaxup.attack.state/2"
 SEED_RULE = ("per example: PGD start and smoothing noise from stream attack.example, re-scoring "
              "noise from stream attack.rescore, each runtime.seeds.stream_seed(seed, stream, dataset "

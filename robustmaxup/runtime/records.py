@@ -158,13 +158,12 @@ def _show(key: str, value: Any) -> str:
 
 
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str], *,
-                 what: str, arguments: Collection[str] | Mapping[str, str] = ()) -> None:
+                 what: str, arguments: Collection[str] = ()) -> None:
     """UserError unless ``saved`` and ``current`` agree on every key of ``keys`` that ``saved``
     records: a run is continued only under the settings that made it. A key (or a dict's entry)
     in ``arguments`` is one the user sets, named with :func:`~robustmaxup.errors.ref` (its flag
-    on the command line); a mapping gives the argument's name where the record's differs
-    (``{"batch": "batch_size"}``). Other keys are described in words where they have a
-    description, else shown by their record name."""
+    on the command line). Other keys are described in words where they have a description, else
+    shown by their record name."""
     diff = [k for k in keys if k in saved and saved[k] != current.get(k)]
     if diff:
         detail = ", ".join(_difference(k, saved[k], current.get(k), arguments) for k in diff)
@@ -172,14 +171,14 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Ite
                         "same settings or another output")
 
 
-def _named(key: str, arguments: Collection[str] | Mapping[str, str], parent: str = "") -> str:
+def _named(key: str, arguments: Collection[str], parent: str = "") -> str:
     """How a refused resume names ``key``: as an argument, in words, or by its record name."""
     if key in arguments:
-        return ref(arguments[key] if isinstance(arguments, Mapping) else key)
+        return ref(key)
     return _DESCRIBED.get(key, f"{parent}.{key}" if parent else key)
 
 
-def _difference(key: str, was: Any, now: Any, arguments: Collection[str] | Mapping[str, str] = ()) -> str:
+def _difference(key: str, was: Any, now: Any, arguments: Collection[str] = ()) -> str:
     """``key (was, now now)``; for two dicts only the entries that differ (``key.sub (...)``)."""
     if key == "indices":
         return "the image/example selection"
