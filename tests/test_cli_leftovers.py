@@ -431,3 +431,22 @@ def test_an_attack_resumes_with_its_default_step_size_given_and_names_a_changed_
     assert main([*[a if a != "3" else "2" for a in argv], "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("--batch (3, now 2)") == 1 and "batch (3" not in err.replace("--batch (3", ""), err
+
+
+def test_a_certify_resume_compares_the_arithmetic_as_it_ran_not_as_requested(digits_checkpoint, tmp_path,
+                                                                              capsys, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["certify", digits_checkpoint, "--dataset", "digits", "--n0", "10", "--n", "50", "--batch", "50",
+            "--max", "2", "--out", "c.tsv"]
+    assert main(argv) == 0  # auto on a CPU: fp32
+    assert main([*argv, "--resume", "--precision", "fp32"]) == 0  # the same arithmetic
+    assert "is complete" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "c.tsv.json").read_text())
+    assert sidecar["precision"] == "auto" and sidecar["autocast"] is None
+    # a file whose rows ran in bf16 (auto on CUDA) is not continued in fp32
+    (tmp_path / "c.tsv.json").write_text(json.dumps({**sidecar, "autocast": "torch.bfloat16"}))
+    assert main([*argv, "--resume"]) == 2
+    assert ("the arithmetic (autocast dtype, from the precision and the device) ('torch.bfloat16', now None)"
+            in capsys.readouterr().err)

@@ -76,9 +76,11 @@ log = logging.getLogger(__name__)
 
 #: off a terminal, the first progress line (with its ETA) comes after this many images
 ETA_AFTER_IMAGES = 5
-#: result-defining settings: a resume refuses to continue a file made with other values
+#: result-defining settings: a resume refuses to continue a file made with other values. The
+#: arithmetic is compared as it ran (``autocast``: bf16 or none), not as requested (``precision``):
+#: ``auto`` and ``fp32`` are one computation on a CPU, and ``auto`` is bf16 on CUDA, fp32 on a CPU.
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "sigma", "mode", "n0", "n", "alpha",
-               "seed", "noise_chunk", "precision", "fold_bn", "indices", "sequential", "class_order")
+               "seed", "noise_chunk", "autocast", "fold_bn", "indices", "sequential", "class_order")
 #: the recorded settings a user sets (sequential ones too), named as arguments in a refused resume
 ARGUMENTS = ("dataset", "split", "sigma", "n0", "n", "alpha", "seed", "precision", "fold_bn", "class_order",
              "n_max", "radii", "radius_tol", "sequence", "futility")

@@ -146,6 +146,7 @@ _DESCRIBED = {
     "model_sha256": "the model's weights",
     "mode": "the command", "command": "the command",
     "noise_chunk": "Smooth's noise_chunk",
+    "autocast": "the arithmetic (autocast dtype, from the precision and the device)",
     "seed_rule": "the seeding rule (an earlier robustmaxup's)",
 }
 
