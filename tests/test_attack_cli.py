@@ -153,7 +153,7 @@ def test_end_to_end_autoattack_on_digits(ckpt, tmp_path, capsys, monkeypatch):
     assert main([str(ckpt), "--dataset", "digits", "--eps", "8/255", "--attacks", "apgd-ce",
                  "--n-examples", "20", "--batch", "8", "--out", str(out), "--save-adv", str(adv),
                  "--resume"]) == 0
-    assert "already complete" in capsys.readouterr().err
+    assert "aa.json is complete (20 examples); nothing to do" in capsys.readouterr().err
     (tmp_path / "aa.tsv").unlink()                      # a finished run that lost a file is not "complete"
     assert main([str(ckpt), "--dataset", "digits", "--eps", "8/255", "--attacks", "apgd-ce",
                  "--n-examples", "20", "--batch", "8", "--out", str(out), "--save-adv", str(adv),

@@ -427,7 +427,7 @@ def test_an_attack_resumes_with_its_default_step_size_given_and_names_a_changed_
     assert recorded["step_size"] == pytest.approx(2.5 * 0.1 / 20)  # recorded as used, not null
     capsys.readouterr()
     assert main([*argv, "--resume", "--step-size", "0.0125"]) == 0  # the default, given: the same run
-    assert "is already complete" in capsys.readouterr().err
+    assert "a.json is complete (6 examples); nothing to do" in capsys.readouterr().err
     assert main([*[a if a != "3" else "2" for a in argv], "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("--batch (3, now 2)") == 1 and "batch (3" not in err.replace("--batch (3", ""), err

@@ -505,7 +505,7 @@ def _finished(paths: AttackPaths, header: Mapping[str, Any]) -> AttackSummary:
     if gone:
         raise UserError(f"{shown(paths.json)} is complete but {shown(gone[0])} is missing; rerun without "
                         f"{ref('resume')} after removing the run's other files, or choose another output")
-    log.info("%s is already complete (same settings); nothing to do", paths.json)
+    log.info("%s is complete (%s examples); nothing to do", shown(paths.json), record.get("n", "all"))
     return AttackSummary(record, None, paths, already_complete=True)
 
 
