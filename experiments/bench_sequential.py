@@ -14,7 +14,7 @@ median samples per image, certified accuracy at each radius for both, wall time 
   on (a) width relative to fixed-t Clopper-Pearson for ``p`` in {0.99, 0.9, 0.7, 0.55}, (b) mean
   samples to decide the radii on a simulated population of ``p_A``, (c) compute per look; the
   numbers behind the default recorded in ``bounds.confidence_sequence``'s docstring;
-* ``linear``: a population of binary linear classifiers ``f(x) = [x_0 > 0]`` at margins
+* ``linear``: a population of binary linear classifiers (:class:`Margin`, a half-space) at margins
   ``sigma * Phi^-1(p_A)`` with ``p_A`` spread over [0.3, 1] like a real test set (many near 1, a
   tail near 1/2 and below; label 1). Votes are simulated exactly with numpy binomials at the real
   look schedule and run through the real bounds, stopping rule and Clopper-Pearson; a subset also
@@ -245,12 +245,24 @@ def compare_sequences(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- Smooth runs
+#: pixels of the Margin classifier's inputs: a margin of m lies along the unit diagonal w, so the
+#: image 0.5 + m w stays in [0, 1] (which Smooth requires) for |m| <= 0.5 sqrt(D) = 2 (6 sigma at 0.25)
+MARGIN_PIXELS = 16
+
+
 class Margin(nn.Module):
-    """f(x) = [x_0 > 0] as two logits; on x = (m, 0) the smoothed P[class 1] is Phi(m / sigma)."""
+    """f(x) = [w . (x - 0.5) > 0] as two logits, w the unit diagonal of ``MARGIN_PIXELS``
+    pixels: on x = 0.5 + m w the smoothed P[class 1] is Phi(m / sigma) (a half-space)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1)[:, 0]
+        z = (x.flatten(1) - 0.5).sum(1) / x[0].numel() ** 0.5
         return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def margin_images(margin: np.ndarray) -> torch.Tensor:
+    """Images ``[m, 1, 1, MARGIN_PIXELS]`` at signed distance ``margin`` from Margin's boundary."""
+    m = torch.as_tensor(margin, dtype=torch.float64)
+    return (0.5 + m[:, None] / MARGIN_PIXELS ** 0.5).expand(-1, MARGIN_PIXELS).reshape(-1, 1, 1, MARGIN_PIXELS).clone()
 
 
 def run_smooth(smooth: Smooth, xs: torch.Tensor, labels: np.ndarray, args: argparse.Namespace,
@@ -312,8 +324,7 @@ def linear_section(args: argparse.Namespace) -> dict[str, Any]:
 
     m = min(args.linear_smooth, len(p))
     margin = args.sigma * norm.ppf(np.minimum(p[:m], 1 - 1e-9))     # p = 1: margin 6 sigma
-    xs = torch.zeros(m, 1, 1, 2, dtype=torch.float64)
-    xs[:, 0, 0, 0] = torch.as_tensor(margin)
+    xs = margin_images(margin)
     smooth = Smooth(Margin(), 2, args.sigma)
     real = run_smooth(smooth, xs, np.ones(m, dtype=int), args, seed=args.seed * 1_000_003)
     out["smooth"] = real
@@ -373,7 +384,7 @@ def digits_section(args: argparse.Namespace) -> dict[str, Any]:
     smooth = Smooth(model, 10, args.sigma)
     smooth.certify_batch(xs[:1], 10, 200, args.alpha, args.batch, [torch.Generator().manual_seed(0)])  # warm-up
     out = run_smooth(smooth, xs, labels, args, seed=args.seed * 7_000_001)
-    out["checkpoint"] = args.checkpoint or "trained in this run"
+    out["checkpoint"] = args.checkpoint if args.checkpoint and args.dataset == "digits" else "trained in this run"
     _print(f"digits_cnn ({len(xs)})", out["fixed"], out["sequential"], out["compare"])
     for key in [k for k in out if k.startswith("sequential:")]:
         _print(f"  ({key})", out["fixed"], out[key], out[f"compare:{key}"])
@@ -425,8 +436,7 @@ def predict_ties(args: argparse.Namespace) -> dict[str, Any]:
     images, label 1). The unanimous rule is the reference."""
     m, k = args.digits, args.images_per_batch
     p = np.random.default_rng(args.seed + 20).uniform(0.5, 0.55, size=m)
-    xs = torch.zeros(m, 1, 1, 2, dtype=torch.float64)
-    xs[:, 0, 0, 0] = torch.as_tensor(args.sigma * norm.ppf(p))
+    xs = margin_images(args.sigma * norm.ppf(p))
     smooth = Smooth(Margin(), 2, args.sigma)
     out: dict[str, Any] = {"images": m, "p_a": [0.5, 0.55]}
     for rule in ("unanimous", "projected"):
@@ -506,16 +516,22 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, q if quick else full)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    t_all = time.perf_counter()
-    results: dict[str, Any] = {}
     runners = {"sequences": compare_sequences, "linear": linear_section, "digits": digits_section,
                "predict": predict_section, "cifar10": cifar_section}
+    unknown = [s for s in sections if s not in runners]
+    if unknown:  # before any section runs: a typo must not cost the minutes of the ones before it
+        p.error(f"unknown section {unknown[0]!r}; choose from {', '.join(runners)}")
+    if args.out and not _ours_or_absent(Path(args.out)):
+        p.error(f"{args.out} exists and is not a bench_sequential report; choose another --out")
+    t_all = time.perf_counter()
+    results: dict[str, Any] = {}
     for i, name in enumerate(sections):  # the JSON is rewritten after each: a cut-off run keeps the done ones
         t0 = time.perf_counter()
         results[name] = runners[name](args)
         results[name]["section_s"] = time.perf_counter() - t0
-        if args.out:
-            _write(args.out, _report(args, quick, results, t_all, complete=i == len(sections) - 1))
+        if args.out:  # complete: every section asked for ran (a skipped one, e.g. no GPU, did not)
+            done = i == len(sections) - 1 and not any("skipped" in r for r in results.values())
+            _write(args.out, _report(args, quick, results, t_all, complete=done))
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -539,6 +555,16 @@ def _report(args: argparse.Namespace, quick: bool, results: dict[str, Any], t_al
     return {"benchmark": "bench_sequential", "quick": quick, "complete": complete, "config": vars(args),
             "radii": list(RADII), "default_sequence": bounds.DEFAULT_SEQUENCE, "results": results,
             "summary": summary, "total_s": time.perf_counter() - t_all, "provenance": provenance_record()}
+
+
+def _ours_or_absent(path: Path) -> bool:
+    """Whether ``--out`` may be written: no file yet, or an earlier report of this benchmark."""
+    if not path.exists():
+        return True
+    try:
+        return json.loads(path.read_text()).get("benchmark") == "bench_sequential"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write(out: str, report: dict[str, Any]) -> None:

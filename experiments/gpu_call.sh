@@ -45,15 +45,17 @@ say() { echo "[gpu_call $STEP $(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$
 bounded() {
     local limit=$1; shift
     local t; t=$(left); [ "$limit" -gt "$t" ] && limit=$t
-    if [ "$limit" -le 10 ]; then say "skipped (no time left): $*"; return 124; fi
+    if [ "$limit" -le 10 ]; then say "skipped (no time left): $*"; CUT+=("$STEP"); return 124; fi
     say "run (<= ${limit}s): $*"
     timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     say "rc=$rc"
+    case "$rc" in 0) ;; 124|137) CUT+=("$STEP") ;; *) FAILED+=("$STEP") ;; esac
     return "$rc"
 }
+FAILED=(); CUT=()  # steps whose command failed / ran out of time (the exit status says which)
 
-say "device $GPU; $($PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'); git ${GIT_SHA:-unknown}"
+say "device $GPU; $($PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'); git ${GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 for STEP in "$@"; do
 case "$STEP" in
 check|cuda|suite)
@@ -107,4 +109,8 @@ table)
     echo "gpu_call.sh: unknown step '$STEP' (cuda, suite, check, bench, bench-compile or table)" >&2; exit 2 ;;
 esac
 done
+# exit 0: every command succeeded; 1: one failed; 3: none failed but one was cut at its time limit
+# (a table run resumes on the next call). Never 124: the device tool reads that as its own timeout.
+if [ ${#FAILED[@]} -gt 0 ]; then say "done in ${SECONDS}s; FAILED: ${FAILED[*]}"; exit 1; fi
+if [ ${#CUT[@]} -gt 0 ]; then say "done in ${SECONDS}s; cut at the time limit: ${CUT[*]}"; exit 3; fi
 say "done in ${SECONDS}s"

@@ -155,6 +155,14 @@ def _bad(path: Path, key: str, value: Any, expected: str) -> UserError:
                      "(a broken or foreign file)")
 
 
+def _unregistered(path: Path, key: str, name: str, known: list[str], register: str) -> UserError:
+    """A checkpoint naming an ``arch``/``dataset`` this process does not know: a user extension
+    not registered yet (or a typo), not a broken file."""
+    return UserError(f"checkpoint {shown(path)} was made with {key} {name!r}, which is not registered here "
+                     f"(known: {', '.join(known)}); register it first ({register}, e.g. in a plugin: see "
+                     "the README's Extending section)")
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -185,10 +193,14 @@ def check_schema(ckpt: dict[str, Any], path: str | os.PathLike = "<dict>") -> di
     """
     path = Path(path)
     arch = ckpt.get("arch")
+    if isinstance(arch, str) and arch.isidentifier() and arch not in MODELS:  # a name, only unknown here
+        raise _unregistered(path, "arch", arch, MODELS.names(), "robustmaxup.models.MODELS.register")
     if not isinstance(arch, str) or arch not in MODELS:
         raise _bad(path, "arch", arch, f"one of {', '.join(MODELS.names())}")
     dataset = ckpt.get("dataset")
     cohen = ckpt.get("format") == "cohen"
+    if isinstance(dataset, str) and dataset.isidentifier() and dataset not in DATASETS:
+        raise _unregistered(path, "dataset", dataset, DATASETS.names(), "robustmaxup.data.register_dataset")
     if not (isinstance(dataset, str) and dataset in DATASETS) and not (cohen and dataset is None):
         raise _bad(path, "dataset", dataset, f"one of {', '.join(DATASETS.names())}")
     classes = ckpt.get("num_classes")
@@ -290,7 +302,9 @@ def model_from_checkpoint(
             )
     if num_classes is not None and ckpt["num_classes"] not in (None, num_classes):
         raise UserError(
-            f"checkpoint has {ckpt['num_classes']} classes but dataset {dataset or ckpt['dataset']!r} has {num_classes}"
+            f"checkpoint has {ckpt['num_classes']} classes but "
+            + (f"dataset {dataset!r} has {num_classes}" if dataset in DATASETS and get_info(dataset).num_classes
+               == num_classes else f"{ref('num_classes', num_classes)} was given")
         )
     if ckpt["dataset"] is None:
         raise UserError(f"{ckpt.get('format')} checkpoint of arch {ckpt['arch']!r} does not record "

@@ -9,18 +9,28 @@ from robustmaxup.errors import UserError, did_you_mean
 T = TypeVar("T")
 
 
+def _identity(obj: object) -> tuple[str, str]:
+    return getattr(obj, "__module__", ""), getattr(obj, "__qualname__", repr(obj))
+
+
 class Registry(Generic[T]):
     """Maps names to objects; ``get`` on an unknown name raises a :class:`UserError` listing the
     known names, so a typo on the command line yields one helpful line.
 
+    Registering a name twice is an error, unless it is the same object again by module and
+    name (a module or notebook cell run a second time): that replaces it.
+
     Example::
 
-        MODELS = Registry("model")
+        FRUIT = Registry("fruit")
 
-        @MODELS.register("digits_cnn")
-        def digits_cnn(num_classes: int) -> nn.Module: ...
+        @FRUIT.register("apple")
+        def apple() -> str: ...
 
-        MODELS.get("digits_cnn")(10)
+        FRUIT.get("apple")()
+
+    (Each registry documents what its entries are: ``MODELS``' builders take ``(num_classes,
+    in_channels)``; see :mod:`robustmaxup.models`.)
     """
 
     def __init__(self, kind: str) -> None:
@@ -29,8 +39,10 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._items:
-                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            old = self._items.get(name)
+            if old is not None and _identity(old) != _identity(obj):
+                raise UserError(f"{self.kind} {name!r} is registered twice ({_identity(old)[1]} and "
+                                f"{_identity(obj)[1]}); choose another name")
             self._items[name] = obj
             return obj
 

@@ -248,7 +248,7 @@ def test_an_attack_list_given_as_a_string_is_refused():
 
 def test_own_tensors_need_one_name_per_class():
     x, y = load_split("digits", "test").batch([0, 1])
-    with pytest.raises(FieldError, match="classes must name 10 classes for digits, got 2"):
+    with pytest.raises(FieldError, match=r"classes must be 10 distinct names for digits, got \['a', 'b'\]"):
         ImageSplit.from_tensors(x, y, get_info("digits"), classes=["a", "b"])
 
 
@@ -360,7 +360,7 @@ def test_rows_in_memory_give_the_same_analysis_as_their_tsv(untrained_ckpt, tmp_
 @pytest.mark.parametrize("call, field", [
     (lambda s, x: Smooth("model", 10, 0.25), "base_classifier"),
     (lambda s, x: s.certify(x.numpy(), 10, 100, 1e-3, 100), "x"),
-    (lambda s, x: s.certify(x, 10, 100, 1e-3, 100, generator=0), "generators"),
+    (lambda s, x: s.certify(x, 10, 100, 1e-3, 100, generator=0), "generator"),
     (lambda s, x: s.certify_batch(x[None], 10, 100, 1e-3, 100, None), "generators"),
 ])
 def test_smooth_names_an_argument_of_the_wrong_type(call, field):

@@ -151,14 +151,15 @@ class _FakeAutoAttack:
 
 
 class _Const(nn.Module):
-    """Always class 0; float64 parameters (the package must still see float32 logits)."""
+    """Always class 0 of 4 (apgd-t needs 4); float64 parameters (the package must still see
+    float32 logits)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.b = nn.Parameter(torch.tensor([1.0, 0.0], dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor([1.0, 0.0, -5.0, -5.0], dtype=torch.float64))
 
     def forward(self, x):
-        return self.b.expand(len(x), 2) + 0 * x.flatten(1).sum(1, keepdim=True)
+        return self.b.expand(len(x), 4) + 0 * x.flatten(1).sum(1, keepdim=True)
 
 
 def test_autoattack_adapter_bookkeeping(monkeypatch):

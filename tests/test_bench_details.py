@@ -174,7 +174,7 @@ def _run_bench_one(bench, monkeypatch, variants, ref_times, our_times, our_preds
     return bench.bench_one(cfg, torch.device("cpu"), args), log, model
 
 
-def test_bench_one_ratios_use_the_best_of_each_side_and_the_fastest_variant(certify_bench, monkeypatch):
+def test_bench_one_ratio_is_the_median_of_paired_rounds_for_the_fastest_variant(certify_bench, monkeypatch):
     variants = ["fp32", "bf16+fold+batch=50+ipb=2+compile=max-autotune", "auto"]
     times = {"fp32": [1.0, 0.5, 0.9], variants[1]: [0.4, 0.8, 0.6], "auto": [1.0, 1.0, 1.0]}
     preds = {"fp32": [(1, 0.1), (2, 0.2), (0, 0.3)], variants[1]: [(1, 0.1), (2, 0.2), (1, 0.3)],
@@ -185,17 +185,20 @@ def test_bench_one_ratios_use_the_best_of_each_side_and_the_fastest_variant(cert
     assert r["reference_times"] == [3.0, 2.0, 4.0]
     assert r["reference_s_per_image_at_target_n"] == pytest.approx(20.0)       # x 10,000 / 1,000
     fp32, fast, auto = r["variants"]
-    assert auto["speedup"] == 2.0
+    assert auto["speedup"] == 3.0 and auto["speedup_paired"] == [3.0, 2.0, 4.0]   # reference / ours, per round
+    assert auto["speedup_best_over_best"] == 2.0
     assert (fp32["s_per_image"], fp32["median_s_per_image"], fp32["speedup"]) == (0.5, 0.9, 4.0)
     assert fp32["s_per_image_at_target_n"] == pytest.approx(5.0)
     assert fp32["prediction_agreement_with_reference"] == 1.0
-    assert (fast["s_per_image"], fast["median_s_per_image"], fast["speedup"]) == (0.4, 0.6, 5.0)
+    assert (fast["s_per_image"], fast["median_s_per_image"]) == (0.4, 0.6)
+    assert fast["speedup"] == pytest.approx(4.0 / 0.6) and fast["speedup_best_over_best"] == 5.0  # 7.5, 2.5, 6.67
     assert fast["prediction_agreement_with_reference"] == pytest.approx(2 / 3)
     assert (fast["batch"], fast["images_per_batch"], fast["fold_bn"], fast["precision"], fast["compile"]) == \
         (50, 2, True, "bf16", "max-autotune")
     assert (fp32["batch"], fp32["images_per_batch"], fp32["fold_bn"], fp32["precision"]) == (200, 1, False, "fp32")
     assert r["best_variant"] == variants[1]
-    assert (r["ours_s_per_image"], r["speedup"], r["ours_s_per_image_at_target_n"]) == (0.4, 5.0, pytest.approx(4.0))
+    assert (r["ours_s_per_image"], r["speedup"], r["ours_s_per_image_at_target_n"]) == \
+        (0.4, pytest.approx(4.0 / 0.6), pytest.approx(4.0))
     # each Smooth gets its own copy of the model, with the variant's settings
     assert [s.kw for s in _FakeSmooth.made] == [
         {"precision": "fp32", "compile": False, "fold_bn": False},
@@ -734,3 +737,39 @@ def test_sequential_json_is_written_after_each_section(seq_bench, monkeypatch, t
     monkeypatch.setattr(seq_bench, "cifar_section", lambda args: {"compare": {"tag": "cifar"}})
     assert seq_bench.main(["--sections", "digits,cifar10", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["complete"] is True
+
+
+# ----------------------------------------------------------------------------- the reproducibility audit
+def test_sequential_linear_section_runs_for_real_inside_the_pixel_cube(seq_bench, tmp_path):
+    """The section no other test runs end to end: its Margin images must lie in [0, 1] (Smooth
+    refuses others), up to a margin of 6 sigma, and the smoothed probability is the half-space's."""
+    from scipy.stats import norm
+
+    margin = 0.25 * norm.ppf(np.array([0.3, 0.5, 0.9, 1 - 1e-9]))
+    xs = seq_bench.margin_images(margin)
+    assert 0 <= xs.min() and xs.max() <= 1
+    assert torch.allclose(seq_bench.Margin()(xs)[:, 1], torch.as_tensor(margin))
+    out = tmp_path / "lin.json"
+    assert seq_bench.main(["--sections", "linear", "--linear", "20", "--linear-smooth", "3", "--n", "2000",
+                           "--n0", "50", "--batch", "1000", "--images-per-batch", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["summary"]["linear_smooth"]
+
+
+def test_sequential_refuses_an_unknown_section_and_a_foreign_out_before_any_work(seq_bench, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(seq_bench, "linear_section", lambda args: ran.append(1) or {})
+    with pytest.raises(SystemExit):
+        seq_bench.main(["--sections", "linear,predcit"])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(SystemExit):
+        seq_bench.main(["--sections", "linear", "--out", str(notes)])
+    assert ran == [] and notes.read_text() == "mine"
+
+
+def test_sequential_report_is_incomplete_when_a_section_was_skipped(seq_bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(seq_bench, "cifar_section", lambda args: {"skipped": "no CUDA GPU"})
+    out = tmp_path / "s.json"
+    assert seq_bench.main(["--sections", "cifar10", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["complete"] is False

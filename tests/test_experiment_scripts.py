@@ -126,3 +126,17 @@ def test_bench_attack_quick_times_the_torchattacks_loop_and_the_synced_one(tmp_p
     pgd = json.loads(out.read_text())["pgd"]
     assert pgd["max_abs_diff_x_adv"] == 0.0
     assert len(pgd["seconds_reference"]) == len(pgd["seconds_reference_host_sync"]) >= 2
+
+
+@pytest.mark.parametrize("rc, limit, status, said", [("0", "540", 0, "done in"), ("5", "540", 1, "FAILED: bench"),
+                                                      ("0", "5", 3, "cut at the time limit: bench")])
+def test_gpu_call_exit_status_says_whether_a_step_failed_or_was_cut(tmp_path, rc, limit, status, said):
+    """Found by the reproducibility audit: the script exited 0 whatever its steps did."""
+    fake = tmp_path / "fakepy"
+    fake.write_text('#!/bin/bash\n[ "$1" = -c ] && { echo cpu; exit 0; }\nexit "$FAKE_RC"\n')
+    fake.chmod(0o755)
+    run = subprocess.run(["bash", str(EXPERIMENTS / "gpu_call.sh"), "bench"], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out"), "PY": str(fake),
+                                            "FAKE_RC": rc, "LIMIT": limit})
+    assert run.returncode == status, run.stdout + run.stderr
+    assert said in run.stdout

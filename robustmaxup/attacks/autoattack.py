@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +111,30 @@ def _in_dtype(model: nn.Module) -> nn.Module:
     return model if dtype == torch.float32 else _Cast(model, dtype)
 
 
+#: the fewest classes each attack's loss works with: DLR divides by the gap between the top logit
+#: and the third (untargeted) or the mean of the third and fourth (targeted)
+_MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
+
+
+def _fit_target_classes(adversary: Any, x: Tensor) -> None:
+    """Fit the attacks to the model's ``K`` classes: the targeted ones aim at the 9 runner-up
+    classes (Croce and Hein's setting for 10 or more), and with fewer there are ``K - 1`` to aim
+    at (pyautoattack would index past the logits); an attack whose loss needs more classes than
+    ``K`` is refused in one line."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):  # a randomized model's draws stay as they were
+        classes = adversary.model(x[:1]).shape[-1]
+    short = [a for a in adversary.attacks_to_run if _MIN_CLASSES.get(a, 0) > classes]
+    if short:
+        raise UserError(f"AutoAttack's {short[0]} needs a model with at least {_MIN_CLASSES[short[0]]} "
+                        f"classes (its DLR loss compares the top logits); this one has {classes}; leave it "
+                        "out of the attack list, or use the pgd attack")
+    for name in ("apgd_targeted", "fab"):
+        attack = getattr(adversary, name, None)
+        if attack is not None and getattr(attack, "n_target_classes", 0) > classes - 1:
+            attack.n_target_classes = classes - 1
+
+
 def run_autoattack(
     model: nn.Module,
     x: Tensor,
@@ -166,6 +190,7 @@ def run_autoattack(
                                eps=eps, norm=norm, seed=seed, version=version)
         if configure is not None:
             configure(adversary)
+        _fit_target_classes(adversary, x)
         order = list(adversary.attacks_to_run)
         logging.getLogger("auto-attack").debug("robustmaxup: %s version, attacks %s, eps %.6g, %s, "
                                                "%d examples", version, order, eps, norm, len(x))

@@ -40,7 +40,7 @@ from robustmaxup.attacks.result import AttackResult, predict, rescore
 from robustmaxup.attacks.smoothed import SoftSmoothed, per_example_noise
 from robustmaxup.models.state import check_model_input, model_state
 from robustmaxup.registry import Registry
-from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive
+from robustmaxup.runtime.checks import FieldError, check_choice, check_int, check_positive, check_range
 from robustmaxup.runtime.limits import MAX_NOISE_DRAWS, MAX_RESCORES, MAX_STEPS
 from robustmaxup.runtime.seeds import check_seed, make_generator, stream_generator, stream_seed
 from robustmaxup.runtime.text import warn_once
@@ -178,6 +178,10 @@ def check_config(config: AttackConfig, image_shape: tuple[int, ...]) -> None:
     for s in image_shape:
         d *= s
     limit = {"Linf": 1.0, "L2": d ** 0.5, "L1": float(d)}[config.norm]
+    if isinstance(config.eps, str):
+        raise FieldError("eps", f"must be a number, got the string {config.eps!r}"
+                                f"{'; e.g. 8 / 255' if '/' in config.eps else ''}")
+    check_range("eps", config.eps)  # a number (not None, not NaN); its bounds come next
     if not 0 < config.eps <= limit:
         raise FieldError("eps", f"must lie in (0, {limit:.4g}] for {config.norm} on "
                                 f"{'x'.join(map(str, image_shape))} images in [0, 1], got {config.eps:.6g}")

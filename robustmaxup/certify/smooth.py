@@ -119,6 +119,23 @@ def top_two(counts: np.ndarray) -> tuple[int, int]:
     return int(order[0]), int(order[1]) if len(order) > 1 else -1
 
 
+
+def _one_image(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[C, H, W]`` as a batch of one; FieldError for anything else (several images go to
+    the ``*_batch`` methods)."""
+    if not isinstance(x, torch.Tensor):
+        raise FieldError("x", f"must be a torch.Tensor of pixels, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise FieldError("x", f"must be one image [C, H, W], got shape {tuple(x.shape)} (several images "
+                              "[k, C, H, W]: the *_batch methods)")
+    return x[None]
+
+
+def _one_generator(generator: torch.Generator | None) -> list[torch.Generator | None]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise FieldError("generator", f"must be a torch.Generator or None, got {type(generator).__name__}")
+    return [generator]
+
 class Smooth:
     """A Gaussian-smoothed classifier over ``base_classifier``.
 
@@ -202,7 +219,7 @@ class Smooth:
         Returns:
             a :class:`Certificate`.
         """
-        return self.certify_batch(x[None], n0, n, alpha, batch_size, [generator])[0]
+        return self.certify_batch(_one_image(x), n0, n, alpha, batch_size, _one_generator(generator))[0]
 
     def certify_batch(
         self, xs: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
@@ -286,8 +303,8 @@ class Smooth:
             cert = smooth.certify_sequential(x, 100, 100_000, 0.001, 1000, [0.25, 0.5], g)
             cert.prediction, cert.radius, cert.n_used
         """
-        return self.certify_sequential_batch(x[None], n0, n_max, alpha, batch_size, [generator], radii,
-                                             radius_tol=radius_tol, sequence=sequence, futility=futility)[0]
+        return self.certify_sequential_batch(_one_image(x), n0, n_max, alpha, batch_size, _one_generator(generator),
+                                             radii, radius_tol=radius_tol, sequence=sequence, futility=futility)[0]
 
     def certify_sequential_batch(
         self, xs: torch.Tensor, n0: int, n_max: int, alpha: float, batch_size: int,
@@ -345,7 +362,7 @@ class Smooth:
         p-value ``<= alpha``, else abstain (a tie always abstains). Guarantee: the probability of
         returning a class other than ``g(x)`` is at most ``alpha``.
         """
-        return self.predict_batch(x[None], n, alpha, batch_size, [generator])[0]
+        return self.predict_batch(_one_image(x), n, alpha, batch_size, _one_generator(generator))[0]
 
     def predict_batch(
         self, xs: torch.Tensor, n: int, alpha: float, batch_size: int,
@@ -431,7 +448,7 @@ class Smooth:
             label = smooth.predict_sequential(x, n_max=10_000, alpha=0.001, batch_size=1000,
                                               generator=torch.Generator().manual_seed(0))
         """
-        return self.predict_sequential_batch(x[None], n_max, alpha, batch_size, [generator],
+        return self.predict_sequential_batch(_one_image(x), n_max, alpha, batch_size, _one_generator(generator),
                                              futility=futility)[0]
 
     def predict_sequential_batch(

@@ -9,7 +9,9 @@ import os
 import sys
 from typing import Sequence
 
-from robustmaxup.errors import did_you_mean
+from robustmaxup.cli.plugins import load_plugins
+from robustmaxup.errors import UserError, did_you_mean
+from robustmaxup.runtime.text import safe_text
 
 SUBCOMMANDS: dict[str, str] = {
     "train": "train a classifier (Gaussian, MaxUp and the baselines)",
@@ -52,6 +54,11 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"robustmaxup {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    try:
+        load_plugins()
+    except UserError as e:
+        print(f"robustmaxup: error: {safe_text(str(e))}", file=sys.stderr)
+        return 2
     if command not in SUBCOMMANDS:
         print(f"robustmaxup: error: unknown command {command!r}; choose from {', '.join(SUBCOMMANDS)}"
               f"{did_you_mean(command, SUBCOMMANDS)}",

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
+from robustmaxup.data.registry import DATASETS
 from robustmaxup.errors import did_you_mean
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.text import safe_text
@@ -91,7 +92,7 @@ def add_renamed(p: argparse.ArgumentParser, renamed: Mapping[str, str]) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser, *, split: str = "test") -> None:
-    p.add_argument("--dataset", required=True, help="dataset name (digits, cifar10, cifar100, imagenet)")
+    p.add_argument("--dataset", required=True, help=f"dataset name ({', '.join(DATASETS.names())})")
     p.add_argument("--data-root", default=None,
                    help="local dataset location (folder or .tar.gz); digits is built in and takes none")
     p.add_argument("--cache-dir", default=None, help="where decoded archives are cached")

@@ -24,11 +24,12 @@ override it (a flag equal to its default still does). This module only parses: v
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from robustmaxup.cli.args import add_renamed, make_parser
-from robustmaxup.cli.common import run, setup_logging
-from robustmaxup.errors import UserError
+from robustmaxup.cli.common import error_line, flag_for, run, setup_logging
+from robustmaxup.errors import UserError, flags_named
 from robustmaxup.runtime.checks import parse_fraction
 from robustmaxup.train import TrainConfig, base_layers, merge_flat, options, train
 from robustmaxup.train.config import RENAMED, SCHEDULE_PARAMS, replaced_by
@@ -135,4 +136,10 @@ def _body(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run("train", _body, build_parser(), argv, flags=_flags())
+    try:  # every registered method's options become flags: a plugin's may not fit
+        with flags_named(flag_for):
+            parser, flags = build_parser(), _flags()
+    except UserError as e:
+        print(error_line("train", e), file=sys.stderr)
+        return 2
+    return run("train", _body, parser, argv, flags=flags)

@@ -66,9 +66,17 @@ class ImageSplit:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} "
                              f"{tuple(self.images.shape)}")
+        if self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool:
+            raise FieldError("labels", f"must be integer class indices, got {self.labels.dtype} (a float "
+                                       "label is not rounded)")
         self.labels = self.labels.to(torch.int64)
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError("labels must be [N] matching images")
+            raise FieldError("labels", f"must be one per image: {self.images.shape[0]} images but labels of "
+                                       f"shape {tuple(self.labels.shape)}")
+        check_class_indices("labels", self.labels, self.info.num_classes)
+        if len(self.classes) != self.info.num_classes or len(set(self.classes)) != len(self.classes):
+            raise FieldError("classes", f"must be {self.info.num_classes} distinct names for {self.info.name}, "
+                                        f"got {list(self.classes)[:12]!r}")
 
     @classmethod
     def from_tensors(cls, images: torch.Tensor, labels: torch.Tensor, info: DatasetSpec, *,
@@ -92,14 +100,8 @@ class ImageSplit:
         if images.dim() != 4 or tuple(images.shape[1:]) != tuple(info.image_shape):
             raise UserError(f"images must be [N, {', '.join(map(str, info.image_shape))}] for "
                             f"{info.name}, got {tuple(images.shape)}")
-        labels = torch.as_tensor(labels).to(torch.int64).cpu()
-        if labels.shape != (len(images),):
-            raise FieldError("labels", f"must be one per image: {len(images)} images but labels of shape "
-                                       f"{tuple(labels.shape)}")
-        check_class_indices("labels", labels, info.num_classes)
+        labels = torch.as_tensor(labels).cpu()  # checked (integers, one per image, in range) on construction
         names = list(classes) if classes is not None else [str(i) for i in range(info.num_classes)]
-        if len(names) != info.num_classes:
-            raise FieldError("classes", f"must name {info.num_classes} classes for {info.name}, got {len(names)}")
         return cls(info, split, images.cpu().contiguous(), labels, names, source="tensors")
 
     @property

@@ -15,9 +15,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
-from robustmaxup.errors import UserError, ref
+from robustmaxup.errors import UserError, did_you_mean, ref
 from robustmaxup.methods.base import Augmentation, Method, WeightPerturbation
 from robustmaxup.registry import Registry
 
@@ -30,10 +31,41 @@ P = TypeVar("P", bound=type[WeightPerturbation])
 A = TypeVar("A", bound=type[Augmentation])
 
 
+#: how a method's checkpoint is chosen (``Method.family``): noisy accuracy at ``sigma``, PGD
+#: robust accuracy, or clean accuracy
+FAMILIES = ("smoothing", "adversarial", "standard")
+#: the types an option may have: each is one command-line flag
+OPTION_TYPES = (bool, int, float, str)
+
+
 def register_method(cls: M) -> M:
-    """Class decorator: add a :class:`Method` subclass to ``METHODS`` under ``cls.name``."""
+    """Class decorator: add a :class:`Method` subclass (a dataclass) to ``METHODS`` under
+    ``cls.name``, after checking what the engine and the command line rely on (UserError naming
+    the class otherwise): its own ``name``; a ``family`` of :data:`FAMILIES` (``"smoothing"``
+    needs a ``sigma`` option); every option a default (the reference's value) of a type in
+    :data:`OPTION_TYPES` (or None)."""
+    _check_method(cls)
     METHODS.register(cls.name)(cls)
     return cls
+
+
+def _check_method(cls: type) -> None:
+    where = f"method class {cls.__qualname__}"
+    if not dataclasses.is_dataclass(cls) or not issubclass(cls, Method):
+        raise UserError(f"{where} must be a @dataclass subclass of robustmaxup.methods.Method")
+    if "name" not in vars(cls) or not isinstance(cls.name, str) or not cls.name.isidentifier():
+        raise UserError(f"{where} needs its own name, e.g. name: ClassVar[str] = \"mine\" (its "
+                        f"registry name: {ref('method', 'mine')})")
+    options = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    if isinstance(cls.family, str):  # else a property: checked on each instance (build_method)
+        _check_family(where, cls.family, {f.name for f in options})
+    for f in options:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{where}: option {f.name} needs a default (the reference's value)")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if default is not None and type(default) not in OPTION_TYPES:
+            raise UserError(f"{where}: option {f.name} has a {type(default).__name__} default; an "
+                            f"option is one flag of type {', '.join(t.__name__ for t in OPTION_TYPES)}")
 
 
 def register_perturbation(cls: P) -> P:
@@ -46,6 +78,15 @@ def register_augmentation(cls: A) -> A:
     """Class decorator: add an :class:`Augmentation` to ``AUGMENTATIONS`` under ``cls.name``."""
     AUGMENTATIONS.register(cls.name)(cls)
     return cls
+
+
+def _check_family(where: str, family: Any, options: set[str]) -> None:
+    if family not in FAMILIES:
+        raise UserError(f"{where}: family must be one of {', '.join(FAMILIES)}, got {family!r}"
+                        f"{did_you_mean(family, FAMILIES)}")
+    if family == "smoothing" and "sigma" not in options:
+        raise UserError(f"{where}: a smoothing method needs a sigma option (its noise level, at which "
+                        "checkpoints are chosen by noisy accuracy)")
 
 
 def _flags(names: list[str]) -> str:
@@ -64,4 +105,7 @@ def build_method(name: str, **hparams: Any) -> Method:
             f"method {name!r} does not take {_flags(unknown)}; its options: "
             + (_flags(cls.hparam_names()) or "none")
         )
-    return cls(**given)
+    method = cls(**given)
+    if not isinstance(getattr(type(method), "family", ""), str):  # a property: this instance's
+        _check_family(f"method {name}", method.family, set(cls.hparam_names()))
+    return method

@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from robustmaxup.errors import UserError
 from robustmaxup.runtime.checks import FieldError
 
 
@@ -87,3 +88,17 @@ def check_model_input(model: nn.Module, x: torch.Tensor, field: str = "x", *,
     if p.dtype not in (x.dtype, also):
         raise FieldError(field, f"is {x.dtype} but the model {p.dtype}; convert one of them "
                                 f"(x.to({p.dtype}) or model.to({x.dtype}))")
+
+
+def check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """UserError unless ``model(x)`` (in eval mode, without gradients: no statistic moves) is one
+    row of ``num_classes`` logits per image: a builder that returns another class count, a tuple
+    (logits, features) or one score per image is named before training, not deep inside it."""
+    with torch.no_grad(), model_state(model, train=False):
+        out = model(x)
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"the model returns a {type(out).__name__}; it must return logits [B, K], one row "
+                        "per image (a model with extra outputs needs a wrapper that keeps the logits)")
+    if tuple(out.shape) != (x.shape[0], num_classes):
+        raise UserError(f"the model returns shape {tuple(out.shape)} for {x.shape[0]} images; the data has "
+                        f"{num_classes} classes, so it must return [{x.shape[0]}, {num_classes}] logits")

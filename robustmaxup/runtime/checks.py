@@ -62,7 +62,8 @@ def check_range(field: str, value: float, lo: float | None = None, hi: float | N
 def check_positive(field: str, value: float, *, allow_zero: bool = False) -> float:
     """``value`` if it is a finite number > 0 (``>= 0`` with ``allow_zero``), else FieldError."""
     if not _is_finite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise FieldError(field, f"must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+        got = value if _is_number(value) else repr(value)  # a string shows its quotes
+        raise FieldError(field, f"must be {'>= 0' if allow_zero else '> 0'} and finite, got {got}")
     return value
 
 

@@ -220,7 +220,8 @@ class TrainConfig:
     whole batch (B·m noisy inputs, m times fewer updates). Other methods take one step per
     batch either way."""
 
-    dataset: str = field(metadata=_meta("digits, cifar10, cifar100, imagenet", _DATA))
+    dataset: str = field(metadata=_meta("dataset name (robustmaxup.data.DATASETS: "
+                                        + ", ".join(DATASETS.names()) + ")", _DATA))
     out: str = field(metadata=_meta("run directory (must be empty or absent unless resuming)", _DATA))
     data_root: str | None = field(default=None, metadata=_meta(
         "local dataset folder or .tar.gz (digits is built in and takes none)", _DATA))
@@ -396,6 +397,9 @@ class TrainConfig:
         if self.perturbation is not None and not isinstance(self.perturbation, PerturbationSpec):
             raise FieldError("perturbation", f"must be a PerturbationSpec, got {self.perturbation!r}")
         method = METHODS.get(self.method)  # unknown names: UserError listing the known ones
+        clash = sorted(set(method.hparam_names()) & set(_core_names()))
+        if clash:
+            raise UserError(_clash(self.method, clash[0]))
         unknown = sorted(set(self.method_args) - set(method.hparam_names()))
         if unknown:
             raise FieldError(unknown[0], _not_an_option(unknown[0], self.method, method.hparam_names()))
@@ -405,6 +409,11 @@ class TrainConfig:
         """:meth:`flat` with the method's resolved hyper-parameters (defaults included): what
         ``config.json`` and the checkpoints record, and what a resume is checked against."""
         return {**self.flat(), **method_hparams}
+
+
+def _clash(method: str, option: str) -> str:
+    return (f"method {method}'s option {option} has the name of a training setting ({ref(option)}): one "
+            "name, one meaning, or config.json could not say which was set; rename the option")
 
 
 def _core_names() -> list[str]:
@@ -592,12 +601,15 @@ def method_options() -> list[Option]:
     """Every hyper-parameter of every registered method (sorted by name); the help lists the
     methods that take it and their defaults."""
     found: dict[str, tuple[type, list[str]]] = {}
+    core = set(_core_names())
     for name in METHODS:
         cls = METHODS.get(name)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.metadata.get("internal"):
                 continue
+            if f.name in core:  # one flat name, one meaning: config.json could not say which it set
+                raise UserError(_clash(name, f.name))
             default = f.default if f.default is not dataclasses.MISSING else None
             kind, users = found.setdefault(f.name, (_value_type(hints.get(f.name, f.type), default), []))
             note = f.metadata.get("help")

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 
 from robustmaxup.certify import Smooth
+from robustmaxup.errors import UserError
 from robustmaxup.methods import LossOutput, Method, PERTURBATIONS, WeightPerturbation, build_method
 from robustmaxup.runtime.checks import FieldError, check_choice
 from robustmaxup.runtime.dist import Dist
@@ -276,12 +277,32 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
     run.optimizer.zero_grad(set_to_none=True)
     with context:
         with run.autocast:
-            out = method.loss(model, prepared)
+            out = check_loss_output(method, method.loss(model, prepared))
         out.loss.backward()
         if step_inside:
             run.optimizer.step()
     if not step_inside:
         run.optimizer.step()
+    return out
+
+
+def check_loss_output(method: Method, out: Any) -> LossOutput:
+    """``out`` if it is what ``Method.loss`` promises (a :class:`LossOutput` with a scalar loss,
+    and logits ``[B, K]`` with hard targets ``[B]`` or neither); else one UserError naming the
+    method, not a traceback from deep in the loop. Shape checks only: no device sync."""
+    where = f"method {method.name}'s loss()"
+    if not isinstance(out, LossOutput):
+        raise UserError(f"{where} returned a {type(out).__name__}; it must return "
+                        "LossOutput(loss, logits, targets) (robustmaxup.methods.base)")
+    if not isinstance(out.loss, torch.Tensor) or out.loss.dim() != 0:
+        shape = tuple(out.loss.shape) if isinstance(out.loss, torch.Tensor) else type(out.loss).__name__
+        raise UserError(f"{where} returned a loss of shape {shape}; it must be a scalar (e.g. the mean)")
+    if (out.logits is None) != (out.targets is None):
+        raise UserError(f"{where} returned logits without targets or targets without logits; give both "
+                        "(for the train accuracy) or neither")
+    if out.logits is not None and (out.logits.dim() != 2 or out.targets.shape != out.logits.shape[:1]):
+        raise UserError(f"{where} returned logits {tuple(out.logits.shape)} and targets "
+                        f"{tuple(out.targets.shape)}; they must be [B, K] and hard labels [B]")
     return out
 
 

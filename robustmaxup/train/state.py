@@ -23,10 +23,13 @@ import torch
 from torch import nn
 
 from robustmaxup.certify.bounds import min_samples_to_certify_radius
-from robustmaxup.data import CropFlip, get_info, load_split, make_loader, spread_indices, train_val_split
+from robustmaxup.data import (
+    CropFlip, check_split, get_info, load_split, make_loader, spread_indices, train_val_split,
+)
 from robustmaxup.errors import UserError, ref
 from robustmaxup.methods import Method, WeightPerturbation
 from robustmaxup.models import build_model
+from robustmaxup.models.state import check_model_output
 from robustmaxup.runtime.checks import FieldError
 from robustmaxup.runtime.dist import Dist
 from robustmaxup.runtime.faults import fault_point
@@ -277,6 +280,12 @@ def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbat
     splits = {"train": splits["train"], "val": splits.get("val"), "test": splits.get("test")}
     if splits["train"] is None:
         raise UserError("a run needs a training split")
+    for name, split in splits.items():
+        if split is not None:
+            check_split(split)
+            if split.info.name != cfg.dataset:
+                raise UserError(f"the {name} split is of dataset {split.info.name}, but the config trains on "
+                                f"{cfg.dataset}; set {ref('dataset', split.info.name)}")
     _check_steps(cfg, splits["train"], method, dist.world)
     info = splits["train"].info
     method.setup(num_classes=info.num_classes)
@@ -286,6 +295,8 @@ def build_run(cfg: TrainConfig, *, method: Method, perturbation: WeightPerturbat
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    probe, _ = splits["train"].batch(list(range(min(2, len(splits["train"])))))
+    check_model_output(model, probe.to(device), info.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     state = TrainState(generator=stream_generator(cfg.seed, "train.noise", dist.rank, device=device))
