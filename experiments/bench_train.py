@@ -192,12 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="alternating timed rounds (default 5; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5; quick 1)")
     p.add_argument("--copies", type=int, nargs="+", default=None, help="MaxUp copies m (default 2 4 8)")
-    p.add_argument("--methods", nargs="*", default=None, help="only these labels' methods (default: all)")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="only these methods (registry names, e.g. maxup smoothadv; gaussian always runs)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers")
     p.add_argument("--compile", action="store_true",
                    help="also time Gaussian and MaxUp m=4 with torch.compile (compile time untimed)")
     p.add_argument("--out", default=None, help="write results JSON here (after the builds and each round)")
     args = p.parse_args(argv)
+    unknown = [m for m in args.methods or () if m not in METHODS]
+    if unknown:  # before any build: a typo must not silently drop the row it asked for
+        p.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS.names())}")
     logging.basicConfig(level=logging.WARNING)
     with contextlib.ExitStack() as stack:
         _bench(args, stack)
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+    t_all = time.perf_counter()
     device = resolve_device(args.device)
     if device.type == "cuda":  # from the start, for every side alike (our setup() turns it on too)
         torch.backends.cudnn.benchmark = True
@@ -215,6 +220,8 @@ def _bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     ms = args.copies or ([2, 4] if args.quick else [2, 4, 8])
     workers = min(args.workers, 2) if args.quick else args.workers
+    if workers != args.workers:
+        log.warning("--quick: reference DataLoader workers capped at %d (asked %d)", workers, args.workers)
     split = synthetic_split(max(batch * (steps * rounds + warmup + 2), 2048))
     configs = configurations(0.25, ms)
     if args.methods is not None:
@@ -242,6 +249,13 @@ def _bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
         for label in labels:
             step_s = statistics.median(results[label]["round_step_s"])
             results[label].update(step_s=step_s, img_per_s=batch / step_s)
+        for label in labels:  # the ratios the README quotes, stored with the times they come from
+            base = results[_baseline(label)]
+            results[label].update(speedup_vs_reference=results[REFERENCE]["step_s"] / results[label]["step_s"],
+                                  time_vs_baseline=results[label]["step_s"] / base["step_s"],
+                                  memory_vs_baseline=results[label]["peak_mib"] / base["peak_mib"]
+                                  if results[label]["peak_mib"] and base["peak_mib"] else None)
+        config["wall_s"] = time.perf_counter() - t_all
         _write(args.out, config, results, device, complete=r == rounds - 1)
     _report(results, arch, batch, steps, rounds, device)
 

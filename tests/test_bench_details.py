@@ -773,3 +773,29 @@ def test_sequential_report_is_incomplete_when_a_section_was_skipped(seq_bench, t
     out = tmp_path / "s.json"
     assert seq_bench.main(["--sections", "cifar10", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["complete"] is False
+
+
+def test_attack_quick_changes_defaults_only_and_keeps_pgd_when_autoattack_fails(attack_bench, monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(attack_bench, "build_model_for", lambda *a, **k: nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)))
+    monkeypatch.setattr(attack_bench, "bench_pgd", lambda model, x, y, **k: seen.update(pgd=(len(x), k)) or {
+        "images_per_s_ours": 1.0, "images_per_s_reference": 1.0, "speedup_ours_over_reference": 1.0,
+        "speedup_ours_over_reference_host_sync": 1.0, "max_abs_diff_x_adv": 0.0})
+
+    def no_autoattack(model, x, **k):
+        raise ImportError("pyautoattack not installed")
+    monkeypatch.setattr(attack_bench, "bench_autoattack", no_autoattack)
+    out = tmp_path / "a.json"
+    monkeypatch.setattr("sys.argv", ["bench_attack.py", "--quick", "--repeats", "2", "--batch", "8", "--out", str(out)])
+    with pytest.raises(ImportError):
+        attack_bench.main()
+    assert seen["pgd"][0] == 8 and seen["pgd"][1]["repeats"] == 2   # given flags win over --quick's
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["pgd"]["speedup_ours_over_reference"] == 1.0
+    assert report["config"]["device"] == "cpu" and report["config"]["aa_images"] == 4  # --quick's defaults
+
+
+def test_train_refuses_an_unknown_method_before_building_anything(train_bench, monkeypatch):
+    monkeypatch.setattr(train_bench, "_bench", lambda *a: pytest.fail("nothing may be built"))
+    with pytest.raises(SystemExit):
+        train_bench.main(["--quick", "--methods", "maxupp"])
