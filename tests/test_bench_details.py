@@ -799,3 +799,20 @@ def test_train_refuses_an_unknown_method_before_building_anything(train_bench, m
     monkeypatch.setattr(train_bench, "_bench", lambda *a: pytest.fail("nothing may be built"))
     with pytest.raises(SystemExit):
         train_bench.main(["--quick", "--methods", "maxupp"])
+
+
+def test_a_process_records_the_tree_it_was_imported_from_not_the_files_it_writes_later(monkeypatch):
+    """A benchmark rewriting its tracked results file after each section recorded itself as made
+    from a dirty tree from the second write on."""
+    from robustmaxup.runtime import records
+
+    written = []  # what `git status` says: the tree as imported, then with the results file written
+    monkeypatch.setattr(records, "_git", lambda *args: "abc\n" if args[0] == "rev-parse" else "".join(written))
+    records._tree_state.cache_clear()
+    try:
+        first = records.provenance()
+        written.append(" M experiments/results/x.json\n")
+        later = records.provenance()
+    finally:
+        records._tree_state.cache_clear()
+    assert (first["git_sha"], first["git_dirty"]) == (later["git_sha"], later["git_dirty"]) == ("abc", False)

@@ -13,6 +13,14 @@ from robustmaxup.runtime import records
 from robustmaxup.train.config import recipe_overrides, recipe_values
 
 
+@pytest.fixture(autouse=True)
+def fresh_tree_state():
+    """git is asked once per process (records._tree_state); these tests replace what it says."""
+    records._tree_state.cache_clear()
+    yield
+    records._tree_state.cache_clear()
+
+
 def test_provenance_reads_git_in_a_checkout():
     if records._git("rev-parse", "HEAD") is None:
         pytest.skip("not running from a git checkout")

@@ -67,19 +67,27 @@ def _git(*args: str) -> str | None:
 GIT_SHA_ENV, GIT_DIRTY_ENV = "ROBUSTMAXUP_GIT_SHA", "ROBUSTMAXUP_GIT_DIRTY"
 
 
+@functools.lru_cache(maxsize=None)
+def _tree_state() -> tuple[str | None, str | None]:
+    """``git rev-parse HEAD`` and ``git status --porcelain`` of the tree, asked once per process:
+    the code that runs is the code imported, so a result file the process itself writes into a
+    tracked path (or an edit made while it runs) does not make its later records "dirty"."""
+    return _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
+
+
 def git_sha() -> str | None:
-    """The git commit of the source tree this package was imported from; outside git, the value
-    of ``$ROBUSTMAXUP_GIT_SHA`` if set; else None."""
-    out = _git("rev-parse", "HEAD")
+    """The git commit of the source tree this package was imported from (when first asked in
+    this process); outside git, the value of ``$ROBUSTMAXUP_GIT_SHA`` if set; else None."""
+    out = _tree_state()[0]
     if out is not None:
         return out.strip() or None
     return os.environ.get(GIT_SHA_ENV, "").strip() or None
 
 
 def git_dirty() -> bool | None:
-    """Whether that tree has uncommitted changes to tracked files; outside git,
-    ``$ROBUSTMAXUP_GIT_DIRTY`` (``1``/``0``) if set; else None."""
-    out = _git("status", "--porcelain", "--untracked-files=no")
+    """Whether that tree had uncommitted changes to tracked files (when first asked in this
+    process); outside git, ``$ROBUSTMAXUP_GIT_DIRTY`` (``1``/``0``) if set; else None."""
+    out = _tree_state()[1]
     if out is not None:
         return bool(out.strip())
     flag = os.environ.get(GIT_DIRTY_ENV, "").strip()
