@@ -38,7 +38,8 @@ default sequence ``mixture_cp`` with the projected futility rule; accuracies in 
 * linear, simulated, 2,000 images: mean 8,896 / median 5,800 samples (x11.2 fewer), accuracy
   78.9 72.5 63.2 0.0 vs 78.8 72.5 63.1 0.0 (within 0.1 points). With the spec's plain
   "unanimous" futility rule: 9,795 (x10.2), within 0.15 points.
-* linear through ``Smooth``, 50 images: 6,328 / 5,800 (x15.8), identical accuracy
+* linear through ``Smooth``, 50 images (a half-space on 16 pixels since 7011413): 6,628 / 5,800
+  (x15.1), identical accuracy
   (78 70 60 0); wall x1.4 only (a 2-input linear model costs nothing; the per-look overhead
   shows).
 * digits_cnn (trained here, 30 epochs, test acc. 0.91), 60 images: 11,060 / 3,300 samples
