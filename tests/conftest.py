@@ -65,3 +65,14 @@ def untrained_ckpt(tmp_path_factory) -> str:
                            "model": build_model_for("digits_cnn", "digits").eval().state_dict(),
                            "method": "gaussian", "hparams": {"sigma": 0.25}, "epoch": 1})
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_git_state():
+    """git is asked once per process (runtime.records._tree_state); tests that replace what it
+    says start and end with a fresh answer."""
+    from robustmaxup.runtime import records
+
+    records._tree_state.cache_clear()
+    yield
+    records._tree_state.cache_clear()
