@@ -83,7 +83,7 @@ def test_bench_certify_quick_records_a_conservative_like_for_like_run(tmp_path, 
     """The reference keeps its own model (Smooth converts one in place on CUDA), is warmed at its
     own batch size, cuDNN autotuning is recorded, and the JSON is written after each model."""
     bench = load_experiment("bench_certify")
-    quick = bench.configs(True, argparse.Namespace(images=1, images_per_batch=1))[0]
+    quick = bench.configs(True, argparse.Namespace(images=1, images_per_batch=1, batch=None))[0]
     monkeypatch.setattr(bench, "configs", lambda *a: [{**quick, "batch": 100, "batch_ref": 400}] * 2)
     ref_calls, smooth_models = [], []
     real_ref, real_smooth = bench.reference_certify, bench.Smooth
