@@ -619,12 +619,17 @@ def test_bench_autoattack_seconds_per_thousand_images(attack_bench, monkeypatch)
     assert r["robust_accuracy_after"] == {"clean": 0.75}
 
 
-def test_attack_main_records_the_subset_batch_and_device(attack_bench, monkeypatch, tmp_path):
-    seen = {}
+def _fake_pgd_bench(attack_bench, monkeypatch, seen: dict) -> None:
+    """bench_attack's model and PGD timing replaced: ``seen["pgd"]`` records (images, kwargs)."""
     monkeypatch.setattr(attack_bench, "build_model_for", lambda *a, **k: nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)))
     monkeypatch.setattr(attack_bench, "bench_pgd", lambda model, x, y, **k: seen.update(pgd=(len(x), k)) or {
         "images_per_s_ours": 1.0, "images_per_s_reference": 1.0, "speedup_ours_over_reference": 1.0,
         "speedup_ours_over_reference_host_sync": 1.0, "max_abs_diff_x_adv": 0.0})
+
+
+def test_attack_main_records_the_subset_batch_and_device(attack_bench, monkeypatch, tmp_path):
+    seen = {}
+    _fake_pgd_bench(attack_bench, monkeypatch, seen)
     monkeypatch.setattr(attack_bench, "bench_autoattack", lambda model, x, **k: seen.update(aa=(len(x), k)) or {
         "images": len(x), "seconds": 1.0, "seconds_per_1000_images": 1.0, "seconds_per_attack": {}})
     out = tmp_path / "a.json"
@@ -777,10 +782,7 @@ def test_sequential_report_is_incomplete_when_a_section_was_skipped(seq_bench, t
 
 def test_attack_quick_changes_defaults_only_and_keeps_pgd_when_autoattack_fails(attack_bench, monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(attack_bench, "build_model_for", lambda *a, **k: nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)))
-    monkeypatch.setattr(attack_bench, "bench_pgd", lambda model, x, y, **k: seen.update(pgd=(len(x), k)) or {
-        "images_per_s_ours": 1.0, "images_per_s_reference": 1.0, "speedup_ours_over_reference": 1.0,
-        "speedup_ours_over_reference_host_sync": 1.0, "max_abs_diff_x_adv": 0.0})
+    _fake_pgd_bench(attack_bench, monkeypatch, seen)
 
     def no_autoattack(model, x, **k):
         raise ImportError("pyautoattack not installed")
